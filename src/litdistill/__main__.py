@@ -1,0 +1,3 @@
+from litdistill.cli import main
+
+main()

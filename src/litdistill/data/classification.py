@@ -1,0 +1,140 @@
+"""Text-classification data: a hub dataset by name or local CSV/TSV/JSONL/Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from datasets import Dataset, DatasetDict, load_dataset
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from litdistill.models import load_tokenizer
+
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+def load_splits(dataset: str | None, data_files: dict[str, str] | None, subset: str | None = None,
+                revision: str | None = None) -> DatasetDict:
+    """Load from the hub (``dataset``) or from local files (``data_files``: split -> path)."""
+    if (dataset is None) == (data_files is None):
+        raise ValueError("set exactly one of data.dataset (a hub name) or data.data_files (split -> local file)")
+    if dataset is not None:
+        return load_dataset(dataset, subset, revision=revision)
+    files = {split: str(path) for split, path in dict(data_files).items()}
+    suffixes = {Path(p).suffix.lower() for p in files.values()}
+    unknown = suffixes - set(FILE_BUILDERS)
+    if unknown or len(suffixes) != 1:
+        raise ValueError(f"data files must share one format among {sorted(FILE_BUILDERS)}, got {sorted(suffixes)}")
+    suffix = suffixes.pop()
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    return load_dataset(FILE_BUILDERS[suffix], data_files=files, **kwargs)
+
+
+def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fraction: float, seed: int) -> DatasetDict:
+    """One split into train/validation/test with no sentence in two splits (first label kept)."""
+    seen: set[str] = set()
+    keep = [i for i, text in enumerate(ds[text_column]) if not (text in seen or seen.add(text))]
+    ds = ds.select(keep)
+    held_out = ds.train_test_split(test_size=val_fraction + test_fraction, seed=seed)
+    val_test = held_out["test"].train_test_split(test_size=test_fraction / (val_fraction + test_fraction), seed=seed)
+    return DatasetDict(train=held_out["train"], validation=val_test["train"], test=val_test["test"])
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Tokenised text-classification splits with dynamic padding.
+
+    Without a validation split in the source (the ADE hub dataset has only ``train``), the train
+    split is de-duplicated and split into train/validation/test so no sentence leaks across.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        dataset: str | None = None,
+        subset: str | None = None,
+        revision: str | None = None,
+        data_files: dict[str, str] | None = None,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        num_labels: int = 2,
+        label_names: list[str] | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        max_train_examples: int | None = None,
+        max_eval_examples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.splits: DatasetDict | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return self.hparams.num_labels
+
+    def raw_splits(self) -> DatasetDict:
+        """Untokenised train/validation/test, validated; what reports and caches fingerprint."""
+        h = self.hparams
+        raw = load_splits(h.dataset, h.data_files, h.subset, h.revision)
+        first = next(iter(raw.values()))
+        wanted = [c for c in (h.text_column, h.text_pair_column, h.label_column) if c]
+        missing = [c for c in wanted if c not in first.column_names]
+        if missing:
+            raise ValueError(f"column(s) {missing} not in the data; columns present: {first.column_names}")
+        if "validation" not in raw:
+            raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed)
+        raw = DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
+                           for s in SPLITS if s in raw})
+        self._check_labels(raw)
+        return raw
+
+    def _check_labels(self, raw: DatasetDict) -> None:
+        labels = set(raw["train"][self.hparams.label_column])
+        bad = sorted(x for x in labels if not isinstance(x, int) or not 0 <= x < self.num_labels)
+        if bad:
+            raise ValueError(f"labels {bad[:5]} outside 0..{self.num_labels - 1}; set data.num_labels or map the labels")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        h = self.hparams
+        raw = self.raw_splits()
+
+        def tokenize(rows: dict[str, list[Any]]) -> dict[str, Any]:
+            pair = rows[h.text_pair_column] if h.text_pair_column else None
+            encoded = self.tokenizer(rows[h.text_column], pair, truncation=True, max_length=h.max_length)
+            encoded["labels"] = rows[h.label_column]
+            return encoded
+
+        self.splits = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names,
+                              desc="tokenizing")
+        self.splits.set_format("torch")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            self.splits[split], batch_size=h.batch_size if shuffle else (h.eval_batch_size or h.batch_size),
+            shuffle=shuffle, collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=h.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _head(ds: Dataset, n: int | None) -> Dataset:
+    return ds if n is None or n >= len(ds) else ds.select(range(n))

@@ -1,0 +1,58 @@
+"""Fit a teacher's task head on the labels first (``teacher_finetune``), cached by its inputs.
+
+Task-specific distillation needs a competent teacher; a pretrained encoder has no task head. The
+fine-tuned teacher is saved under ``paths.cache_dir`` keyed by a hash of everything that changes it,
+so later runs and sweep trials load it instead of training it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel
+
+from litdistill.export import export_student
+from litdistill.losses import HardCE
+from litdistill.models import load_pretrained
+from litdistill.module import DistillationModule
+from litdistill.optim import warmup_decay
+
+log = logging.getLogger(__name__)
+
+
+def finetune_key(cfg: DictConfig) -> str:
+    resolved = {k: OmegaConf.select(cfg, k) for k in ("teacher", "teacher_finetune", "data", "task", "tokenizer", "seed")}
+    parts = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in resolved.items()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finetuned_teacher(cfg: DictConfig, teacher: PreTrainedModel, datamodule: L.LightningDataModule,
+                      trainer_factory: Any) -> PreTrainedModel:
+    """Return the cached fine-tuned teacher, or fine-tune ``teacher`` on the labels and cache it."""
+    spec = cfg.teacher_finetune
+    cache = Path(cfg.paths.cache_dir) / "teachers" / finetune_key(cfg)
+    if (cache / "config.json").is_file():
+        log.info("loading fine-tuned teacher from %s", cache)
+        return load_pretrained(str(cache), task=cfg.task, dtype=cfg.teacher.get("dtype", "float32"))
+    log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", spec.max_steps, cache)
+    module = DistillationModule(
+        teacher, None, {"ce": HardCE()},
+        optimizer=partial(torch.optim.AdamW, lr=spec.lr, weight_decay=0.01),
+        scheduler=partial(warmup_decay, warmup_ratio=spec.get("warmup_ratio", 0.1)),
+        task=cfg.task,
+    )
+    trainer = trainer_factory(max_steps=spec.max_steps, max_epochs=-1, enable_checkpointing=False, logger=False,
+                              callbacks=[], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    if trainer.is_global_zero:
+        export_student(teacher, datamodule.tokenizer, cache)
+    teacher.requires_grad_(False)
+    return teacher.eval()

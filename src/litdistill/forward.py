@@ -1,0 +1,60 @@
+"""One forward pass of a student or teacher, asking only for what the losses need."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from litdistill.hooks import capture_features
+from litdistill.outputs import ModelOutputs
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+TASKS = ("classification", "causal_lm")
+
+
+def run_model(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    needs: frozenset[str],
+    task: str,
+    feature_names: Sequence[str] = (),
+) -> ModelOutputs:
+    """Run ``model`` on the batch's inputs and return task-aligned outputs.
+
+    Models that are not plain Hugging Face models (several teachers, a cache reader) may define
+    ``distill_forward(batch, needs, task) -> ModelOutputs`` and are called through it instead.
+    """
+    if hasattr(model, "distill_forward"):
+        return model.distill_forward(batch, needs, task)
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    flags = {}
+    if "hidden_states" in needs:
+        flags["output_hidden_states"] = True
+    if "attentions" in needs:
+        flags["output_attentions"] = True
+    with capture_features(model, feature_names) as features:
+        out = model(**inputs, **flags)
+    logits = out.logits
+    if task == "causal_lm":
+        logits = logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
+    return ModelOutputs(
+        logits=logits,
+        hidden_states=getattr(out, "hidden_states", None),
+        attentions=getattr(out, "attentions", None),
+        features=dict(features),
+    )
+
+
+def align_labels(batch: dict[str, Tensor], task: str) -> dict[str, Tensor]:
+    """Shift causal-LM labels to match shifted logits and mark the tokens that count.
+
+    Returns a new dict; the loader's batch is not modified. ``token_mask`` is False for prompt
+    tokens, padding and any other -100 label.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {list(TASKS)}")
+    if task != "causal_lm" or "labels" not in batch:
+        return dict(batch)
+    labels = batch["labels"][:, 1:]  # [B, T-1]
+    return {**batch, "labels": labels, "token_mask": labels != -100}

@@ -1,0 +1,74 @@
+"""Students initialised from a subset of the teacher's layers (DistilBERT-style layer dropping)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+from transformers import PreTrainedModel
+
+# Where the stack of transformer blocks lives, per model family.
+LAYER_PATHS = ("bert.encoder.layer", "roberta.encoder.layer", "distilbert.transformer.layer",
+               "model.layers", "transformer.h", "gpt_neox.layers", "encoder.layer", "layers")
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The dotted path and the ``ModuleList`` of transformer blocks of a supported model."""
+    for path in LAYER_PATHS:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.ModuleList):
+            return path, module
+    raise ValueError(
+        f"cannot find the layer stack of {type(model).__name__}; supported layouts: {list(LAYER_PATHS)}"
+    )
+
+
+def select_layers(num_layers: int, layers: list[int] | None, every: int | None) -> list[int]:
+    """Resolve ``layers`` (explicit indices) or ``every`` (keep layers 0, k, 2k, ...) and validate."""
+    if (layers is None) == (every is None):
+        raise ValueError(f"give exactly one of layers= or every= (got layers={layers}, every={every})")
+    if every is not None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        layers = list(range(0, num_layers, every))
+    layers = [int(i) for i in layers]
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad or not layers:
+        raise ValueError(f"layer indices {bad or layers} out of range: the teacher has {num_layers} layers (0..{num_layers - 1})")
+    if sorted(set(layers)) != layers:
+        raise ValueError(f"layers must be strictly increasing without repeats, got {layers}")
+    return layers
+
+
+def student_from_teacher(
+    teacher: PreTrainedModel, layers: list[int] | None = None, every: int | None = None
+) -> PreTrainedModel:
+    """Deep-copy the teacher (embeddings, head and the chosen blocks) into a shallower student.
+
+    The student records ``config.litdistill_teacher_layers`` so feature losses can map each
+    student layer to the teacher layer it was copied from.
+    """
+    if teacher is None:
+        raise ValueError("student=from_teacher needs a teacher; set teacher= to a model config")
+    path, stack = layer_stack(teacher)
+    chosen = select_layers(len(stack), layers, every)
+    student = copy.deepcopy(teacher)
+    _, student_stack = layer_stack(student)
+    kept = nn.ModuleList([student_stack[i] for i in chosen])
+    for new_index, block in enumerate(kept):  # KV-cache bookkeeping in Llama-style attention
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    parent_path, _, attr = path.rpartition(".")
+    setattr(student.get_submodule(parent_path) if parent_path else student, attr, kept)
+    config = student.config
+    config.num_hidden_layers = len(chosen)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in chosen]
+    config.litdistill_teacher_layers = chosen
+    student.requires_grad_(True)
+    student.litdistill_source = {"from_teacher_layers": chosen}
+    return student

@@ -1,0 +1,33 @@
+"""Loss terms, looked up by name (``LOSSES``) or built from config with ``_target_``."""
+
+from litdistill.losses.base import LOSSES, DistillationLoss, build_loss, masked_mean, rows_and_mask
+from litdistill.losses.logits import HardCE, SoftTargetKL
+from litdistill.losses.divergences import (
+    ForwardKL,
+    GeneralizedJSD,
+    ReverseKL,
+    SkewKL,
+    SkewReverseKL,
+    TokenDivergence,
+    TotalVariation,
+    token_mean,
+    token_scale,
+)
+from litdistill.losses.chunked import ChunkedDivergence, FusedLinearKD, lm_head_features, lm_head_of
+
+__all__ = ["LOSSES", "DistillationLoss", "HardCE", "SoftTargetKL", "build_loss", "masked_mean", "rows_and_mask"]
+__all__ += [
+    "ChunkedDivergence",
+    "ForwardKL",
+    "FusedLinearKD",
+    "GeneralizedJSD",
+    "ReverseKL",
+    "SkewKL",
+    "SkewReverseKL",
+    "TokenDivergence",
+    "TotalVariation",
+    "lm_head_features",
+    "lm_head_of",
+    "token_mean",
+    "token_scale",
+]

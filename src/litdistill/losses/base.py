@@ -1,0 +1,96 @@
+"""The loss contract and the name registry.
+
+A loss is an ``nn.Module`` so that losses with parameters (feature projections) are trained with the
+student and saved in checkpoints. Every concrete subclass with a ``name`` registers itself, so a user
+loss is one class (imported by its YAML ``_target_``) and needs no change to the module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from litdistill.outputs import ModelOutputs
+
+LOSSES: dict[str, type["DistillationLoss"]] = {}
+
+# What a loss may ask the forward passes for; the module requests only the union of these.
+KNOWN_NEEDS = frozenset({"logits", "hidden_states", "attentions", "features"})
+
+
+class DistillationLoss(nn.Module):
+    """Base class: one weighted loss term.
+
+    Subclasses set ``name`` (registry key and log name), ``needs`` (which outputs the models must
+    return) and ``uses_teacher`` (False for losses on labels alone), and implement ``forward``.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
+    uses_teacher: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.needs) - KNOWN_NEEDS
+        if unknown:
+            raise TypeError(f"{cls.__name__}.needs has unknown entries {sorted(unknown)}; valid: {sorted(KNOWN_NEEDS)}")
+        if cls.name:
+            LOSSES[cls.name] = cls
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    @property
+    def weight(self) -> float:
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{type(self).__name__}: weight must be a finite number >= 0, got {value}")
+        self._weight = value
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+def check_temperature(owner: str, value: float) -> float:
+    """Temperatures divide logits: refuse zero, negatives and non-finite values at construction."""
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: temperature must be a finite number > 0, got {value}")
+    return value
+
+
+def build_loss(name: str, **kwargs) -> DistillationLoss:
+    """Look a loss up by its registered name, e.g. ``build_loss("soft_kl", temperature=2.0)``."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; registered losses: {sorted(LOSSES)}")
+    return LOSSES[name](**kwargs)
+
+
+def rows_and_mask(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Flatten logits to rows and return the boolean mask of rows that count.
+
+    Classification logits [B, C] count every row. Token logits [B, T, V] count the positions in
+    ``batch["token_mask"]`` (prompt, padding and -100 labels already excluded by the module).
+    """
+    if logits.dim() == 2:
+        return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    rows = logits.reshape(-1, logits.shape[-1])  # [B*T, V]
+    mask = batch["token_mask"].reshape(-1).bool()  # [B*T]
+    return rows, mask
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the rows in ``mask``; divides by the real-row count, never by padding.
+
+    ``batch["num_tokens"]`` style global normalisation (across micro-batches) is applied by the module.
+    """
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)

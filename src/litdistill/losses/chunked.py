@@ -1,0 +1,438 @@
+"""Memory-efficient token divergences: chunked over tokens, and fused with the LM head.
+
+For a causal LM the loss step on ``N`` tokens over a vocabulary ``V`` normally materialises
+several ``N x V`` float32 tensors (upcast logits, log-softmaxes, probabilities, their gradients);
+at V = 128k and N = 2k each is 1 GB. Two variants keep only ``chunk_size x V`` of them at once:
+
+* :class:`ChunkedDivergence` (``"chunked"``) takes the logits as usual and runs any
+  :class:`~litdistill.losses.divergences.TokenDivergence` over chunks of ``chunk_size`` real
+  rows. Each chunk's value and gradient are computed together in the forward pass (a local
+  ``torch.autograd.grad`` on a float32 copy of the chunk); only the gradient w.r.t. the input
+  logits is kept, in the logits' own dtype, and handed out by ``backward``. Added peak: one
+  logits-sized gradient (which autograd would allocate anyway) plus the chunk temporaries.
+* :class:`FusedLinearKD` (``"fused_kd"``) takes the student's last hidden states [N, H] and the
+  LM-head weight [V, H] (+ bias): per chunk it computes ``logits = h @ W.T + b``, the divergence,
+  and the gradients w.r.t. ``h``, ``W`` and ``b`` (``W``/``b`` accumulated over chunks in
+  float32), so the student's full logits and their gradient never exist.
+
+Both compute the gradient eagerly in forward (one pass over the vocabulary, no recomputation),
+only when a gradient is needed (``torch.is_grad_enabled()`` and an input requires grad).
+``backward`` scales the stored gradients in place by the incoming gradient and releases them; a
+second backward through the same graph (``retain_graph=True``) recomputes them chunk by chunk
+from the saved inputs. Double backward is not supported. Teacher inputs are constants (no
+gradient flows to them). Both can add a hard-label cross entropy at T=1 in the same chunk pass
+(``ce_weight``), so no separate full-vocabulary :class:`~litdistill.losses.HardCE` is needed.
+
+Reduction is the same as the plain losses: sum over real tokens, times
+:func:`~litdistill.losses.divergences.token_scale` (per-token mean, or the step-level
+normalisation when ``batch["num_tokens_in_step"]`` is given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from litdistill.losses.base import LOSSES, DistillationLoss
+from litdistill.losses.divergences import TokenDivergence, compute_dtype, token_scale
+from litdistill.outputs import ModelOutputs
+
+__all__ = [
+    "ChunkedDivergence",
+    "FusedLinearKD",
+    "chunked_divergence_sum",
+    "fused_linear_divergence_sum",
+    "lm_head_features",
+    "lm_head_of",
+]
+
+# Auto chunk: about 2^24 float32 values (64 MB) per chunk-sized temporary.
+_AUTO_CHUNK_ELEMENTS = 1 << 24
+
+
+def _resolve_chunk(chunk_size: int | None, vocab: int) -> int:
+    if chunk_size is None:
+        return max(1, _AUTO_CHUNK_ELEMENTS // max(vocab, 1))
+    return int(chunk_size)
+
+
+def _check_chunk_size(owner: str, chunk_size: int | None) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{owner}: chunk_size must be an integer >= 1 or None (auto), got {chunk_size!r}")
+    return chunk_size
+
+
+def _chunk_rows(divergence: TokenDivergence, s_rows: Tensor, t_rows: Tensor, labels: Tensor | None, ce_weight: float) -> Tensor:
+    """Sum over the chunk's rows of ``divergence.per_token`` (+ ``ce_weight`` * CE at T=1)."""
+    values = divergence.per_token(s_rows, t_rows)
+    if ce_weight:
+        ce = F.cross_entropy(s_rows.to(compute_dtype(s_rows)), labels, ignore_index=-100, reduction="none")
+        values = values + ce_weight * ce
+    return values.sum()
+
+
+def _value_and_grad(divergence, s_chunk: Tensor, t_chunk: Tensor, labels, ce_weight: float, want_grad: bool):
+    """(sum over the chunk, d sum / d chunk in float32 or None) for one chunk of student logits."""
+    with torch.enable_grad():
+        s = s_chunk.detach().to(compute_dtype(s_chunk)).requires_grad_(want_grad)
+        total = _chunk_rows(divergence, s, t_chunk.detach(), labels, ce_weight)
+        grad = torch.autograd.grad(total, s)[0] if want_grad else None
+    return total.detach(), grad
+
+
+# ---- (a) chunked over tokens, given logits --------------------------------------------------------
+class _ChunkedLogitsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, mask, labels, divergence, ce_weight, chunk_size, grad_enabled):
+        ctx.divergence, ctx.ce_weight, ctx.chunk_size = divergence, ce_weight, chunk_size
+        want_grad = bool(ctx.needs_input_grad[0]) and grad_enabled  # needs_input_grad ignores no_grad
+        total, grad = _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, chunk_size, want_grad)
+        ctx.grad_student = grad
+        ctx.save_for_backward(student, teacher, mask, labels)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        grad, ctx.grad_student = ctx.grad_student, None
+        if grad is None:  # second backward (retain_graph): recompute chunk by chunk
+            student, teacher, mask, labels = ctx.saved_tensors
+            _, grad = _chunked_logits_pass(student, teacher, mask, labels, ctx.divergence, ctx.ce_weight, ctx.chunk_size, True)
+        grad.mul_(grad_out.to(grad.dtype))
+        return grad, None, None, None, None, None, None, None
+
+
+def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, chunk_size, want_grad):
+    coords = mask.nonzero(as_tuple=True)  # indices of the real rows over the leading dims
+    n = coords[0].numel()
+    total = torch.zeros((), dtype=compute_dtype(student), device=student.device)
+    grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device) if want_grad else None
+    for start in range(0, n, chunk_size):
+        idx = tuple(c[start : start + chunk_size] for c in coords)
+        lab = labels[idx] if ce_weight else None
+        value, g = _value_and_grad(divergence, student[idx], teacher[idx], lab, ce_weight, want_grad)
+        total += value
+        if want_grad:
+            grad[idx] = g.to(grad.dtype)
+        del g
+    return total, grad
+
+
+def chunked_divergence_sum(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor,
+    divergence: TokenDivergence,
+    chunk_size: int | None = None,
+    labels: Tensor | None = None,
+    ce_weight: float = 0.0,
+) -> Tensor:
+    """Sum over the rows in ``mask`` of ``divergence.per_token`` (+ ``ce_weight`` * CE), in chunks.
+
+    ``student_logits``/``teacher_logits`` [..., V] (e.g. [B, T, V], any strides: shifted views
+    are not copied), ``mask`` [...] bool over the leading dims, ``labels`` [...] when
+    ``ce_weight > 0``. Differentiable w.r.t. ``student_logits``; equals the plain computation.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+    if mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the logits' leading dims {tuple(student_logits.shape[:-1])}")
+    if ce_weight and labels is None:
+        raise ValueError("ce_weight > 0 needs labels")
+    chunk = _resolve_chunk(chunk_size, student_logits.shape[-1])
+    labels = labels if ce_weight else torch.empty(0, dtype=torch.long, device=student_logits.device)
+    return _ChunkedLogitsFn.apply(student_logits, teacher_logits, mask.bool(), labels, divergence, float(ce_weight), chunk, torch.is_grad_enabled())
+
+
+# ---- (b) fused with the LM head, given hidden states ---------------------------------------------
+def _matmul_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype the head matmul runs in: the autocast dtype when autocast is on, else promoted."""
+    device_type = tensors[0].device.type
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # older torch: no device argument
+        pass
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class _FusedLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, grad_enabled):
+        ctx.divergence, ctx.ce_weight, ctx.chunk_size = divergence, ce_weight, chunk_size
+        ctx.want = tuple(bool(x) and grad_enabled for x in ctx.needs_input_grad[:3])
+        total, grads = _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, ctx.want)
+        ctx.grads = grads
+        ctx.save_for_backward(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # second backward (retain_graph): recompute
+            _, grads = _fused_pass(*ctx.saved_tensors, ctx.divergence, ctx.ce_weight, ctx.chunk_size, ctx.want)
+        out = []
+        for g in grads:
+            if g is not None:
+                g.mul_(grad_out.to(g.dtype))
+            out.append(g)
+        return (*out, None, None, None, None, None, None, None, None, None, None)
+
+
+def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, want):
+    want_h, want_w, want_b = want
+    want_any = want_h or want_w or (want_b and bias is not None)
+    device_type = h.device.type
+    mm_dtype = _matmul_dtype(h, weight)
+    acc_dtype = torch.promote_types(weight.dtype, torch.float32)  # grad W/b accumulate in float32 (or float64)
+    with torch.autocast(device_type=device_type, enabled=False):
+        w = weight.to(mm_dtype)  # no copy when the dtypes agree
+        b = bias.to(mm_dtype) if bias is not None else None
+        if t_logits is None:
+            t_dtype = _matmul_dtype(t_h, t_weight)
+            tw = t_weight.detach().to(t_dtype)
+            tb = t_bias.detach().to(t_dtype) if t_bias is not None else None
+        coords = mask.nonzero(as_tuple=True)
+        n = coords[0].numel()
+        total = torch.zeros((), dtype=torch.promote_types(mm_dtype, torch.float32), device=h.device)
+        grad_h = torch.zeros(h.shape, dtype=h.dtype, device=h.device) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if want_w else None
+        grad_b = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if (want_b and bias is not None) else None
+        for start in range(0, n, chunk_size):
+            idx = tuple(c[start : start + chunk_size] for c in coords)
+            hc = h[idx].to(mm_dtype)  # [c, H]
+            s_logits = F.linear(hc, w, b)  # [c, V]
+            if t_logits is not None:
+                t_chunk = t_logits[idx]
+            else:
+                t_chunk = F.linear(t_h[idx].detach().to(t_dtype), tw, tb)
+            lab = labels[idx] if ce_weight else None
+            value, g = _value_and_grad(divergence, s_logits, t_chunk, lab, ce_weight, want_any)
+            total += value
+            del s_logits, t_chunk
+            if not want_any:
+                continue
+            if grad_h is not None:
+                grad_h[idx] = (g.to(mm_dtype) @ w).to(grad_h.dtype)  # [c, H]
+            if grad_w is not None:
+                grad_w.addmm_(g.t().to(acc_dtype), hc.to(acc_dtype))  # [V, H] += [V, c] @ [c, H]
+            if grad_b is not None:
+                grad_b += g.sum(0).to(acc_dtype)
+            del g
+    grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+    grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
+    return total, (grad_h, grad_w, grad_b)
+
+
+def fused_linear_divergence_sum(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    divergence: TokenDivergence,
+    *,
+    teacher_logits: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    chunk_size: int | None = None,
+    labels: Tensor | None = None,
+    ce_weight: float = 0.0,
+) -> Tensor:
+    """Sum over real rows of the divergence between ``hidden @ weight.T + bias`` and the teacher.
+
+    ``hidden`` [..., H] with leading dims equal to ``mask``'s; ``weight`` [V, H]; the teacher is
+    either ``teacher_logits`` [..., V] or ``teacher_hidden`` [..., H_t] with ``teacher_weight``
+    [V, H_t] (+ ``teacher_bias``), also evaluated chunk by chunk. Differentiable w.r.t.
+    ``hidden``, ``weight`` and ``bias``; the student logits are never materialised in full.
+    """
+    if mask.shape != hidden.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the hidden states' leading dims {tuple(hidden.shape[:-1])}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"head weight {tuple(weight.shape)} does not fit hidden size {hidden.shape[-1]} (expected [V, {hidden.shape[-1]}])")
+    vocab = weight.shape[0]
+    if teacher_logits is not None:
+        if teacher_logits.shape[:-1] != mask.shape or teacher_logits.shape[-1] != vocab:
+            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match mask {tuple(mask.shape)} and vocab {vocab}")
+    else:
+        if teacher_hidden is None or teacher_weight is None:
+            raise ValueError("give teacher_logits, or teacher_hidden with teacher_weight")
+        if teacher_hidden.shape[:-1] != mask.shape or teacher_weight.shape != (vocab, teacher_hidden.shape[-1]):
+            raise ValueError(
+                f"teacher hidden {tuple(teacher_hidden.shape)} / head {tuple(teacher_weight.shape)} do not match mask "
+                f"{tuple(mask.shape)} and vocab {vocab}"
+            )
+    if ce_weight and labels is None:
+        raise ValueError("ce_weight > 0 needs labels")
+    chunk = _resolve_chunk(chunk_size, vocab)
+    labels = labels if ce_weight else torch.empty(0, dtype=torch.long, device=hidden.device)
+    return _FusedLinearFn.apply(
+        hidden, weight, bias, teacher_logits, teacher_hidden, teacher_weight, teacher_bias,
+        mask.bool(), labels, divergence, float(ce_weight), chunk, torch.is_grad_enabled(),
+    )
+
+
+# ---- LM head helpers -----------------------------------------------------------------------------
+def lm_head_of(model: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """``(weight [V, H], bias [V] or None)`` of a Hugging Face model's output embeddings.
+
+    The returned tensors are the parameters themselves (gradients reach them; tied embeddings
+    stay tied). Wrappers with ``.module`` (DDP) are unwrapped. Sharded parameters (FSDP) are
+    not gathered here.
+    """
+    inner = model
+    while not hasattr(inner, "get_output_embeddings") and hasattr(inner, "module"):
+        inner = inner.module
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() returned {head!r})")
+    return head.weight, getattr(head, "bias", None)
+
+
+def lm_head_features(model: nn.Module) -> dict[str, Tensor]:
+    """``{"lm_head_weight": W, "lm_head_bias": b}`` (bias only if present) for ``ModelOutputs.features``."""
+    weight, bias = lm_head_of(model)
+    features = {"lm_head_weight": weight}
+    if bias is not None:
+        features["lm_head_bias"] = bias
+    return features
+
+
+# ---- the losses ----------------------------------------------------------------------------------
+def _build_divergence(owner: str, divergence: str | TokenDivergence, kwargs: dict[str, Any]) -> TokenDivergence:
+    if isinstance(divergence, TokenDivergence):
+        if kwargs:
+            raise ValueError(f"{owner}: pass divergence parameters {sorted(kwargs)} to the divergence instance, not to the wrapper")
+        return divergence
+    if isinstance(divergence, str):
+        cls = LOSSES.get(divergence)
+        if cls is None or not issubclass(cls, TokenDivergence):
+            valid = sorted(n for n, c in LOSSES.items() if issubclass(c, TokenDivergence))
+            raise ValueError(f"{owner}: divergence must be one of {valid} or a TokenDivergence, got {divergence!r}")
+        return cls(**kwargs)
+    raise ValueError(f"{owner}: divergence must be a registered name or a TokenDivergence, got {divergence!r}")
+
+
+class _ChunkedBase(DistillationLoss):
+    def __init__(
+        self,
+        divergence: str | TokenDivergence = "forward_kl",
+        chunk_size: int | None = None,
+        ce_weight: float = 0.0,
+        weight: float = 1.0,
+        **divergence_kwargs: Any,
+    ) -> None:
+        super().__init__(weight)
+        owner = type(self).__name__
+        self.divergence = _build_divergence(owner, divergence, divergence_kwargs)
+        self.chunk_size = _check_chunk_size(owner, chunk_size)
+        ce_weight = float(ce_weight)
+        if not ce_weight >= 0 or ce_weight == float("inf"):
+            raise ValueError(f"{owner}: ce_weight must be a finite number >= 0, got {ce_weight}")
+        self.ce_weight = ce_weight
+
+    def _labels(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        if not self.ce_weight:
+            return None
+        if "labels" not in batch:
+            raise KeyError(f"{type(self).__name__}: ce_weight > 0 needs batch['labels']")
+        return batch["labels"]
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}, ce_weight={self.ce_weight}, weight={self.weight}"
+
+
+class ChunkedDivergence(_ChunkedBase):
+    """Any token divergence over chunks of real rows; same value and gradient as the plain loss.
+
+    ``divergence`` is a registered name (``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``,
+    ``"skew_kl"``, ``"skew_reverse_kl"``, ``"tvd"``) built with ``**divergence_kwargs``
+    (``temperature``, ``beta``, ``alpha``, ``scale_by_t2``), or a divergence instance (its own
+    ``weight`` is ignored; this term's ``weight`` counts). ``chunk_size`` rows per chunk
+    (``None``: about 2^24 / V). ``ce_weight`` adds ``ce_weight * CE(student, labels)`` at T=1 per
+    token in the same pass. Value = sum over real tokens / real-token count (see ``token_scale``).
+    """
+
+    name = "chunked"
+    needs = frozenset({"logits"})
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        s, t = student.logits, teacher.logits
+        if s.dim() == 2:
+            mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        else:
+            mask = batch["token_mask"].bool()
+        total = chunked_divergence_sum(s, t, mask, self.divergence, self.chunk_size, self._labels(batch), self.ce_weight)
+        return total * token_scale(mask.sum(), batch).to(total.dtype)
+
+
+class FusedLinearKD(_ChunkedBase):
+    """A token divergence computed from hidden states through the LM head, chunk by chunk.
+
+    Contract with the module (the loss cannot find the head itself):
+
+    * ``student.hidden_states[-1]`` [B, T, H]: the hidden states the LM head is applied to (after
+      the final norm, as Hugging Face returns them). If T is one more than
+      ``batch["token_mask"].shape[1]`` (causal LM: logits shifted, hidden states not), the last
+      position is dropped; if equal, they are used as aligned.
+    * ``student.features["lm_head_weight"]`` [V, H] and optionally ``["lm_head_bias"]`` [V]: the
+      head's parameters themselves (``lm_head_features(model)``), so gradients reach them. The
+      fused loss assumes ``logits = h @ W.T + b`` (no logit soft-capping or scaling).
+    * Teacher: ``teacher.logits`` [B, T-1, V] (shifted, as the module already gives) if present,
+      else ``teacher.hidden_states[-1]`` with ``teacher.features["lm_head_weight"]`` (+ bias).
+
+    To save memory the module should not also compute the student's full logits (e.g. call the
+    HF model with ``logits_to_keep=1``) unless another loss needs them; ``ce_weight`` gives the
+    hard-label CE inside this loss for that reason.
+    """
+
+    name = "fused_kd"
+    needs = frozenset({"hidden_states"})
+
+    @staticmethod
+    def _aligned(hidden: Tensor, mask: Tensor, who: str) -> Tensor:
+        if hidden.dim() != 3 or mask.dim() != 2 or hidden.shape[0] != mask.shape[0]:
+            raise ValueError(f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}")
+        if hidden.shape[1] == mask.shape[1] + 1:
+            return hidden[:, :-1]
+        if hidden.shape[1] == mask.shape[1]:
+            return hidden
+        raise ValueError(f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}")
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        if "token_mask" not in batch:
+            raise KeyError("fused_kd is a causal-LM loss: it needs batch['token_mask']")
+        if not student.hidden_states:
+            raise ValueError("fused_kd needs student.hidden_states (needs={'hidden_states'})")
+        if "lm_head_weight" not in student.features:
+            raise KeyError(
+                "fused_kd needs the student's LM head weight in student.features['lm_head_weight'] "
+                "(see litdistill.losses.chunked.lm_head_features)"
+            )
+        mask = batch["token_mask"].bool()
+        h = self._aligned(student.hidden_states[-1], mask, "student")
+        kwargs: dict[str, Any] = {}
+        if teacher.logits is not None:
+            kwargs["teacher_logits"] = teacher.logits
+        else:
+            if not teacher.hidden_states or "lm_head_weight" not in teacher.features:
+                raise KeyError("fused_kd needs teacher.logits, or teacher.hidden_states with teacher.features['lm_head_weight']")
+            kwargs["teacher_hidden"] = self._aligned(teacher.hidden_states[-1], mask, "teacher")
+            kwargs["teacher_weight"] = teacher.features["lm_head_weight"]
+            kwargs["teacher_bias"] = teacher.features.get("lm_head_bias")
+        total = fused_linear_divergence_sum(
+            h, student.features["lm_head_weight"], student.features.get("lm_head_bias"), mask, self.divergence,
+            chunk_size=self.chunk_size, labels=self._labels(batch), ce_weight=self.ce_weight, **kwargs,
+        )
+        return total * token_scale(mask.sum(), batch).to(total.dtype)

@@ -1,0 +1,275 @@
+"""Token-level divergences for LLM distillation: forward/reverse KL, generalized JSD, skew KL, TVD.
+
+Every loss here compares the teacher's and the student's next-token distributions at each real
+token (``batch["token_mask"]``; classification logits [B, C] count every row) and reduces by
+
+    loss = sum over real tokens of d(token) / (number of real tokens)            (default)
+
+not by a per-sequence mean, so long and short sequences weigh by their token counts.
+With gradient accumulation the module may pass the token count of the whole optimizer step, see
+:func:`token_scale` for the exact formula. Distributions are softened by ``temperature`` and
+computed in float32 (float64 stays float64) with ``log_softmax``; logs of mixtures are taken with
+``logaddexp`` on log-probabilities, never ``log`` of summed probabilities.
+
+Notation: ``p_T = softmax(teacher / T)``, ``p_S = softmax(student / T)``, KL(p || q) = sum p log(p/q).
+Teacher logits are taken as given (the module computes them under ``no_grad``); they may carry
+gradients in the plain losses but the chunked/fused versions treat them as constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask
+from litdistill.outputs import ModelOutputs
+
+__all__ = [
+    "ForwardKL",
+    "GeneralizedJSD",
+    "ReverseKL",
+    "SkewKL",
+    "SkewReverseKL",
+    "TokenDivergence",
+    "TotalVariation",
+    "token_mean",
+    "token_scale",
+]
+
+
+# ---- reduction -----------------------------------------------------------------------------------
+def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """The factor that turns a SUM over this micro-batch's real tokens into the loss value.
+
+    * Without ``batch["num_tokens_in_step"]``: ``1 / max(num_real, 1)``, the mean over the real
+      tokens of this batch.
+    * With it (``N = batch["num_tokens_in_step"]``, the real-token count over all micro-batches
+      of the optimizer step, and ``A = batch.get("accumulate", 1)``, the number of micro-batches
+      Lightning divides each loss by, i.e. ``accumulate_grad_batches``): ``A / max(N, 1)``.
+
+    So micro-batch ``k`` returns ``loss_k = A * S_k / N`` with ``S_k`` its token sum; Lightning
+    back-propagates ``loss_k / A``, and the accumulated gradient is that of
+    ``sum_k S_k / N``: the exact per-token mean over the whole step, however unevenly the real
+    tokens fall into micro-batches. (With data parallelism and a token count summed over ranks,
+    fold the world size into ``accumulate``, since DDP averages gradients over ranks.)
+    """
+    n_step = batch.get("num_tokens_in_step") if isinstance(batch, Mapping) else None
+    if n_step is None:
+        return 1.0 / num_real.to(torch.float32).clamp_min(1.0)
+    n_step = torch.as_tensor(n_step, dtype=torch.float32, device=num_real.device)
+    accumulate = torch.as_tensor(batch.get("accumulate", 1), dtype=torch.float32, device=num_real.device)
+    return accumulate / n_step.clamp_min(1.0)
+
+
+def token_mean(values: Tensor, mask: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``sum(values[mask]) * token_scale(mask.sum(), batch)``; masked rows never reach the sum.
+
+    ``values`` [N] per row, ``mask`` [N] bool. Rows outside the mask are dropped with ``where``,
+    so NaN/inf there cannot leak into the value or the gradient.
+    """
+    mask = mask.bool()
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+    return total * token_scale(mask.sum(), batch).to(total.dtype)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 inputs, float64 for float64 (so gradcheck works)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _kl_rows(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities [n, V] -> [n]."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _log_mixture(logp: Tensor, logq: Tensor, w: float) -> Tensor:
+    """log(w p + (1 - w) q) from log-probabilities, for 0 < w < 1, without leaving log space."""
+    return torch.logaddexp(logp + math.log(w), logq + math.log1p(-w))
+
+
+def _check_unit(owner: str, name: str, value: float, *, upper_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
+    value = float(value)
+    ok = math.isfinite(value) and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0)
+    if not ok:
+        valid = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{owner}: {name} must be in {valid}, got {value}")
+    return value
+
+
+# ---- the losses ----------------------------------------------------------------------------------
+class TokenDivergence(DistillationLoss):
+    """Base of the token-level divergences (not registered itself).
+
+    Subclasses implement :meth:`divergence` on log-probabilities. :meth:`per_token` maps raw logit
+    rows to per-row values including the temperature and the optional T^2 factor; the chunked and
+    fused losses call it chunk by chunk, so every divergence here works with them unchanged.
+
+    ``scale_by_t2`` multiplies by T^2 (Hinton et al., 2015): the gradient of a divergence of
+    temperature-softened distributions shrinks like 1/T^2, and the factor keeps its scale
+    comparable to the hard-label loss when T changes. With the default ``temperature=1`` it is 1.
+    """
+
+    def __init__(self, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+        super().__init__(weight)
+        self.temperature = check_temperature(type(self).__name__, temperature)
+        if not isinstance(scale_by_t2, bool):
+            raise ValueError(f"{type(self).__name__}: scale_by_t2 must be True or False, got {scale_by_t2!r}")
+        self.scale_by_t2 = scale_by_t2
+
+    @property
+    def factor(self) -> float:
+        """The constant the divergence is multiplied by: T^2 or 1."""
+        return self.temperature**2 if self.scale_by_t2 else 1.0
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        """Per-row divergence [n] from student and teacher log-probabilities [n, V]."""
+        raise NotImplementedError
+
+    def per_token(self, s_rows: Tensor, t_rows: Tensor) -> Tensor:
+        """Per-row loss [n] (divergence times ``factor``) from raw logit rows [n, V]."""
+        if s_rows.shape[-1] != t_rows.shape[-1]:
+            raise ValueError(
+                f"{type(self).__name__}: student vocab {s_rows.shape[-1]} != teacher vocab {t_rows.shape[-1]}; "
+                "the distributions must be over the same tokens"
+            )
+        dtype = compute_dtype(s_rows)
+        t = self.temperature
+        s_logp = F.log_softmax(s_rows.to(dtype) / t, dim=-1)
+        t_logp = F.log_softmax(t_rows.to(dtype) / t, dim=-1)
+        values = self.divergence(s_logp, t_logp)
+        return values * self.factor if self.scale_by_t2 and t != 1.0 else values
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        s_rows, mask = rows_and_mask(student.logits, batch)  # [N, V], [N]
+        t_rows, _ = rows_and_mask(teacher.logits, batch)  # [N, V]
+        values = self.per_token(s_rows[mask], t_rows[mask])  # only real rows are computed
+        total = values.sum()
+        return total * token_scale(mask.sum(), batch).to(total.dtype)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, weight={self.weight}, scale_by_t2={self.scale_by_t2}"
+
+
+class ForwardKL(TokenDivergence):
+    """KL(p_T || p_S) per token: mode covering; the standard word-level KD objective."""
+
+    name = "forward_kl"
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        return _kl_rows(t_logp, s_logp)
+
+
+class ReverseKL(TokenDivergence):
+    """KL(p_S || p_T) per token: mode seeking (MiniLLM, Gu et al., 2024).
+
+    This is the exact token-level reverse KL over the vocabulary (as in GKD / DistiLLM), not
+    MiniLLM's sequence-level policy-gradient estimator.
+    """
+
+    name = "reverse_kl"
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        return _kl_rows(s_logp, t_logp)
+
+
+class GeneralizedJSD(TokenDivergence):
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2024, Eq. 1).
+
+    With ``M = beta p_T + (1 - beta) p_S``::
+
+        JSD_beta = beta KL(p_T || M) + (1 - beta) KL(p_S || M)       for 0 < beta < 1
+        JSD_0    = KL(p_T || p_S)   (forward KL, exactly)
+        JSD_1    = KL(p_S || p_T)   (reverse KL, exactly)
+
+    Near the ends the mixture form is ~ beta KL(p_T||p_S) resp. (1-beta) KL(p_S||p_T): it behaves
+    like forward KL for small beta and reverse KL for beta near 1 but tends to 0, so the ends are
+    special-cased (the value jumps at beta = 0 and 1). This is exactly TRL's
+    ``GKDTrainer.generalized_jsd_loss`` convention: our ``beta`` IS TRL's ``beta`` (TRL mixes
+    ``log(1-beta) + student_logp`` with ``log(beta) + teacher_logp`` and special-cases 0 and 1 the
+    same way). ``beta=0.5`` is the symmetric JSD.
+    """
+
+    name = "jsd"
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+        super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
+        self.beta = _check_unit(type(self).__name__, "beta", beta)
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        beta = self.beta
+        if beta == 0.0:
+            return _kl_rows(t_logp, s_logp)
+        if beta == 1.0:
+            return _kl_rows(s_logp, t_logp)
+        log_m = _log_mixture(t_logp, s_logp, beta)
+        return beta * _kl_rows(t_logp, log_m) + (1.0 - beta) * _kl_rows(s_logp, log_m)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, " + super().extra_repr()
+
+
+class SkewKL(TokenDivergence):
+    """Skew KL of DistiLLM (Ko et al., 2024): KL(p_T || alpha p_T + (1 - alpha) p_S).
+
+    ``alpha=0`` is forward KL exactly; larger alpha bounds the loss (by -log alpha) and smooths
+    its gradient. Valid: 0 <= alpha < 1 (alpha = 1 would be identically zero). DistiLLM uses 0.1.
+    """
+
+    name = "skew_kl"
+
+    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+        super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
+        self.alpha = _check_unit(type(self).__name__, "alpha", alpha, upper_open=True)
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        if self.alpha == 0.0:
+            return _kl_rows(t_logp, s_logp)
+        return _kl_rows(t_logp, _log_mixture(t_logp, s_logp, self.alpha))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, " + super().extra_repr()
+
+
+class SkewReverseKL(TokenDivergence):
+    """Skew reverse KL of DistiLLM: KL(p_S || alpha p_S + (1 - alpha) p_T).
+
+    ``alpha=0`` is reverse KL exactly. Valid: 0 <= alpha < 1.
+    """
+
+    name = "skew_reverse_kl"
+
+    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+        super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
+        self.alpha = _check_unit(type(self).__name__, "alpha", alpha, upper_open=True)
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        if self.alpha == 0.0:
+            return _kl_rows(s_logp, t_logp)
+        return _kl_rows(s_logp, _log_mixture(s_logp, t_logp, self.alpha))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, " + super().extra_repr()
+
+
+class TotalVariation(TokenDivergence):
+    """Total variation distance 0.5 * sum |p_T - p_S| per token, in [0, 1].
+
+    Not scaled by T^2 by default (``scale_by_t2=False``): it is a bounded distance, not a KL.
+    At ties (p_T == p_S for a token) the subgradient 0 is used.
+    """
+
+    name = "tvd"
+
+    def __init__(self, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = False) -> None:
+        super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
+
+    def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
+        return 0.5 * (t_logp.exp() - s_logp.exp()).abs().sum(-1)

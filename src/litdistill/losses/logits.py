@@ -1,0 +1,53 @@
+"""Logit losses for the core recipe: Hinton soft targets and hard-label cross entropy."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from litdistill.losses.base import DistillationLoss, check_temperature, masked_mean, rows_and_mask
+from litdistill.outputs import ModelOutputs
+
+
+class SoftTargetKL(DistillationLoss):
+    """KL(teacher_T || student_T) between temperature-softened distributions, times T^2.
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard-label loss when
+    the temperature changes (Hinton et al., 2015). Averaged over real rows (examples or tokens).
+    """
+
+    name = "soft_kl"
+
+    def __init__(self, temperature: float = 2.0, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.temperature = check_temperature(type(self).__name__, temperature)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        t = self.temperature
+        s_rows, mask = rows_and_mask(student.logits, batch)  # [N, C]
+        t_rows, _ = rows_and_mask(teacher.logits, batch)  # [N, C]
+        s_logp = F.log_softmax(s_rows.float() / t, dim=-1)
+        t_logp = F.log_softmax(t_rows.float() / t, dim=-1)
+        kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [N]
+        return masked_mean(kl, mask) * t * t
+
+
+class HardCE(DistillationLoss):
+    """Cross entropy to the labels at temperature 1; rows labelled -100 are ignored."""
+
+    name = "hard_ce"
+    uses_teacher = False
+
+    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        logits = student.logits
+        labels = batch["labels"]
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.label_smoothing,
+        )

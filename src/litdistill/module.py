@@ -1,0 +1,203 @@
+"""DistillationModule: a frozen teacher, a trainable student and a set of weighted loss terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from litdistill.forward import align_labels, run_model
+from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
+from litdistill.metrics import agreement, metric_values, task_metrics
+from litdistill.optim import parameter_groups
+from litdistill.outputs import ModelOutputs
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss term is NaN or infinite; names the step and the term."""
+
+
+class DistillationModule(L.LightningModule):
+    """Train ``student`` to match ``teacher`` under ``losses``; ``teacher=None`` trains on labels.
+
+    The teacher is frozen (no gradients, eval mode, ``no_grad``) and never enters checkpoints or
+    the optimizer. Each step runs each model once, asking only for the outputs the losses need.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        losses: Mapping[str, DistillationLoss] | Iterable[DistillationLoss] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        task: str = "classification",
+        num_labels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.losses = nn.ModuleDict(_as_named_losses(losses, teacher is not None))
+        self.task = task
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01)
+        self.scheduler_factory = scheduler
+        self.uses_teacher = any(loss.uses_teacher for loss in self.losses.values())
+        if self.uses_teacher and teacher is None:
+            teacher_losses = [name for name, loss in self.losses.items() if loss.uses_teacher]
+            raise ValueError(f"losses {teacher_losses} need a teacher, but teacher=None")
+        if teacher is not None:
+            teacher.requires_grad_(False)  # before any strategy wraps the model
+            teacher.eval()
+        self.needs = frozenset().union(*(loss.needs for loss in self.losses.values()))
+        self.student_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "student_features", ())})
+        self.teacher_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "teacher_features", ())})
+        num_labels = num_labels or _num_outputs(student, task)
+        self.val_metrics = task_metrics(task, num_labels).clone(prefix="val/student/")
+        self.teacher_val_metrics = task_metrics(task, num_labels).clone(prefix="val/teacher/")
+        self._teacher_val_preds: dict[int, Tensor] = {}  # batch index -> teacher predictions, from the first full validation
+        self._teacher_val_logged: dict[str, float] | None = None
+        self._agree = [0, 0]
+        self.strict_loading = False  # checkpoints carry no teacher weights
+
+    # ---- modes -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Whatever Lightning or the user switches, the teacher stays in eval mode (no dropout)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning >= 2.2 does not call .train() for us, and from_pretrained models start in eval.
+        self.student.train()
+        self.losses.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, **inputs: Tensor) -> Any:
+        return self.student(**inputs)
+
+    def student_outputs(self, batch: dict[str, Tensor], needs: frozenset[str] | None = None) -> ModelOutputs:
+        return run_model(self.student, batch, self.needs if needs is None else needs, self.task, self.student_features)
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch: dict[str, Tensor], needs: frozenset[str] | None = None) -> ModelOutputs:
+        """Teacher outputs for the batch; precomputed ``teacher_logits`` in the batch (a cache) win."""
+        if "teacher_logits" in batch:
+            return ModelOutputs(logits=batch["teacher_logits"])
+        return run_model(self.teacher, batch, self.needs if needs is None else needs, self.task, self.teacher_features)
+
+    def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], ModelOutputs]:
+        """Weighted total, each unweighted term, and the student's outputs for one aligned batch."""
+        student = self.student_outputs(batch)
+        teacher = self.teacher_outputs(batch) if self.uses_teacher else None
+        terms = {name: loss(student, teacher, batch) for name, loss in self.losses.items()}
+        total = sum(self.losses[name].weight * value for name, value in terms.items())
+        return total, terms, student
+
+    # ---- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        batch = align_labels(batch, self.task)
+        total, terms, _ = self.loss_terms(batch)
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss term {name!r} is {value.item()} at global step {self.global_step} "
+                    f"(epoch {self.current_epoch}, batch {batch_idx}); training stopped, the last checkpoint is intact"
+                )
+            self.log(f"train/loss/{name}", value.detach(), on_step=True, on_epoch=True)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        return total
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        batch = align_labels(batch, self.task)
+        needs = frozenset({"logits"})
+        student_preds = self.student_outputs(batch, needs).logits.argmax(-1)
+        labels = batch.get("labels")
+        if labels is not None:
+            self.val_metrics.update(student_preds, labels)
+        teacher_preds = self._teacher_predictions(batch, batch_idx, needs)
+        if teacher_preds is not None:
+            agree, counted = agreement(student_preds, teacher_preds, labels if self.task == "causal_lm" else None)
+            self._agree[0] += agree
+            self._agree[1] += counted
+
+    def _teacher_predictions(self, batch: dict[str, Tensor], batch_idx: int, needs: frozenset[str]) -> Tensor | None:
+        """The teacher is frozen, so its validation predictions are computed once and reused."""
+        if self.teacher is None and "teacher_logits" not in batch:
+            return None
+        if batch_idx in self._teacher_val_preds and not self.trainer.sanity_checking:
+            return self._teacher_val_preds[batch_idx].to(self.device)
+        preds = self.teacher_outputs(batch, needs).logits.argmax(-1)
+        if not self.trainer.sanity_checking:
+            self._teacher_val_preds[batch_idx] = preds.cpu()
+            if self._teacher_val_logged is None and "labels" in batch:
+                self.teacher_val_metrics.update(preds, batch["labels"])
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            self._agree = [0, 0]
+            return
+        if any(metric.update_called for metric in self.val_metrics.values()):
+            self.log_dict(metric_values(self.val_metrics), sync_dist=True)
+        self.val_metrics.reset()
+        if self._teacher_val_preds:
+            if self._teacher_val_logged is None:
+                self._teacher_val_logged = metric_values(self.teacher_val_metrics)
+                self.teacher_val_metrics.reset()
+            self.log_dict(self._teacher_val_logged, sync_dist=True)
+            agree, counted = self._agree
+            self.log("val/agreement", agree / max(counted, 1), sync_dist=True)
+        self._agree = [0, 0]
+
+    # ---- optimisation and checkpoints --------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """Only student and trainable-loss parameters are optimised; the teacher never is."""
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher.")]
+        optimizer = self.optimizer_factory(parameter_groups(trainable))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen teacher from checkpoints: it is reloaded from its source on resume."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load everything but the teacher strictly: a missing student key is still an error."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("teacher.")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not match the student: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return result
+
+
+def _as_named_losses(
+    losses: Mapping[str, DistillationLoss] | Iterable[DistillationLoss] | None, has_teacher: bool
+) -> dict[str, DistillationLoss]:
+    if losses is None:
+        return {"kd": SoftTargetKL(weight=0.5), "ce": HardCE(weight=0.5)} if has_teacher else {"ce": HardCE()}
+    if isinstance(losses, Mapping):
+        return dict(losses)
+    return {loss.name or type(loss).__name__.lower(): loss for loss in losses}
+
+
+def _num_outputs(model: nn.Module, task: str) -> int:
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("pass num_labels= for a student without a Hugging Face config")
+    return config.num_labels if task == "classification" else config.vocab_size
+

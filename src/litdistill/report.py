@@ -1,0 +1,60 @@
+"""The run report: teacher vs student vs no-KD baseline, as report.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from litdistill.io import atomic_write_text
+
+COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("size_mb", "size (MB)"), ("latency_ms", "CPU ms/example (b=1)"),
+           ("throughput_per_s", "CPU examples/s (b=32)")]
+
+
+def summarize(rows: dict[str, dict[str, Any]], metric: str, agreement: float | None, threads: int,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add the derived comparisons: retained % of the teacher's metric and CPU speed-up."""
+    report: dict[str, Any] = {"metric": metric, "threads": threads, "models": rows, "agreement": agreement}
+    teacher, student = rows.get("teacher"), rows.get("student")
+    if teacher and student:
+        t_metric, s_metric = teacher.get("metrics", {}).get(metric), student.get("metrics", {}).get(metric)
+        if t_metric and s_metric is not None:
+            report["retained_pct"] = 100.0 * s_metric / t_metric
+        if teacher.get("latency_ms") and student.get("latency_ms"):
+            report["speedup"] = teacher["latency_ms"] / student["latency_ms"]
+            report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
+        report["compression"] = teacher["params_m"] / student["params_m"]
+    report.update(extra or {})
+    return report
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    metric_names = sorted({k for row in report["models"].values() for k in row.get("metrics", {})})
+    header = [title for _, title in COLUMNS] + metric_names
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in report["models"].items():
+        cells = [name] + [_cell(row.get(key)) for key, _ in COLUMNS[1:]]
+        cells += [_cell(row.get("metrics", {}).get(m)) for m in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = [("teacher-student agreement", report.get("agreement")), (f"retained % of teacher {report['metric']}", report.get("retained_pct")),
+               ("CPU speed-up (b=1)", report.get("speedup")), ("throughput ratio (b=32)", report.get("throughput_ratio")),
+               ("compression (params)", report.get("compression"))]
+    lines += ["", f"Threads: {report['threads']}. Metrics on the held-out test split."]
+    lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.md", "# litdistill report\n\n" + to_markdown(report))
+    return out_dir / "report.md"

@@ -1,0 +1,123 @@
+"""The real `litdistill` CLI in a subprocess, on tiny models built from configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], tmp_path: Path, module: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "litdistill", *args] if module else ["litdistill", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def only_run_dir(tmp_path: Path) -> Path:
+    runs = sorted((tmp_path / "outputs").glob("*/runs/*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(tmp_path):
+    proc = run_cli(["experiment=tiny", "loss.kd.temperature=3"], tmp_path)
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "baseline"}
+    assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
+    assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
+    assert "temperature: 3" in (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
+    # the exported student loads with plain transformers, tokenizer included
+    model = AutoModelForSequenceClassification.from_pretrained(run / "student")
+    tok = AutoTokenizer.from_pretrained(run / "student")
+    assert model.config.num_hidden_layers == 2
+    assert model(**tok(["Lithium-induced hypothyroidism."], return_tensors="pt")).logits.shape == (1, 2)
+    metrics = (run / "csv").rglob("metrics.csv")
+    header = next(metrics).read_text().splitlines()[0]
+    for key in ("train/loss/kd", "train/loss/ce", "val/student/f1", "val/teacher/f1", "val/agreement"):
+        assert key in header
+
+
+def test_python_dash_m_and_multirun(tmp_path):
+    run_cli(["-m", "experiment=tiny", "debug=fast", "loss.kd.temperature=1,4", "baseline=false"], tmp_path, module=True)
+    runs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/report.json"))
+    assert len(runs) == 2
+
+
+def test_unknown_config_option_lists_the_valid_ones(tmp_path):
+    proc = run_cli(["loss=nope"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'loss/nope'" in proc.stderr and "kd_ce" in proc.stderr
+
+
+def test_bad_temperature_fails_at_config_time_before_loading_models(tmp_path):
+    proc = run_cli(["experiment=tiny", "loss.kd.temperature=0"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "temperature must be a finite number > 0, got 0.0" in proc.stderr
+    assert "fine-tuning the teacher" not in proc.stderr
+
+
+def test_negative_weight_fails_at_config_time(tmp_path):
+    proc = run_cli(["experiment=tiny", "loss.ce.weight=-1"], tmp_path, check=False)
+    assert proc.returncode != 0 and "weight must be a finite number >= 0, got -1.0" in proc.stderr
+
+
+def test_teacher_null_trains_on_labels_alone(tmp_path):
+    run_cli(["experiment=tiny", "debug=fast", "teacher=null", "student=tiny_bert"], tmp_path)
+    report = json.loads((only_run_dir(tmp_path) / "report.json").read_text())
+    assert list(report["models"]) == ["student"] and report["agreement"] is None
+
+
+def test_user_loss_is_one_class_plus_one_yaml(tmp_path):
+    """A loss defined outside litdistill, picked by _target_ from a user config dir, no module change."""
+    (tmp_path / "my_losses.py").write_text(
+        "import torch\nfrom litdistill.losses import DistillationLoss\n"
+        "class ArgmaxMatch(DistillationLoss):\n    name = 'argmax_match'\n"
+        "    def forward(self, student, teacher, batch):\n"
+        "        return torch.nn.functional.cross_entropy(student.logits, teacher.logits.argmax(-1))\n")
+    (tmp_path / "myconf" / "loss").mkdir(parents=True)
+    (tmp_path / "myconf" / "loss" / "argmax.yaml").write_text(
+        "hard_teacher:\n  _target_: my_losses.ArgmaxMatch\n  weight: 1.0\n")
+    env_path = f"{tmp_path}{os.pathsep}{REPO}"
+    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": env_path}
+    proc = subprocess.run(["litdistill", "experiment=tiny", "debug=fast", "baseline=false", "loss=argmax",
+                           f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next((tmp_path / "outputs").rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "train/loss/hard_teacher" in header
+
+
+def test_runs_from_another_directory_with_the_packaged_configs(tmp_path):
+    """No conf/ in the working directory: the configs are found through the package."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli(["--cfg", "job", "experiment=tiny"], elsewhere)
+    assert "model_type: bert" in proc.stdout and "every: 2" in proc.stdout
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True)
+    import zipfile
+
+    wheel = next(tmp_path.glob("litdistill-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "litdistill/conf/train.yaml" in names and "litdistill/conf/loss/kd_ce.yaml" in names

@@ -1,0 +1,49 @@
+"""Vocabulary and label-space checks name exactly what differs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from transformers import AutoTokenizer
+
+from litdistill.compat import IncompatibleModelsError, check_output_spaces, check_tokenizers
+from tests.conftest import tiny_bert
+
+
+def test_same_tokenizer_passes(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    check_tokenizers(tok, AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def test_vocabulary_mismatch_names_both_vocabularies_and_first_differing_ids(tmp_path, tokenizer_dir):
+    other = tmp_path / "other_tok"
+    shutil.copytree(tokenizer_dir, other, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
+    vocab = (other / "vocab.txt").read_text().splitlines()
+    vocab[1000], vocab[1001] = "[UNUSED_A]", "[UNUSED_B]"
+    (other / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    for f in ("tokenizer.json",):
+        if (other / f).exists():
+            data = json.loads((other / f).read_text())
+            model_vocab = data["model"]["vocab"]
+            for token, i in list(model_vocab.items()):
+                if i in (1000, 1001):
+                    del model_vocab[token]
+            model_vocab["[UNUSED_A]"], model_vocab["[UNUSED_B]"] = 1000, 1001
+            (other / f).write_text(json.dumps(data))
+    teacher_tok, student_tok = AutoTokenizer.from_pretrained(tokenizer_dir), AutoTokenizer.from_pretrained(other)
+    with pytest.raises(IncompatibleModelsError) as err:
+        check_tokenizers(teacher_tok, student_tok)
+    message = str(err.value)
+    assert str(tokenizer_dir) in message and str(other) in message
+    assert "id 1000: teacher" in message and "'[UNUSED_A]'" in message and "sequence-level" in message
+
+
+def test_label_space_mismatch():
+    with pytest.raises(IncompatibleModelsError, match="teacher has 2 labels, student 3"):
+        check_output_spaces(tiny_bert(num_labels=2), tiny_bert(num_labels=3), "classification")
+    teacher, student = tiny_bert(), tiny_bert()
+    teacher.config.vocab_size = 30000
+    with pytest.raises(IncompatibleModelsError, match="30000 tokens, student logits 30522"):
+        check_output_spaces(teacher, student, "causal_lm")

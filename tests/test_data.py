@@ -1,0 +1,111 @@
+"""Text-classification data from local files, the ADE corpus reader, and column errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from litdistill.data import TextClassificationDataModule
+from litdistill.data.ade import prepare_ade_splits, read_ade_corpus
+
+SHARED_ADE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ade_corpus_v2"
+ROWS = [{"sentence": f"Patient {i} developed rash after drug {i}." if i % 2 else f"Drug {i} treated asthma.", "y": i % 2}
+        for i in range(40)]
+
+
+def _write(tmp_path: Path, fmt: str) -> dict[str, str]:
+    files = {}
+    for split, rows in (("train", ROWS[:24]), ("validation", ROWS[24:32]), ("test", ROWS[32:])):
+        path = tmp_path / f"{split}.{fmt}"
+        df = pd.DataFrame(rows)
+        if fmt == "csv":
+            df.to_csv(path, index=False)
+        elif fmt == "tsv":
+            df.to_csv(path, index=False, sep="\t")
+        elif fmt == "jsonl":
+            path.write_text("\n".join(json.dumps(r) for r in rows))
+        else:
+            df.to_parquet(path)
+        files[split] = str(path)
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_local_files_load_tokenize_and_batch(fmt, tmp_path, tokenizer_dir):
+    dm = TextClassificationDataModule(tokenizer_dir, data_files=_write(tmp_path, fmt), text_column="sentence",
+                                      label_column="y", batch_size=4, max_length=16)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 16
+    assert set(batch["labels"].tolist()) <= {0, 1}
+    assert len(dm.splits["test"]) == 8
+
+
+def test_missing_column_names_the_columns_present(tmp_path, tokenizer_dir):
+    dm = TextClassificationDataModule(tokenizer_dir, data_files=_write(tmp_path, "csv"), text_column="text", label_column="y")
+    with pytest.raises(ValueError, match=r"column\(s\) \['text'\] not in the data; columns present: \['sentence', 'y'\]"):
+        dm.setup("fit")
+
+
+def test_labels_out_of_range_are_refused(tmp_path, tokenizer_dir):
+    dm = TextClassificationDataModule(tokenizer_dir, data_files=_write(tmp_path, "csv"), text_column="sentence",
+                                      label_column="y", num_labels=1)
+    with pytest.raises(ValueError, match="outside 0..0"):
+        dm.setup("fit")
+
+
+def test_single_split_source_is_deduplicated_and_split_without_leakage(tmp_path, tokenizer_dir):
+    """The ADE hub dataset's shape: one train split with repeated sentences (one per drug-effect pair)."""
+    rows = [{"text": f"sentence {i % 50}", "label": int(i % 50 < 10)} for i in range(120)]
+    path = tmp_path / "ade_like.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = TextClassificationDataModule(tokenizer_dir, data_files={"train": str(path)}, val_fraction=0.2, test_fraction=0.2)
+    raw = dm.raw_splits()
+    sets = {s: set(raw[s]["text"]) for s in raw}
+    assert sum(len(v) for v in sets.values()) == 50
+    assert not (sets["train"] & sets["validation"] or sets["train"] & sets["test"] or sets["validation"] & sets["test"])
+
+
+def test_ade_config_reads_a_file_of_the_hub_schema(tmp_path, compose_train):
+    """data=ade keeps the real hub name; offline it is pointed at a local file of the same schema."""
+    cfg = compose_train(["data=ade"])
+    assert cfg.data.dataset == "ade-benchmark-corpus/ade_corpus_v2" and cfg.data.subset == "Ade_corpus_v2_classification"
+    path = tmp_path / "ade.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"Drug {i} caused rash." if i % 3 else f"Drug {i} helped.", "label": int(i % 3 > 0)}) for i in range(60)))
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, dataset=None, subset=None, data_files={"train": str(path)})
+    dm.setup("fit")
+    assert len(dm.splits["train"]) + len(dm.splits["validation"]) + len(dm.splits["test"]) == 60
+
+
+def _write_ade_corpus(root: Path) -> None:
+    root.mkdir()
+    (root / "DRUG-AE.rel").write_text(
+        "1|Aspirin caused bleeding.|bleeding|0|1|Aspirin|0|1\n1|Aspirin caused bleeding.|bleeding|0|1|aspirin|0|1\n"
+        "2|Lithium induced tremor.|tremor|0|1|Lithium|0|1\n")
+    (root / "ADE-NEG.txt").write_text("3 NEG Metformin treats diabetes.\n4 NEG Metformin treats diabetes.\n5 NEG Lithium induced tremor.\n6 NEG Heparin was given.\n")
+
+
+def test_ade_reader_dedupes_and_positive_wins(tmp_path):
+    _write_ade_corpus(tmp_path / "corpus")
+    rows = dict(read_ade_corpus(str(tmp_path / "corpus")))
+    assert rows == {"Aspirin caused bleeding.": 1, "Lithium induced tremor.": 1, "Metformin treats diabetes.": 0, "Heparin was given.": 0}
+
+
+def test_ade_reader_names_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="DRUG-AE.rel"):
+        read_ade_corpus(str(tmp_path))
+
+
+@pytest.mark.skipif(not SHARED_ADE.is_dir(), reason="real ADE corpus not beside the checkout")
+def test_real_ade_corpus_splits_have_no_shared_sentence(tmp_path):
+    files = prepare_ade_splits(str(SHARED_ADE), str(tmp_path / "splits"))
+    texts = {s: set(pd.read_csv(p, keep_default_na=False)["text"]) for s, p in files.items()}
+    assert sum(len(t) for t in texts.values()) == 20896
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["validation"])
+    labels = pd.read_csv(files["train"])["label"]
+    assert 0.15 < labels.mean() < 0.25  # about 4,271 of 20,896 sentences are adverse events

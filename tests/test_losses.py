@@ -1,0 +1,88 @@
+"""Loss values against hand-computed numbers and an independent implementation; validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from litdistill.losses import LOSSES, DistillationLoss, HardCE, SoftTargetKL, build_loss
+from litdistill.outputs import ModelOutputs
+
+
+def _kl_by_hand(t_logits: list[float], s_logits: list[float], temp: float) -> float:
+    def softmax(xs):
+        exps = [math.exp(x / temp) for x in xs]
+        return [e / sum(exps) for e in exps]
+
+    p, q = softmax(t_logits), softmax(s_logits)
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def test_soft_target_kl_matches_hand_computation():
+    teacher = [[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]
+    student = [[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]]
+    for temp in (1.0, 2.0, 4.0):
+        loss = SoftTargetKL(temperature=temp)(ModelOutputs(logits=torch.tensor(student)), ModelOutputs(logits=torch.tensor(teacher)), {})
+        expected = temp**2 * sum(_kl_by_hand(t, s, temp) for t, s in zip(teacher, student)) / 2
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_target_kl_matches_torch_kl_div_and_is_zero_for_equal_logits():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 5), torch.randn(8, 5)
+    ours = SoftTargetKL(temperature=3.0)(ModelOutputs(logits=s), ModelOutputs(logits=t), {})
+    ref = F.kl_div(F.log_softmax(s / 3, -1), F.log_softmax(t / 3, -1), log_target=True, reduction="batchmean") * 9
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    same = SoftTargetKL()(ModelOutputs(logits=t), ModelOutputs(logits=t), {})
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_token_logits_use_the_token_mask_and_masked_positions_get_no_gradient():
+    torch.manual_seed(0)
+    s = torch.randn(2, 4, 6, requires_grad=True)
+    t = torch.randn(2, 4, 6)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    loss = SoftTargetKL(temperature=1.0)(ModelOutputs(logits=s), ModelOutputs(logits=t), {"token_mask": mask})
+    ref = F.kl_div(F.log_softmax(s[mask], -1), F.log_softmax(t[mask], -1), log_target=True, reduction="batchmean")
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    assert torch.all(s.grad[~mask] == 0) and torch.any(s.grad[mask] != 0)
+
+
+def test_hard_ce_ignores_minus_100_and_runs_at_temperature_one():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
+    labels = torch.tensor([0, -100, 1])
+    loss = HardCE()(ModelOutputs(logits=logits), None, {"labels": labels})
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(-5) / (math.exp(5) + math.exp(-5)))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_temperature_is_refused_naming_the_value(bad):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        SoftTargetKL(temperature=bad)
+
+
+def test_negative_weight_is_refused():
+    with pytest.raises(ValueError, match=r"weight must be a finite number >= 0, got -0.5"):
+        HardCE(weight=-0.5)
+
+
+def test_registry_finds_builtins_and_user_losses_register_themselves():
+    assert LOSSES["soft_kl"] is SoftTargetKL and LOSSES["hard_ce"] is HardCE
+    assert build_loss("soft_kl", temperature=3.0).temperature == 3.0
+    with pytest.raises(KeyError, match="registered losses"):
+        build_loss("nope")
+
+    class L1Logits(DistillationLoss):
+        name = "test_l1_logits"
+
+        def forward(self, student, teacher, batch):
+            return (student.logits - teacher.logits).abs().mean()
+
+    assert LOSSES["test_l1_logits"] is L1Logits
+    with pytest.raises(TypeError, match="unknown entries"):
+        type("BadNeeds", (DistillationLoss,), {"needs": frozenset({"telepathy"})})
