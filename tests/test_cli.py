@@ -109,7 +109,7 @@ def test_runs_from_another_directory_with_the_packaged_configs(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = run_cli(["--cfg", "job", "experiment=tiny"], elsewhere)
-    assert "model_type: bert" in proc.stdout and "every: 2" in proc.stdout
+    assert "model_type: bert" in proc.stdout and "every: 3" in proc.stdout
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+import warnings
 from functools import partial
 from typing import Any
 
@@ -18,6 +19,10 @@ from litdistill.outputs import ModelOutputs
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+# The frozen teacher is in eval mode on purpose; Lightning warns about any module in eval mode.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class NonFiniteLossError(RuntimeError):
