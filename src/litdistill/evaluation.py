@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litdistill.forward import align_labels, run_model
@@ -14,25 +16,34 @@ from litdistill.metrics import agreement, metric_values, task_metrics
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]], task: str) -> tuple[Tensor, Tensor]:
-    """Argmax predictions and labels over all batches (token positions flattened for causal LMs)."""
+def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]], task: str) -> tuple[Tensor, Tensor, float]:
+    """Argmax predictions, labels (token positions flattened for causal LMs) and the mean NLL of the
+    labels (its exp is the perplexity on this data for causal LMs)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    preds, labels = [], []
+    preds, labels, nll, counted = [], [], 0.0, 0
     for batch in batches:
-        batch = align_labels({k: v.to(device) for k, v in batch.items()}, task)
+        batch = align_labels({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}, task)
         logits = run_model(model, batch, frozenset({"logits"}), task).logits
+        flat_labels = batch["labels"].reshape(-1)
+        nll += float(F.cross_entropy(logits.reshape(flat_labels.numel(), -1).float(), flat_labels,
+                                     ignore_index=-100, reduction="sum"))
+        counted += int((flat_labels != -100).sum())
         preds.append(logits.argmax(-1).reshape(-1).cpu())
-        labels.append(batch["labels"].reshape(-1).cpu())
+        labels.append(flat_labels.cpu())
     model.train(was_training)
-    return torch.cat(preds), torch.cat(labels)
+    return torch.cat(preds), torch.cat(labels), nll / max(counted, 1)
 
 
-def score(preds: Tensor, labels: Tensor, task: str, num_labels: int) -> dict[str, float]:
+def score(preds: Tensor, labels: Tensor, task: str, num_labels: int, mean_nll: float | None = None) -> dict[str, float]:
+    """Task metrics; causal LMs also get the perplexity of the held-out responses."""
     metrics = task_metrics(task, num_labels)
     metrics.update(preds, labels)
-    return metric_values(metrics)
+    values = metric_values(metrics)
+    if task == "causal_lm" and mean_nll is not None:
+        values["perplexity"] = math.exp(min(mean_nll, 50.0))
+    return values
 
 
 def agreement_rate(a: Tensor, b: Tensor, labels: Tensor, task: str) -> float:
@@ -40,33 +51,39 @@ def agreement_rate(a: Tensor, b: Tensor, labels: Tensor, task: str) -> float:
     return agree / max(counted, 1)
 
 
-def _median_seconds(model: nn.Module, inputs: dict[str, Tensor], repeats: int) -> float:
-    for _ in range(2):  # warm-up
-        model(**inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _seconds(model: nn.Module, inputs: dict[str, Tensor]) -> float:
+    start = time.perf_counter()
+    model(**inputs)
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
-def cpu_speed(model: nn.Module, example: dict[str, Tensor], threads: int, batch_size: int = 32, repeats: int = 10) -> dict[str, float]:
-    """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, fixed threads.
+def cpu_speeds(models: dict[str, nn.Module], example: dict[str, Tensor], threads: int, batch_size: int = 32,
+               repeats: int = 10) -> dict[str, dict[str, float]]:
+    """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model.
 
-    Both models of a comparison get the same example row, batch size and thread count.
+    Every model gets the same example row, batch size and thread count, and the repetitions are
+    interleaved across models, so machine noise hits all of them alike and their ratios hold.
     """
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        raise ValueError("cpu_speed measures a CPU copy of the model; move it with .cpu() first")
+    for name, model in models.items():
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            raise ValueError(f"cpu_speeds measures CPU models; move {name!r} with .cpu() first")
+        model.eval()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    model.eval()
     one = {k: v[:1] for k, v in example.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     many = {k: v.repeat(batch_size, 1) for k, v in one.items()}
+    single: dict[str, list[float]] = {name: [] for name in models}
+    batched: dict[str, list[float]] = {name: [] for name in models}
     try:
-        single = _median_seconds(model, one, repeats)
-        batched = _median_seconds(model, many, max(3, repeats // 3))
+        for model in models.values():  # warm-up
+            _seconds(model, one), _seconds(model, many)
+        for i in range(repeats):
+            for name, model in models.items():
+                single[name].append(_seconds(model, one))
+                if i % 3 == 0:
+                    batched[name].append(_seconds(model, many))
     finally:
         torch.set_num_threads(previous_threads)
-    return {"latency_ms": 1000 * single, "throughput_per_s": batch_size / batched}
+    return {name: {"latency_ms": 1000 * statistics.median(single[name]),
+                   "throughput_per_s": batch_size / statistics.median(batched[name])} for name in models}

@@ -14,14 +14,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from litdistill.checkpointing import AtomicCheckpointIO
 from litdistill.compat import check_output_spaces, check_tokenizers
-from litdistill.evaluation import agreement_rate, cpu_speed, predict, score
+from litdistill.evaluation import agreement_rate, cpu_speeds, predict, score
 from litdistill.export import directory_size_mb, export_student
+from litdistill.export_formats import export_configured
 from litdistill.finetune import finetuned_teacher
 from litdistill.io import atomic_write_text
 from litdistill.losses import DistillationLoss, HardCE
 from litdistill.models import count_parameters, load_tokenizer, memory_footprint
 from litdistill.module import DistillationModule
+from litdistill.plots import report_figures
 from litdistill.report import summarize, to_markdown, write_report
+from litdistill.tracking import log_run
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     models = {"teacher": teacher, "student": student, "baseline": baseline}
     report = evaluate_models({k: m for k, m in models.items() if m is not None}, datamodule, cfg)
     report["models"]["student"]["size_on_disk_mb"] = directory_size_mb(export_dir)
+    exports = export_configured(cfg, student, datamodule, out_dir)  # export.onnx / export.int8
+    if exports:
+        report["exports"] = exports
+    if (cfg.get("report") or {}).get("plots", True):
+        report["figures"] = report_figures(report, out_dir, trainer)
     write_report(report, out_dir)
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     print(to_markdown(report))
+    log_run(trainer, cfg, report, out_dir)  # W&B: config, report table, figures, student artifact
     return report
 
 
@@ -99,13 +108,15 @@ def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningD
     rows, preds = {}, {}
     labels = None
     for name, model in models.items():
-        preds[name], labels = predict(model, loader, task)
+        preds[name], labels, mean_nll = predict(model, loader, task)
         num_labels = model.config.num_labels if task == "classification" else model.config.vocab_size
         row = {"params_m": count_parameters(model) / 1e6, "size_mb": memory_footprint(model) / 2**20,
-               "metrics": score(preds[name], labels, task, num_labels)}
-        if cfg.report.speed and not getattr(model, "is_quantized", False):
-            row.update(cpu_speed(model.cpu(), example, threads, repeats=cfg.report.repeats))
+               "metrics": score(preds[name], labels, task, num_labels, mean_nll)}
         rows[name] = row
+    if cfg.report.speed:
+        timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}
+        for name, speed in cpu_speeds(timed, example, threads, repeats=cfg.report.repeats).items():
+            rows[name].update(speed)
     agreement = agreement_rate(preds["student"], preds["teacher"], labels, task) if "teacher" in preds else None
     if "teacher" in preds and "baseline" in preds:
         rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)

@@ -67,3 +67,29 @@ def make_drug_event_dataset(out_dir: str, n_train: int = 2000, n_val: int = 400,
         atomic_write_csv(path, ["text", "label"], rows)
         paths[split] = str(path)
     return paths
+
+
+SFT_PROMPTS = [
+    ("What adverse effect is {drug} known for?", "{drug} can cause {cond}."),
+    ("Name a drug that can cause {cond}.", "{drug} is one drug that can cause {cond}."),
+    ("What is {drug} used to treat?", "{drug} is used to treat {ind}."),
+    ("Should {drug} be stopped if {cond} develops?", "Yes. If {cond} develops on {drug}, stop {drug} and review."),
+]
+
+
+def make_sft_dataset(out_dir: str, n_train: int = 400, n_val: int = 50, n_test: int = 50, seed: int = 0) -> dict[str, str]:
+    """Write prompt/response JSONL splits of short drug-safety questions (the tiny causal recipe)."""
+    import json
+
+    from litdistill.io import atomic_write_text
+
+    rng = random.Random(seed)
+    paths = {}
+    for split, n in (("train", n_train), ("validation", n_val), ("test", n_test)):
+        lines = []
+        for _ in range(n):
+            prompt, response = rng.choice(SFT_PROMPTS)
+            words = {"drug": rng.choice(DRUGS), "cond": rng.choice(CONDITIONS), "ind": rng.choice(INDICATIONS)}
+            lines.append(json.dumps({"prompt": prompt.format(**words), "response": response.format(**words)}))
+        paths[split] = str(atomic_write_text(Path(out_dir) / f"{split}.jsonl", "\n".join(lines) + "\n"))
+    return paths
