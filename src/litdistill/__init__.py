@@ -1,8 +1,28 @@
-"""litdistill: knowledge distillation for language models on PyTorch Lightning, configured with Hydra."""
+"""litdistill: knowledge distillation for language models on PyTorch Lightning, configured with Hydra.
+
+The heavy names (torch, Lightning, transformers behind them) load on first use, so commands that
+need none of them (``litdistill generate``, ``litdistill new``) start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from litdistill import config as _config  # noqa: F401  (registers the OmegaConf resolvers)
-from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
-from litdistill.module import DistillationModule, NonFiniteLossError
 
 __version__ = "0.1.0"
-__all__ = ["DistillationLoss", "DistillationModule", "HardCE", "NonFiniteLossError", "SoftTargetKL", "__version__"]
+_LAZY = {
+    "DistillationModule": "litdistill.module",
+    "NonFiniteLossError": "litdistill.module",
+    "DistillationLoss": "litdistill.losses",
+    "HardCE": "litdistill.losses",
+    "SoftTargetKL": "litdistill.losses",
+}
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'litdistill' has no attribute {name!r}")

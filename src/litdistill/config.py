@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from litdistill.models import packaged_minilm
+from litdistill.packaged import packaged_minilm
 
 
 def config_dir() -> Path:

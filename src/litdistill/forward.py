@@ -26,6 +26,8 @@ def run_model(
     ``distill_forward(batch, needs, task) -> ModelOutputs`` and are called through it instead.
     """
     if hasattr(model, "distill_forward"):
+        if feature_names:  # hooked submodules (feature losses): only then, so 3-argument versions still work
+            return model.distill_forward(batch, needs, task, feature_names=feature_names)
         return model.distill_forward(batch, needs, task)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     flags = {}

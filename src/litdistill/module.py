@@ -11,11 +11,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from litdistill.attention_impl import ensure_attention_outputs, restore_attention_implementation
 from litdistill.forward import align_labels, run_model
 from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
 from litdistill.metrics import agreement, metric_values, task_metrics
 from litdistill.optim import parameter_groups
-from litdistill.outputs import ModelOutputs
+from litdistill.outputs import ModelOutputs, TopK
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -63,6 +64,13 @@ class DistillationModule(L.LightningModule):
         self.needs = frozenset().union(*(loss.needs for loss in self.losses.values()))
         self.student_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "student_features", ())})
         self.teacher_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "teacher_features", ())})
+        if "attentions" in self.needs:  # sdpa/flash return no attention maps: eager, only when a loss needs them
+            for model in (student, teacher):
+                if model is not None:
+                    ensure_attention_outputs(model)
+        if teacher is not None:  # layer maps and projections, before the optimizer exists
+            for loss in self.losses.values():
+                loss.setup(student, teacher)
         num_labels = num_labels or _num_outputs(student, task)
         self.val_metrics = task_metrics(task, num_labels).clone(prefix="val/student/")
         self.teacher_val_metrics = task_metrics(task, num_labels).clone(prefix="val/teacher/")
@@ -86,6 +94,19 @@ class DistillationModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.eval()
 
+    def on_fit_start(self) -> None:
+        if "attentions" in self.needs:  # again, after an earlier fit's on_fit_end
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    ensure_attention_outputs(model)
+
+    def on_fit_end(self) -> None:
+        """Eager attention was for the attention loss: inference, export and timing use sdpa again."""
+        if "attentions" in self.needs:
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    restore_attention_implementation(model)
+
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, **inputs: Tensor) -> Any:
         return self.student(**inputs)
@@ -95,9 +116,12 @@ class DistillationModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_outputs(self, batch: dict[str, Tensor], needs: frozenset[str] | None = None) -> ModelOutputs:
-        """Teacher outputs for the batch; precomputed ``teacher_logits`` in the batch (a cache) win."""
+        """Teacher outputs for the batch; precomputed ``teacher_logits`` or ``teacher_topk_*`` in the
+        batch (an offline teacher cache, see litdistill.cache) win over running the teacher."""
         if "teacher_logits" in batch:
             return ModelOutputs(logits=batch["teacher_logits"])
+        if "teacher_topk_ids" in batch:
+            return ModelOutputs(topk=TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"]))
         return run_model(self.teacher, batch, self.needs if needs is None else needs, self.task, self.teacher_features)
 
     def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], ModelOutputs]:
@@ -137,11 +161,12 @@ class DistillationModule(L.LightningModule):
 
     def _teacher_predictions(self, batch: dict[str, Tensor], batch_idx: int, needs: frozenset[str]) -> Tensor | None:
         """The teacher is frozen, so its validation predictions are computed once and reused."""
-        if self.teacher is None and "teacher_logits" not in batch:
+        if self.teacher is None and "teacher_logits" not in batch and "teacher_topk_ids" not in batch:
             return None
         if batch_idx in self._teacher_val_preds and not self.trainer.sanity_checking:
             return self._teacher_val_preds[batch_idx].to(self.device)
-        preds = self.teacher_outputs(batch, needs).logits.argmax(-1)
+        outputs = self.teacher_outputs(batch, needs)
+        preds = outputs.logits.argmax(-1) if outputs.logits is not None else outputs.topk.argmax()
         if not self.trainer.sanity_checking:
             self._teacher_val_preds[batch_idx] = preds.cpu()
             if self._teacher_val_logged is None and "labels" in batch:

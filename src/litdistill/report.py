@@ -50,11 +50,38 @@ def to_markdown(report: dict[str, Any]) -> str:
                ("compression (params)", report.get("compression"))]
     lines += ["", f"Threads: {report['threads']}. Metrics on the held-out test split."]
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    lines += exports_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def exports_markdown(report: dict[str, Any]) -> list[str]:
+    """The exported student formats (``export.onnx`` / ``export.int8``): size, latency, fidelity."""
+    exports = report.get("exports") or {}
+    if not exports.get("formats"):
+        return []
+    lines = ["", "## Exported student", "",
+             f"Same example, batch {exports.get('batch_size', 1)}, {exports.get('threads')} threads; "
+             "agreement and max |logit diff| against the PyTorch student on held-out batches.", "",
+             "| format | file | size (MB) | CPU ms/example (b=1) | agreement | max abs logit diff |", "|---|---|---|---|---|---|"]
+    for fmt, row in exports["formats"].items():
+        diff = row.get("max_abs_diff")
+        lines.append(f"| {fmt} | {row.get('file') or '-'} | {_cell(row.get('size_mb'))} | {_cell(row.get('latency_ms'))} | "
+                     f"{_cell(row.get('agreement'))} | {'-' if diff is None else f'{diff:.2e}'} |")
+    return lines
+
+
+FIGURE_TITLES = {"loss_curves": "Training losses", "comparison": "Teacher vs student vs baseline: quality, latency, size"}
+
+
+def figures_markdown(report: dict[str, Any]) -> str:
+    figures = report.get("figures") or {}
+    if not figures:
+        return ""
+    return "\n## Figures\n\n" + "".join(f"![{FIGURE_TITLES.get(name, name)}]({file})\n\n" for name, file in figures.items())
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
-    atomic_write_text(out_dir / "report.md", "# litdistill report\n\n" + to_markdown(report))
+    atomic_write_text(out_dir / "report.md", "# litdistill report\n\n" + to_markdown(report) + figures_markdown(report))
     return out_dir / "report.md"

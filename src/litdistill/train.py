@@ -12,11 +12,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from litdistill.cache.run import teacher_cache
 from litdistill.checkpointing import AtomicCheckpointIO
 from litdistill.compat import check_output_spaces, check_tokenizers
 from litdistill.evaluation import agreement_rate, cpu_speeds, predict, score
 from litdistill.export import directory_size_mb, export_student
 from litdistill.export_formats import export_configured
+from litdistill.fault_tolerance import resume_checkpoint
 from litdistill.finetune import finetuned_teacher
 from litdistill.io import atomic_write_text
 from litdistill.losses import DistillationLoss, HardCE
@@ -24,6 +26,10 @@ from litdistill.models import count_parameters, load_tokenizer, memory_footprint
 from litdistill.module import DistillationModule
 from litdistill.plots import report_figures
 from litdistill.report import summarize, to_markdown, write_report
+from litdistill.safe_logger import guard_logger
+from litdistill.strategies import (configure_strategy, enable_gradient_checkpointing, gather_full_student,
+                                   leave_process_group, pin_hydra_run_dir, unsharded_models, validate_scaling)
+from litdistill.teachers import MultiTeacher, finetune_members
 from litdistill.tracking import log_run
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,14 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     if "callbacks" not in overrides:
         kwargs["callbacks"] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if "logger" not in overrides:
-        kwargs["logger"] = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg] or False
+        kwargs["logger"] = [guard_logger(instantiate(lg)) for lg in (cfg.get("logger") or {}).values() if lg] or False
     return instantiate(cfg.trainer, **kwargs)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    validate_scaling(cfg)  # strategy, precision: refused before any data or model is loaded
+    pin_hydra_run_dir()  # DDP children re-run this job in this job's directory
+    ckpt_path = resume_checkpoint(cfg)  # ckpt_path=, or resume=true: the run dir's last checkpoint
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     losses = build_losses(cfg.loss)
@@ -55,35 +64,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # reads and validates the data before any model is loaded
     trainer_factory = partial(build_trainer, cfg)
 
-    teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
+    cache = teacher_cache(cfg, losses, datamodule)  # cache=build|use|auto, None for none (docs/caching.md)
+    teacher = instantiate(cfg.teacher) if cfg.get("teacher") and (cache is None or cache.needs_teacher) else None
     if teacher is not None and cfg.get("teacher_finetune"):
-        teacher = finetuned_teacher(cfg, teacher, datamodule, trainer_factory)
-    student = instantiate(cfg.student)(teacher=teacher)
+        finetune = finetune_members if isinstance(teacher, MultiTeacher) else finetuned_teacher
+        teacher = finetune(cfg, teacher, datamodule, trainer_factory)
+    if cache is not None:  # builds the store when this run loaded the teacher for it; training then reads it
+        cached_datamodule = cache.prepare(teacher)
+        if cached_datamodule is None:  # cache=build: the store is written; nothing is trained
+            return {"teacher_cache": cache.summary()}
+        datamodule, teacher = cached_datamodule, None
+    student = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))  # MultiTeacher: its primary
+    if cfg.get("student_gradient_checkpointing"):
+        enable_gradient_checkpointing(student)
     if teacher is not None:
         check_output_spaces(teacher, student, cfg.task)
         if cfg.teacher.get("name_or_path"):
             check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
+    elif cache is not None:
+        cache.check_student(student)  # label count / vocabulary size against the cached outputs
     elif any(loss.uses_teacher for loss in losses.values()):
         losses = {name: loss for name, loss in losses.items() if not loss.uses_teacher} or {"ce": HardCE()}
         log.info("teacher=null: training on labels alone with losses %s", list(losses))
 
-    module = DistillationModule(student, teacher, losses, optimizer=instantiate(cfg.optimizer),
+    module = DistillationModule(student, teacher if cache is None else cache.teacher, losses, optimizer=instantiate(cfg.optimizer),
                                 scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, task=cfg.task)
     trainer = trainer_factory()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    configure_strategy(trainer, student, teacher, cfg.get("teacher_placement", "shard"))
+    # weights_only=False: the checkpoint holds the DataModule's OmegaConf hparams; it is this run's own (or the user's)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
 
     baseline = None
-    if cfg.get("baseline") and teacher is not None:
+    if cfg.get("baseline") and (teacher is not None or cache is not None):
         log.info("training the no-distillation baseline (same student, same steps, labels only)")
         L.seed_everything(cfg.seed, workers=True)
-        baseline = instantiate(cfg.student)(teacher=teacher)
+        baseline = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))
         baseline_module = DistillationModule(baseline, None, {"ce": HardCE()}, optimizer=instantiate(cfg.optimizer),
                                              scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                                              task=cfg.task)
         trainer_factory(logger=False, callbacks=[], enable_checkpointing=False).fit(baseline_module, datamodule=datamodule)
 
+    full_student = gather_full_student(trainer)  # FSDP: every rank takes part; None for other strategies
     if not trainer.is_global_zero:
         return {}
+    leave_process_group()  # rank 0 evaluates alone: no metric may wait for the other ranks
+    if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
+        teacher, student = unsharded_models(cfg, full_student)
     export_dir = export_student(student, datamodule.tokenizer, out_dir / "student")
     models = {"teacher": teacher, "student": student, "baseline": baseline}
     report = evaluate_models({k: m for k, m in models.items() if m is not None}, datamodule, cfg)

@@ -10,6 +10,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from litdistill.data.resumable import ResumableTrainOrder
 from litdistill.models import load_tokenizer
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -43,7 +44,7 @@ def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fr
     return DatasetDict(train=held_out["train"], validation=val_test["train"], test=val_test["test"])
 
 
-class TextClassificationDataModule(L.LightningDataModule):
+class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Tokenised text-classification splits with dynamic padding.
 
     Without a validation split in the source (the ADE hub dataset has only ``train``), the train
@@ -71,10 +72,17 @@ class TextClassificationDataModule(L.LightningDataModule):
         max_eval_examples: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        route_column: str | None = None,
+        route_values: list[Any] | None = None,
+        route_field: str = "teacher_id",
     ) -> None:
+        """``route_column`` (multi-teacher routing, see litdistill.teachers): each example's value of
+        this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
+        ``route_values`` the column must already hold int ids)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.tokenizer = load_tokenizer(tokenizer)
+        self.route_ids = route_ids(route_column, route_values)
         self.splits: DatasetDict | None = None
 
     @property
@@ -86,7 +94,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         h = self.hparams
         raw = load_splits(h.dataset, h.data_files, h.subset, h.revision)
         first = next(iter(raw.values()))
-        wanted = [c for c in (h.text_column, h.text_pair_column, h.label_column) if c]
+        wanted = [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c]
         missing = [c for c in wanted if c not in first.column_names]
         if missing:
             raise ValueError(f"column(s) {missing} not in the data; columns present: {first.column_names}")
@@ -113,6 +121,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             pair = rows[h.text_pair_column] if h.text_pair_column else None
             encoded = self.tokenizer(rows[h.text_column], pair, truncation=True, max_length=h.max_length)
             encoded["labels"] = rows[h.label_column]
+            if h.route_column:
+                encoded[h.route_field] = [self.route_ids(value) for value in rows[h.route_column]]
             return encoded
 
         self.splits = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names,
@@ -121,9 +131,12 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
+        # training order: a function of (seed, epoch) that a mid-epoch resume reproduces (data/resumable.py)
         return DataLoader(
             self.splits[split], batch_size=h.batch_size if shuffle else (h.eval_batch_size or h.batch_size),
-            shuffle=shuffle, collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=h.num_workers,
+            sampler=self.train_sampler(self.splits[split], h.batch_size) if shuffle else None,
+            collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=h.num_workers,
+            generator=self.loader_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -134,6 +147,25 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def route_ids(column: str | None, values: list[Any] | None) -> Any:
+    """value -> route id: its index in ``values``, or the value itself (an int) without ``values``."""
+    index = {v: i for i, v in enumerate(values)} if values is not None else None
+    if values is not None and len(index) != len(values):
+        raise ValueError(f"route_values must not repeat, got {list(values)}")
+
+    def to_id(value: Any) -> int:
+        if index is None:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            raise ValueError(f"route column {column!r} holds {value!r}; give route_values (the values in route-id order) "
+                             "or int ids >= 0")
+        if value not in index:
+            raise ValueError(f"route column {column!r} holds {value!r}, not in route_values {list(values)}")
+        return index[value]
+
+    return to_id
 
 
 def _head(ds: Dataset, n: int | None) -> Dataset:

@@ -14,6 +14,8 @@ from litdistill.losses.divergences import (
     token_scale,
 )
 from litdistill.losses.chunked import ChunkedDivergence, FusedLinearKD, lm_head_features, lm_head_of
+from litdistill.losses.features import FeatureLoss, HiddenStateLoss
+from litdistill.losses.attention import AttentionLoss
 
 __all__ = ["LOSSES", "DistillationLoss", "HardCE", "SoftTargetKL", "build_loss", "masked_mean", "rows_and_mask"]
 __all__ += [
@@ -31,3 +33,4 @@ __all__ += [
     "token_mean",
     "token_scale",
 ]
+__all__ += ["AttentionLoss", "FeatureLoss", "HiddenStateLoss"]

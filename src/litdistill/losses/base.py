@@ -55,8 +55,28 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"{type(self).__name__}: weight must be a finite number >= 0, got {value}")
         self._weight = value
 
+    def setup(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Called once by DistillationModule.__init__ (with a teacher), before the optimizer exists.
+
+        Losses resolve what depends on the models here (layer maps) and create their parameters
+        (projections), so the optimizer and checkpoints see them. The default does nothing.
+        """
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
+
+
+def teacher_logits(teacher: ModelOutputs, temperature: float) -> Tensor:
+    """The teacher's logits as a loss that divides them by ``temperature`` must receive them.
+
+    Plain outputs: unchanged. Outputs with ``log_probs=True`` (a MultiTeacher mixture, already
+    softened by each teacher's own temperature) are multiplied by ``temperature``, so that
+    ``log_softmax(x / temperature)`` gives back exactly those log-probabilities: the loss's
+    temperature then softens the student only.
+    """
+    if getattr(teacher, "log_probs", False):
+        return teacher.logits * temperature
+    return teacher.logits
 
 
 def check_temperature(owner: str, value: float) -> float:

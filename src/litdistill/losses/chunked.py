@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from litdistill.losses.base import LOSSES, DistillationLoss
+from litdistill.losses.base import LOSSES, DistillationLoss, teacher_logits
 from litdistill.losses.divergences import TokenDivergence, compute_dtype, token_scale
 from litdistill.outputs import ModelOutputs
 
@@ -79,12 +79,87 @@ def _chunk_rows(divergence: TokenDivergence, s_rows: Tensor, t_rows: Tensor, lab
 
 
 def _value_and_grad(divergence, s_chunk: Tensor, t_chunk: Tensor, labels, ce_weight: float, want_grad: bool):
-    """(sum over the chunk, d sum / d chunk in float32 or None) for one chunk of student logits."""
+    """(sum over the chunk, d sum / d chunk in float32 or None) for one chunk of student logits.
+
+    Uses the divergence's closed-form gradient when it has one (forward and reverse KL: fewer
+    passes over the chunk than autograd), else differentiates ``per_token`` with autograd.
+    """
+    if not want_grad:
+        return _chunk_rows(divergence, s_chunk, t_chunk, labels, ce_weight).detach(), None
+    closed = divergence.value_and_grad(s_chunk.detach(), t_chunk.detach())
+    if closed is not None:
+        values, grad = closed
+        total = values.sum()
+        if ce_weight:  # CE at T = 1: value logsumexp(z) - z_y, gradient softmax(z) - onehot(y); -100 rows: 0
+            logp = F.log_softmax(s_chunk.detach().to(grad.dtype), dim=-1)
+            valid = labels != -100
+            target = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+            total = total - ce_weight * (logp.gather(1, target).squeeze(1) * valid).sum()
+            soft = logp.exp_().mul_(valid[:, None])
+            soft.scatter_add_(1, target, -valid[:, None].to(soft.dtype))
+            grad.add_(soft, alpha=ce_weight)
+        return total.detach(), grad
     with torch.enable_grad():
         s = s_chunk.detach().to(compute_dtype(s_chunk)).requires_grad_(want_grad)
         total = _chunk_rows(divergence, s, t_chunk.detach(), labels, ce_weight)
         grad = torch.autograd.grad(total, s)[0] if want_grad else None
     return total.detach(), grad
+
+
+class _Rows:
+    """Rows of a [..., D] tensor at the real positions (``coords``), fetched or written by chunk.
+
+    Where the tensor's rows sit at a fixed stride in memory (contiguous tensors, and also shifted
+    views such as ``logits[:, :-1]``), it is seen as a 2-D ``as_strided`` row view and each chunk
+    is a zero-copy slice when its real rows are consecutive (``index_select`` otherwise); other
+    layouts fall back to advanced indexing. Never copies the whole tensor.
+    """
+
+    def __init__(self, x: Tensor, coords: tuple[Tensor, ...]) -> None:
+        self.x, self.coords = x, coords
+        self.rows = None
+        lead, dim = x.shape[:-1], x.shape[-1]
+        if x.dim() >= 1 and (x.stride(-1) == 1 or dim == 1):
+            strides = [st for sz, st in zip(lead, x.stride()[:-1]) if sz > 1]
+            step = min(strides) if strides else max(dim, 1)
+            if step >= dim and all(st % step == 0 for st in strides):
+                mult = [st // step if sz > 1 else 0 for sz, st in zip(lead, x.stride()[:-1])]
+                count = 1 + sum((sz - 1) * m for sz, m in zip(lead, mult))
+                self.rows = x.as_strided((count, dim), (step, 1))
+                idx = torch.zeros_like(coords[0]) if coords else torch.zeros(0, dtype=torch.long, device=x.device)
+                for c, m in zip(coords, mult):
+                    if m:
+                        idx = idx + c * m
+                self.idx = idx
+                host = idx.cpu()
+                self.start_host = host
+                # breaks[k]: how many of the first k steps between consecutive rows are not +1
+                self.breaks = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(host.diff() != 1, 0)])
+
+    def _slice(self, start: int, end: int) -> int | None:
+        """First row of the chunk if its rows are consecutive in memory, else None."""
+        if self.breaks[end - 1] - self.breaks[start] == 0:
+            return int(self.start_host[start])
+        return None
+
+    def get(self, start: int, end: int) -> Tensor:
+        if self.rows is None:
+            return self.x[tuple(c[start:end] for c in self.coords)]
+        first = self._slice(start, end)
+        if first is not None:
+            return self.rows[first : first + end - start]
+        return self.rows.index_select(0, self.idx[start:end])
+
+    def put(self, start: int, end: int, values: Tensor) -> None:
+        """Write ``values`` [n, D] into the chunk's rows (the tensor must not be a broadcast view)."""
+        if self.rows is None:
+            self.x[tuple(c[start:end] for c in self.coords)] = values
+            return
+        first = self._slice(start, end)
+        if first is not None:
+            self.rows[first : first + end - start].copy_(values)
+        else:
+            self.rows.index_copy_(0, self.idx[start:end], values.to(self.rows.dtype))
 
 
 # ---- (a) chunked over tokens, given logits --------------------------------------------------------
@@ -113,14 +188,19 @@ def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, 
     coords = mask.nonzero(as_tuple=True)  # indices of the real rows over the leading dims
     n = coords[0].numel()
     total = torch.zeros((), dtype=compute_dtype(student), device=student.device)
-    grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device) if want_grad else None
+    grad = None
+    if want_grad:  # every real row gets written: only masked rows need zeros
+        alloc = torch.empty if n == mask.numel() else torch.zeros
+        grad = alloc(student.shape, dtype=student.dtype, device=student.device)
+    s_rows, t_rows = _Rows(student, coords), _Rows(teacher, coords)
+    g_rows = _Rows(grad, coords) if want_grad else None
     for start in range(0, n, chunk_size):
-        idx = tuple(c[start : start + chunk_size] for c in coords)
-        lab = labels[idx] if ce_weight else None
-        value, g = _value_and_grad(divergence, student[idx], teacher[idx], lab, ce_weight, want_grad)
+        end = min(start + chunk_size, n)
+        lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
+        value, g = _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, want_grad)
         total += value
         if want_grad:
-            grad[idx] = g.to(grad.dtype)
+            g_rows.put(start, end, g.to(grad.dtype))
         del g
     return total, grad
 
@@ -209,22 +289,25 @@ def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, 
         grad_h = torch.zeros(h.shape, dtype=h.dtype, device=h.device) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if want_w else None
         grad_b = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if (want_b and bias is not None) else None
+        h_rows = _Rows(h, coords)
+        gh_rows = _Rows(grad_h, coords) if grad_h is not None else None
+        t_rows = _Rows(t_logits if t_logits is not None else t_h, coords)
         for start in range(0, n, chunk_size):
-            idx = tuple(c[start : start + chunk_size] for c in coords)
-            hc = h[idx].to(mm_dtype)  # [c, H]
+            end = min(start + chunk_size, n)
+            hc = h_rows.get(start, end).to(mm_dtype)  # [c, H]
             s_logits = F.linear(hc, w, b)  # [c, V]
             if t_logits is not None:
-                t_chunk = t_logits[idx]
+                t_chunk = t_rows.get(start, end)
             else:
-                t_chunk = F.linear(t_h[idx].detach().to(t_dtype), tw, tb)
-            lab = labels[idx] if ce_weight else None
+                t_chunk = F.linear(t_rows.get(start, end).detach().to(t_dtype), tw, tb)
+            lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
             value, g = _value_and_grad(divergence, s_logits, t_chunk, lab, ce_weight, want_any)
             total += value
             del s_logits, t_chunk
             if not want_any:
                 continue
-            if grad_h is not None:
-                grad_h[idx] = (g.to(mm_dtype) @ w).to(grad_h.dtype)  # [c, H]
+            if gh_rows is not None:
+                gh_rows.put(start, end, (g.to(mm_dtype) @ w).to(grad_h.dtype))  # [c, H]
             if grad_w is not None:
                 grad_w.addmm_(g.t().to(acc_dtype), hc.to(acc_dtype))  # [V, H] += [V, c] @ [c, H]
             if grad_b is not None:
@@ -368,7 +451,9 @@ class ChunkedDivergence(_ChunkedBase):
     needs = frozenset({"logits"})
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
-        s, t = student.logits, teacher.logits
+        if teacher.logits is None:
+            raise ValueError("chunked needs dense teacher logits (a top-k teacher cache works with the plain divergences only)")
+        s, t = student.logits, teacher_logits(teacher, self.divergence.temperature)
         if s.dim() == 2:
             mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
         else:
@@ -424,10 +509,13 @@ class FusedLinearKD(_ChunkedBase):
         h = self._aligned(student.hidden_states[-1], mask, "student")
         kwargs: dict[str, Any] = {}
         if teacher.logits is not None:
-            kwargs["teacher_logits"] = teacher.logits
+            kwargs["teacher_logits"] = teacher_logits(teacher, self.divergence.temperature)
         else:
             if not teacher.hidden_states or "lm_head_weight" not in teacher.features:
-                raise KeyError("fused_kd needs teacher.logits, or teacher.hidden_states with teacher.features['lm_head_weight']")
+                raise KeyError(
+                    "fused_kd needs dense teacher.logits, or teacher.hidden_states with teacher.features['lm_head_weight'] "
+                    "(a top-k teacher cache works with the plain divergences only)"
+                )
             kwargs["teacher_hidden"] = self._aligned(teacher.hidden_states[-1], mask, "teacher")
             kwargs["teacher_weight"] = teacher.features["lm_head_weight"]
             kwargs["teacher_bias"] = teacher.features.get("lm_head_bias")

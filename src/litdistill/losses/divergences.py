@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask
+from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask, teacher_logits
 from litdistill.outputs import ModelOutputs
 
 __all__ = [
@@ -140,17 +140,33 @@ class TokenDivergence(DistillationLoss):
                 f"{type(self).__name__}: student vocab {s_rows.shape[-1]} != teacher vocab {t_rows.shape[-1]}; "
                 "the distributions must be over the same tokens"
             )
+        values = self.divergence(*self._log_probs(s_rows, t_rows))
+        return values * self.factor if self.factor != 1.0 else values
+
+    def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Optional closed form used by the chunked/fused losses: ``(per_token(s, t) [n], the
+        gradient of its sum w.r.t. s_rows [n, V])``, both in ``compute_dtype``. ``None`` (the
+        default) makes them differentiate :meth:`per_token` with autograd instead."""
+        return None
+
+    def _log_probs(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Student and teacher log-probabilities at the temperature, in ``compute_dtype``."""
         dtype = compute_dtype(s_rows)
-        t = self.temperature
-        s_logp = F.log_softmax(s_rows.to(dtype) / t, dim=-1)
-        t_logp = F.log_softmax(t_rows.to(dtype) / t, dim=-1)
-        values = self.divergence(s_logp, t_logp)
-        return values * self.factor if self.scale_by_t2 and t != 1.0 else values
+        s_rows, t_rows = s_rows.to(dtype), t_rows.to(dtype)
+        if self.temperature != 1.0:  # no N x V copy for T = 1
+            s_rows, t_rows = s_rows / self.temperature, t_rows / self.temperature
+        return F.log_softmax(s_rows, dim=-1), F.log_softmax(t_rows, dim=-1)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        if teacher.logits is None and teacher.topk is not None:  # a top-k teacher cache: the k+1-bucket divergence
+            from litdistill.losses.sparse import sparse_divergence
+
+            return sparse_divergence(self, student, teacher, batch)
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, V], [N]
-        t_rows, _ = rows_and_mask(teacher.logits, batch)  # [N, V]
-        values = self.per_token(s_rows[mask], t_rows[mask])  # only real rows are computed
+        t_rows, _ = rows_and_mask(teacher_logits(teacher, self.temperature), batch)  # [N, V]
+        if not bool(mask.all()):  # compute only the real rows (one host sync; skips the copy when all are real)
+            s_rows, t_rows = s_rows[mask], t_rows[mask]
+        values = self.per_token(s_rows, t_rows)
         total = values.sum()
         return total * token_scale(mask.sum(), batch).to(total.dtype)
 
@@ -166,6 +182,14 @@ class ForwardKL(TokenDivergence):
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         return _kl_rows(t_logp, s_logp)
 
+    def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
+        # d/dz_S KL(p_T || p_S) = (p_S - p_T) / T
+        s_logp, t_logp = self._log_probs(s_rows, t_rows)
+        p_t = t_logp.exp()
+        values = (p_t * (t_logp - s_logp)).sum(-1)
+        grad = s_logp.exp_().sub_(p_t)  # in s_logp's memory
+        return values * self.factor, grad.mul_(self.factor / self.temperature)
+
 
 class ReverseKL(TokenDivergence):
     """KL(p_S || p_T) per token: mode seeking (MiniLLM, Gu et al., 2024).
@@ -178,6 +202,15 @@ class ReverseKL(TokenDivergence):
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         return _kl_rows(s_logp, t_logp)
+
+    def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
+        # d/dz_S KL(p_S || p_T) = p_S * (log p_S - log p_T - KL) / T
+        s_logp, t_logp = self._log_probs(s_rows, t_rows)
+        p_s = s_logp.exp()
+        diff = s_logp.sub_(t_logp)  # log p_S - log p_T, in s_logp's memory
+        values = (p_s * diff).sum(-1)
+        grad = diff.sub_(values[:, None]).mul_(p_s)
+        return values * self.factor, grad.mul_(self.factor / self.temperature)
 
 
 class GeneralizedJSD(TokenDivergence):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, check_temperature, masked_mean, rows_and_mask
+from litdistill.losses.base import DistillationLoss, check_temperature, masked_mean, rows_and_mask, teacher_logits
 from litdistill.outputs import ModelOutputs
 
 
@@ -23,9 +23,13 @@ class SoftTargetKL(DistillationLoss):
         self.temperature = check_temperature(type(self).__name__, temperature)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
+        if teacher.logits is None and teacher.topk is not None:  # a top-k teacher cache: the k+1-bucket KL
+            from litdistill.losses.sparse import sparse_soft_kl
+
+            return sparse_soft_kl(self, student, teacher, batch)
         t = self.temperature
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, C]
-        t_rows, _ = rows_and_mask(teacher.logits, batch)  # [N, C]
+        t_rows, _ = rows_and_mask(teacher_logits(teacher, t), batch)  # [N, C]
         s_logp = F.log_softmax(s_rows.float() / t, dim=-1)
         t_logp = F.log_softmax(t_rows.float() / t, dim=-1)
         kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [N]

@@ -1,0 +1,202 @@
+"""Joining cached teacher outputs to training batches, by example index.
+
+:class:`CachedTeacherDataModule` wraps any data module whose loaders are map-style ``DataLoader``
+objects (``TextClassificationDataModule``, ``SFTDataModule``): for each cached split it rebuilds the
+loader over :class:`IndexedDataset` with the *same batch sampler object* (so the same shuffled,
+resumable or distributed order), generator, workers and collate, so every example travels with its
+dataset index, and :class:`CachedCollate` adds, after the data module's own collate:
+
+* ``idx`` [B]: the examples' indices in their split;
+* full logits: ``teacher_logits`` [B, C] (classification) or [B, T-1, V] (causal LM, zeros off the
+  real tokens);
+* top-k: ``teacher_topk_logprobs`` [B, (T-1,) k] float32, ``teacher_topk_ids`` int64 (-1 = empty),
+  ``teacher_topk_log_tail`` [B, (T-1)] float32.
+
+Causal-LM rows are stored for the real tokens only and are scattered back to the positions where
+the shifted labels are not -100 (the module's ``token_mask``), which is what the stored rows were
+computed from; a count mismatch raises :class:`CacheAlignmentError` naming the example.
+:class:`CachedTeacher` stands in for the teacher in the ``DistillationModule``: no weights, and a
+clear error if a batch ever arrives without cached outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from litdistill.cache.store import ShardReader, TeacherStore
+from litdistill.data.token_counts import StepTokenCounts
+from litdistill.losses.sparse import FLOOR
+from litdistill.outputs import ModelOutputs, TopK
+
+
+class CacheAlignmentError(RuntimeError):
+    """Cached rows and a batch's real tokens do not line up."""
+
+
+class IndexedDataset(Dataset):
+    """``dataset[i]`` as ``(i, dataset[i])``."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return int(i), self.dataset[i]
+
+
+class CachedCollate:
+    """The data module's collate, then the cached teacher outputs of the batch's examples."""
+
+    def __init__(self, collate: Any, reader: ShardReader, task: str) -> None:
+        self.collate, self.reader, self.task = collate, reader, task
+
+    def __call__(self, items: list[tuple[int, Any]]) -> dict[str, Any]:
+        idx = [i for i, _ in items]
+        batch = dict(self.collate([row for _, row in items]))
+        batch["idx"] = torch.as_tensor(idx, dtype=torch.long)
+        batch.update(self.teacher_fields(idx, batch))
+        return batch
+
+    def teacher_fields(self, idx: list[int], batch: dict[str, Any]) -> dict[str, Tensor]:
+        rows = [self.reader.example(i) for i in idx]
+        if self.task != "causal_lm":
+            if isinstance(rows[0], TopK):
+                return _topk_fields(TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail"))))
+            return {"teacher_logits": torch.cat(rows).float()}
+        mask = batch["labels"][:, 1:] != -100  # [B, T-1]: where the module's token_mask is True
+        counts = mask.sum(1).tolist()
+        for i, n, r in zip(idx, counts, rows):
+            got = (r.ids if isinstance(r, TopK) else r).shape[0]
+            if got != n:
+                raise CacheAlignmentError(
+                    f"example {i} of the cached {self.reader.split!r} split has {got} cached token rows but "
+                    f"{n} real tokens in this batch: the store does not match the data (rebuild it)")
+        if isinstance(rows[0], TopK):
+            k = rows[0].ids.shape[-1]
+            flat = TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail")))
+            logprobs = torch.full((*mask.shape, k), FLOOR, dtype=torch.float32)
+            ids = torch.full((*mask.shape, k), -1, dtype=torch.long)
+            log_tail = torch.zeros(mask.shape, dtype=torch.float32)  # empty rows: all mass in the tail
+            logprobs[mask], ids[mask], log_tail[mask] = flat.logprobs.float(), flat.ids.long(), flat.log_tail.float()
+            return {"teacher_topk_logprobs": logprobs, "teacher_topk_ids": ids, "teacher_topk_log_tail": log_tail}
+        logits = torch.zeros((*mask.shape, rows[0].shape[-1]), dtype=torch.float32)
+        logits[mask] = torch.cat(rows).float()
+        return {"teacher_logits": logits}
+
+
+def _topk_fields(topk: TopK) -> dict[str, Tensor]:
+    return {"teacher_topk_logprobs": topk.logprobs.float(), "teacher_topk_ids": topk.ids.long(),
+            "teacher_topk_log_tail": topk.log_tail.float()}
+
+
+def unwrap_loader(loader: Any) -> tuple[DataLoader, Any]:
+    """(the DataLoader, a function re-applying the wrappers around it) for StepTokenCounts and plain loaders."""
+    if isinstance(loader, StepTokenCounts):
+        inner, rewrap = unwrap_loader(loader.loader)
+        return inner, lambda new: StepTokenCounts(rewrap(new), loader.accumulate)
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        raise TypeError(f"the teacher cache needs map-style DataLoaders from the data module, got {type(loader).__name__}")
+    return loader, lambda new: new
+
+
+def indexed_loader(loader: DataLoader, collate: Any) -> DataLoader:
+    """``loader`` over ``IndexedDataset(loader.dataset)`` with ``collate``, reusing its batch sampler.
+
+    The same batch sampler object (and so the same sampler: shuffled, sequential, resumable or
+    distributed) yields the same indices in the same order, so the batches are the very ones the
+    plain loader would give, each example now carrying its index.
+    """
+    if loader.batch_sampler is None:
+        raise ValueError("the teacher cache needs a DataLoader that batches (batch_size or batch_sampler set)")
+    kwargs: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        kwargs.update(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
+    return DataLoader(IndexedDataset(loader.dataset), batch_sampler=loader.batch_sampler, collate_fn=collate,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator, **kwargs)
+
+
+class CachedTeacherDataModule(L.LightningDataModule):
+    """``datamodule``'s loaders, with each batch carrying its examples' cached teacher outputs.
+
+    Splits not in the store (``test`` by default) pass through unchanged. Other attributes
+    (``tokenizer``, ``num_labels``, ``splits``, ...) are the wrapped data module's.
+    """
+
+    def __init__(self, datamodule: L.LightningDataModule, store: TeacherStore, task: str, verify: bool = True,
+                 max_shards: int = 256) -> None:
+        super().__init__()
+        self.inner, self.store, self.task = datamodule, store, task
+        self.verify, self.max_shards = verify, max_shards
+        self.cached_splits = set(store.manifest()["splits"])
+        self._readers: dict[str, ShardReader] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def prepare_data(self) -> None:
+        self.inner.prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.inner.setup(stage)
+
+    def state_dict(self) -> dict[str, Any]:  # the wrapped module's data position (resumable training order)
+        self.inner.trainer = self.trainer
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state_dict)
+
+    def reader(self, split: str) -> ShardReader:
+        if split not in self._readers:
+            self._readers[split] = self.store.reader(split, verify=self.verify, max_shards=self.max_shards)
+        return self._readers[split]
+
+    def _wrap(self, split: str, method: str) -> Any:
+        self.inner.trainer = self.trainer
+        loader = getattr(self.inner, method)()
+        if split not in self.cached_splits:
+            return loader
+        inner, rewrap = unwrap_loader(loader)
+        reader = self.reader(split)
+        if len(inner.dataset) != len(reader):
+            raise CacheAlignmentError(f"the {split!r} split has {len(inner.dataset)} examples, the store {len(reader)}; rebuild it")
+        return rewrap(indexed_loader(inner, CachedCollate(inner.collate_fn, reader, self.task)))
+
+    def train_dataloader(self) -> Any:
+        return self._wrap("train", "train_dataloader")
+
+    def val_dataloader(self) -> Any:
+        return self._wrap("validation", "val_dataloader")
+
+    def test_dataloader(self) -> Any:
+        return self._wrap("test", "test_dataloader")
+
+
+class CachedTeacher(nn.Module):
+    """The teacher's stand-in under ``cache=use``: no weights; its outputs arrive inside the batches."""
+
+    def __init__(self, manifest: dict[str, Any], path: str = "") -> None:
+        super().__init__()
+        self.manifest, self.path = manifest, path
+
+    def distill_forward(self, batch: dict[str, Tensor], needs: frozenset[str], task: str, **_: Any) -> ModelOutputs:
+        raise RuntimeError(
+            f"a batch arrived without cached teacher outputs (keys {sorted(batch)}), but the teacher was not loaded "
+            f"(cache=use, store {self.path}); only the splits {sorted(self.manifest['splits'])} are cached"
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CachedTeacher has no weights: its outputs come from the teacher cache")
+
+    def extra_repr(self) -> str:
+        return f"store={self.path!r}"

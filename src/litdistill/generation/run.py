@@ -1,0 +1,436 @@
+"""``litdistill generate``: a teacher answers, explains or labels prompts; the result is a dataset.
+
+:func:`generate` takes the composed ``generate`` config (``conf/generate.yaml``) and writes, under
+``output_dir``:
+
+* ``results.jsonl`` - the resumable store: exactly one record per prompt (``status`` ok or failed);
+* ``dataset.jsonl`` - the successful records in input order, the file training reads
+  (``data=sft_files data.data_files.train=.../dataset.jsonl`` for sequence-level KD);
+* ``manifest.json`` - model, base_url, template, settings, counts, usage, estimated cost, input key;
+* ``config.yaml`` - the resolved config (the API key's variable *name* only, never its value).
+
+Everything that can be checked is checked before the first request (API key variable, template,
+input file and field, settings), with an error naming the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from litdistill.generation.client import ChatClient, ChatResult, ConfigError, Usage, redact_url
+from litdistill.generation.store import (
+    DATASET,
+    MANIFEST,
+    RESULTS,
+    ResultStore,
+    atomic_write_text,
+    canonical_json,
+    dataset_rows,
+    record_key,
+)
+from litdistill.generation.templates import ParseError, PromptTemplate, TemplateError, available_templates
+
+log = logging.getLogger("litdistill.generation")
+
+TEACHER_TYPES = ("openai", "local_hf")
+INPUT_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".txt")
+# chat-completions parameters taken from the `generation` config node when set
+API_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+
+
+@dataclass
+class Job:
+    id: str
+    key: str
+    text: str
+    messages: list[dict[str, str]]
+    record: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Everything :func:`generate` needs, validated; no request made yet."""
+
+    output_dir: Path
+    template: PromptTemplate
+    teacher: Any  # ChatClient | LocalHFTeacher
+    teacher_type: str
+    model: str
+    base_url: str | None
+    params: dict[str, Any]
+    settings: dict[str, Any]
+    jobs: list[Job]
+    input_key: str
+    input_source: str
+    prices: dict[str, Any]
+    api_key_env: str | None
+    retry_failed: bool = True
+    progress: bool = True
+    config_yaml: str = ""
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def _read_records(path: Path, field_name: str) -> list[Any]:
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_FORMATS:
+        raise ConfigError(f"input.path={str(path)!r} has format {suffix or '(none)'!r}; valid formats: {list(INPUT_FORMATS)}")
+    if suffix == ".txt":
+        return [{field_name: line.rstrip("\r")} for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ConfigError(f"input.path={str(path)!r} is not valid JSON: {err}") from None
+        if isinstance(data, dict):  # {"data": [...]} style
+            lists = [v for v in data.values() if isinstance(v, list)]
+            data = lists[0] if len(lists) == 1 else None
+        if not isinstance(data, list):
+            raise ConfigError(f"input.path={str(path)!r}: a .json input must be a list of records (or strings)")
+        return data
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise ConfigError(f"input.path={str(path)!r} line {n} is not valid JSON: {err}") from None
+    return records
+
+
+def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Input records (dicts with an ``id``, the prompt field and whatever else they carry) and a
+    description of their source. Ids come from ``input.id_field`` or, failing that, a content hash."""
+    path, prompts = input_cfg.get("path"), input_cfg.get("prompts")
+    field_name = input_cfg.get("field") or "prompt"
+    id_field = input_cfg.get("id_field") or "id"
+    if (path in (None, "")) == (prompts is None):
+        raise ConfigError("set exactly one of input.path (a .jsonl/.json/.csv/.tsv/.txt file of prompts) or "
+                          "input.prompts (a list of prompts in the config)"
+                          + (" - both are set" if prompts is not None else " - neither is set"))
+    if prompts is not None:
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise ConfigError(f"input.prompts must be a list of strings or records, got {type(prompts).__name__}")
+        raw, source = list(prompts), "config:input.prompts"
+    else:
+        p = Path(str(path)).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"input.path={str(path)!r} does not exist (relative paths are from {Path.cwd()})")
+        raw, source = _read_records(p, field_name), str(p.resolve())
+    if not raw:
+        raise ConfigError(f"no prompts in {source}")
+    records: list[dict[str, Any]] = []
+    for i, rec in enumerate(raw):
+        if isinstance(rec, str):
+            rec = {field_name: rec}
+        if not isinstance(rec, Mapping):
+            raise ConfigError(f"input record {i} of {source} is a {type(rec).__name__}; expected an object or a string")
+        rec = dict(rec)
+        if field_name not in rec:
+            raise ConfigError(f"input.field={field_name!r} is not in record {i} of {source}; available fields: "
+                              f"{sorted(rec)} (set input.field=<one of them>)")
+        value = rec[field_name]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"record {i} of {source}: input field {field_name!r} is {value!r}; expected non-empty text")
+        rec[field_name] = value
+        ident = rec.get(id_field)
+        rec["__id__"] = str(ident) if ident not in (None, "") else \
+            "h" + hashlib.sha256(canonical_json({k: v for k, v in rec.items() if k != "__id__"}).encode()).hexdigest()[:16]
+        records.append(rec)
+    limit = input_cfg.get("limit")
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"input.limit={limit!r} must be a positive integer or null")
+        records = records[:limit]
+    return records, source
+
+
+# -- teacher -----------------------------------------------------------------------------------------
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_teacher(api: Mapping[str, Any], template: PromptTemplate) -> tuple[Any, str, str, str | None]:
+    """``(teacher, type, model name, base_url)`` from the ``teacher_api`` config node."""
+    kind = api.get("type") or "openai"
+    if kind not in TEACHER_TYPES:
+        raise ConfigError(f"teacher_api.type={kind!r} is unknown; valid types: {list(TEACHER_TYPES)}")
+    if api.get("api_key") not in (None, ""):
+        raise ConfigError("teacher_api.api_key is set in the config: keys never go in configs (they are saved with "
+                          "the run). Export the key and set teacher_api.api_key_env to the variable's NAME instead")
+    if kind == "local_hf":
+        from litdistill.generation.local import LocalHFTeacher
+
+        name = api.get("name_or_path")
+        teacher = LocalHFTeacher(name_or_path=name, batch_size=api.get("batch_size", 8), device=api.get("device", "auto"),
+                                 dtype=api.get("dtype", "float32"), quantization=api.get("quantization"),
+                                 max_prompt_length=api.get("max_prompt_length"), model_name=api.get("model") or name)
+        return teacher, kind, teacher.model_name, None
+    client = ChatClient(
+        base_url=api.get("base_url"), model=api.get("model"), api_key_env=api.get("api_key_env"),
+        api_key_required=bool(api.get("api_key_required", True)), timeout=api.get("timeout", 60),
+        max_retries=api.get("max_retries", 6), backoff_base=api.get("backoff_base", 1.0),
+        backoff_max=api.get("backoff_max", 60.0), retry_after_max=api.get("retry_after_max", 120.0),
+        max_concurrency=api.get("max_concurrency", 8), prices=api.get("prices") or {},
+        extra_body=api.get("extra_body") or {}, extra_headers=api.get("extra_headers") or {},
+    )
+    return client, kind, client.model, client.base_url
+
+
+def _saved_config(cfg: DictConfig, secrets: list[str]) -> str:
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    for key in ("hydra", "paths"):
+        container.pop(key, None)
+    node = OmegaConf.create(container)
+    try:
+        text = OmegaConf.to_yaml(node, resolve=True)
+    except Exception:  # noqa: BLE001  (an interpolation only the Hydra runtime can resolve)
+        text = OmegaConf.to_yaml(node, resolve=False)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Validate the config, read the inputs and build the teacher; no request is made."""
+    if cfg.get("prompt") is None:
+        raise TemplateError(f"no prompt template: choose one with prompt=<name>; shipped templates: {available_templates()}")
+    template = PromptTemplate.from_config(_plain(cfg.prompt))
+    if cfg.get("input") is None:
+        raise ConfigError("no input: set input.path=<prompts.jsonl|.csv|.txt> or input.prompts=[...]")
+    input_cfg = _plain(cfg.input)
+    records, source = load_inputs(input_cfg)
+    field_name = input_cfg.get("field") or "prompt"
+    common = set.intersection(*(set(r) - {"__id__"} for r in records))
+    template.check_fields(sorted(common), where=f"some records of {source}")
+    if not cfg.get("output_dir"):
+        raise ConfigError("output_dir is empty; set output_dir=<directory for results.jsonl, dataset.jsonl, manifest.json>")
+    api = _plain(cfg.get("teacher_api")) or {}
+    if not api:
+        raise ConfigError("no teacher: choose teacher_api=openai | vllm | local_hf")
+    gen = _plain(cfg.get("generation")) or {}
+    unknown = sorted(set(gen) - set(API_PARAMS))
+    if unknown:
+        raise ConfigError(f"generation.{unknown[0]} is not a generation setting; valid: {list(API_PARAMS)} "
+                          "(server-specific parameters go in teacher_api.extra_body)")
+    if gen.get("max_tokens") is not None and (not isinstance(gen["max_tokens"], int) or gen["max_tokens"] < 1):
+        raise ConfigError(f"generation.max_tokens={gen['max_tokens']!r} must be a positive integer")
+    if gen.get("temperature") is not None and not 0 <= float(gen["temperature"]) <= 2:
+        raise ConfigError(f"generation.temperature={gen['temperature']!r} must be in [0, 2]")
+    teacher, kind, model, base_url = build_teacher(api, template)
+    params = {k: gen[k] for k in API_PARAMS if gen.get(k) is not None}
+    if kind == "openai":
+        params.update(template.request_params())
+        settings = {**{k: v for k, v in teacher.extra_body.items() if v is not None}, **params}
+        secrets = teacher.secrets
+    else:
+        settings = {**teacher.settings(params), "soft_labels": template.soft_labels}
+        secrets = []
+    jobs: list[Job] = []
+    by_key: dict[str, Job] = {}
+    by_id: dict[str, Job] = {}
+    for rec in records:
+        text = rec[field_name]
+        fields = {k: v for k, v in rec.items() if k != "__id__"}
+        messages = template.render(text, fields)
+        job = Job(rec["__id__"], record_key(messages, settings, model), text, messages, fields)
+        if job.key in by_key:
+            log.warning("input %s repeats input %s (same prompt): generated once", job.id, by_key[job.key].id)
+            continue
+        if job.id in by_id:
+            raise ConfigError(f"input id {job.id!r} ({input_cfg.get('id_field') or 'id'}) names two different prompts "
+                              f"in {source}; ids must be unique")
+        by_key[job.key], by_id[job.id] = job, job
+        jobs.append(job)
+    input_key = hashlib.sha256(canonical_json([[j.id, j.record] for j in jobs]).encode()).hexdigest()
+    return Plan(output_dir=Path(str(cfg.output_dir)).expanduser(), template=template, teacher=teacher, teacher_type=kind,
+                model=model, base_url=redact_url(base_url) if base_url else None, params=params, settings=settings,
+                jobs=jobs, input_key=input_key, input_source=source, prices=dict(api.get("prices") or {}),
+                api_key_env=api.get("api_key_env") if kind == "openai" else None,
+                retry_failed=bool(cfg.get("retry_failed", True)), progress=bool(cfg.get("progress", True)),
+                config_yaml=_saved_config(cfg, secrets))
+
+
+# -- running -----------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("litdistill")
+    except Exception:  # noqa: BLE001
+        import litdistill
+
+        return getattr(litdistill, "__version__", "unknown")
+
+
+def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: str) -> dict[str, Any]:
+    """The stored record of one prompt's result (a parse failure is a failed record)."""
+    base: dict[str, Any] = {"id": job.id, "key": job.key, "prompt": job.messages[-1]["content"], "text": job.text,
+                            "messages": job.messages, "model": model, "attempts": result.attempts, "time": _now()}
+    if result.usage:
+        base["usage"] = result.usage
+    if not result.ok:
+        return {**base, "status": "failed", "response": None, "error": result.error or "unknown error"}
+    try:
+        parsed = template.parse(result.content, result.logprobs, result.soft_label)
+    except ParseError as err:
+        return {**base, "status": "failed", "response": result.content, "error": f"parse error: {err}"}
+    out = {**base, "status": "ok", **parsed}
+    if result.finish_reason is not None:
+        out["finish_reason"] = result.finish_reason
+    return out
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill) stops the run like Ctrl-C: the store and manifest are left consistent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _summary(plan: Plan, store: ResultStore, run_usage: Usage, status: str, started: float,
+             stats: dict[str, Any] | None, created: str | None) -> dict[str, Any]:
+    keys = [j.key for j in plan.jobs]
+    records = [store.get(k) for k in keys]
+    ok = sum(1 for r in records if r and r.get("status") == "ok")
+    failed = sum(1 for r in records if r and r.get("status") != "ok")
+    usage = Usage()
+    for r in records:
+        if r:
+            usage.add(r.get("usage"))
+    cost = usage.cost(plan.prices)
+    run_cost = run_usage.cost(plan.prices)
+    errors: dict[str, int] = {}
+    for r in records:
+        if r and r.get("status") != "ok":
+            kind = str(r.get("error", "")).split(":")[0][:60]
+            errors[kind] = errors.get(kind, 0) + 1
+    manifest = {
+        "status": status,
+        "model": plan.model,
+        "teacher_type": plan.teacher_type,
+        "base_url": plan.base_url,
+        "api_key_env": plan.api_key_env,
+        "template": plan.template.describe(),
+        "settings": plan.settings,
+        "counts": {"total": len(keys), "ok": ok, "failed": failed, "pending": len(keys) - ok - failed,
+                   "other_records_in_store": len(store) - (ok + failed)},
+        "errors": errors,
+        "usage": usage.as_dict(),
+        "estimated_cost_usd": None if cost is None else round(cost, 6),
+        "prices_per_1m_tokens": plan.prices or None,
+        "last_run": {"usage": run_usage.as_dict(), "estimated_cost_usd": None if run_cost is None else round(run_cost, 6),
+                     "seconds": round(time.monotonic() - started, 3), **({"requests": stats} if stats else {})},
+        "input": {"key": plan.input_key, "source": plan.input_source, "count": len(keys)},
+        "files": {"results": RESULTS, "dataset": DATASET, "config": "config.yaml"},
+        "created": created or _now(),
+        "updated": _now(),
+        "litdistill_version": _version(),
+    }
+    if plan.template.parser == "label":
+        manifest["label_names"] = plan.template.label_names
+    return manifest
+
+
+def execute(plan: Plan) -> Path:
+    """Generate every prompt of ``plan`` not already done in ``plan.output_dir``; returns that directory."""
+    out = plan.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = plan.teacher
+    secrets = list(getattr(teacher, "secrets", []))
+    started = time.monotonic()
+    created = None
+    with contextlib.suppress(Exception):
+        created = json.loads((out / MANIFEST).read_text()).get("created")
+    status = "incomplete"
+
+    def write_manifest(state: str) -> dict[str, Any]:
+        stats = teacher.stats.as_dict() if isinstance(teacher, ChatClient) else None
+        run_usage = teacher.stats.usage if isinstance(teacher, ChatClient) else teacher.usage
+        manifest = _summary(plan, store, run_usage, state, started, stats, created)
+        text = json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        atomic_write_text(out / MANIFEST, text + "\n")
+        return manifest
+
+    with ResultStore(out, secrets=secrets) as store:
+        config_text = plan.config_yaml
+        atomic_write_text(out / "config.yaml", config_text)
+        todo = [j for j in plan.jobs if not store.is_done(j.key) and (plan.retry_failed or store.get(j.key) is None)]
+        done_before = len(plan.jobs) - len(todo)
+        log.info("%d prompts: %d already done in %s, %d to generate (model %s)", len(plan.jobs), done_before, out,
+                 len(todo), plan.model)
+        write_manifest("running")
+
+        def on_result(job: Job, result: ChatResult) -> None:
+            store.append(make_record(job, result, plan.template, plan.model))
+
+        try:
+            with _sigterm_as_interrupt():
+                requests = [(j, j.messages) for j in todo]
+                if plan.teacher_type == "local_hf":
+                    teacher.map(requests, plan.params, on_result, progress=plan.progress, template=plan.template)
+                else:
+                    teacher.map(requests, plan.params, on_result, progress=plan.progress)
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            log.warning("interrupted: %d results kept in %s; run the same command again to resume", len(store), out)
+            raise
+        finally:
+            store.compact(order=[j.key for j in plan.jobs])
+            rows = dataset_rows(store.get(j.key) or {} for j in plan.jobs)
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            atomic_write_text(out / DATASET, text)
+            manifest = write_manifest(status if status != "complete" or
+                                      all(store.is_done(j.key) for j in plan.jobs) else "complete_with_failures")
+    c = manifest["counts"]
+    cost = manifest["estimated_cost_usd"]
+    log.info("generate: %d ok, %d failed of %d; %d tokens%s; dataset %s", c["ok"], c["failed"], c["total"],
+             manifest["usage"]["total_tokens"], "" if cost is None else f", estimated cost ${cost:.4f}", out / DATASET)
+    if c["failed"]:
+        log.warning("%d prompts failed (%s); rerun the same command to retry them", c["failed"], manifest["errors"])
+    return out
+
+
+def generate(cfg: DictConfig) -> Path:
+    """Run the generation stage for a composed ``generate`` config; returns the output directory
+    (``results.jsonl``, ``dataset.jsonl``, ``manifest.json``, ``config.yaml``)."""
+    return execute(prepare(cfg))

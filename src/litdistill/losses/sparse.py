@@ -1,0 +1,162 @@
+"""Logit losses against a sparse teacher: top-k log-probabilities plus the leftover (tail) mass.
+
+An offline teacher cache (``litdistill.cache``) keeps, per token of an LLM vocabulary, only the
+teacher's ``k`` most likely entries ``K`` (ids and log-probabilities at temperature 1) and the log of
+the mass left outside them (:class:`~litdistill.outputs.TopK`). This module computes the existing
+divergences (:class:`~litdistill.losses.SoftTargetKL`, and every
+:class:`~litdistill.losses.TokenDivergence`: forward/reverse KL, JSD, skew KL, TVD) against it.
+
+Tail treatment: the k+1-th bucket
+---------------------------------
+Both distributions are *coarsened* onto the same k+1 outcomes, the stored entries and one bucket
+for everything else::
+
+    teacher  P = (p_i  for i in K,  p_tail = 1 - sum_{i in K} p_i)      (stored)
+    student  Q = (q_i  for i in K,  q_tail = sum_{j not in K} q_j)      (exact, from the student's full logits)
+
+and the loss is the divergence ``D(P || Q)`` of these two (k+1)-outcome distributions: an exact
+divergence, over the coarsened outcome space, with no assumption about how the teacher's tail is
+shaped. For the KL the chain rule gives the exact gap to the full-vocabulary loss::
+
+    KL(p || q) = KL(P || Q) + p_tail * KL(p(. | tail) || q(. | tail))          (>= KL(P || Q))
+
+so the sparse loss is off by ``p_tail`` times the KL between the two *conditional* tail
+distributions: zero when the teacher's tail is empty (``k = V``) or the student's tail has the
+teacher's shape, and never more than ``p_tail * log(q_tail / min_j q_j)``. Every f-divergence (JSD,
+skew KL, TVD) only shrinks under coarsening (data-processing inequality). The gradient w.r.t. a
+student logit is ``q_i - p_i`` for ``i`` in K (as with full logits) and ``q_j (1 - p_tail / q_tail)``
+in the tail: the student's tail is pulled to the teacher's total tail mass, its shape left free.
+(The alternative, spreading ``p_tail`` uniformly over the ``V - k`` tail entries, would invent a
+flat tail the teacher never had and pull the student's tail towards it.)
+
+Temperature
+-----------
+The cache stores log-probabilities at T = 1, so at T = 1 everything above is exact. At T != 1 the
+stored entries are exact up to the normaliser (``p_i^(1/T)``), but the tail's tempered mass
+``sum_{j not in K} p_j^(1/T)`` depends on the tail's unknown shape; it is taken as if the tail were
+uniform over its ``m = V - |K|`` entries: ``log tail_T = log m + (log p_tail - log m) / T``. For T > 1
+this is an upper bound of the true tempered tail (Jensen), for T < 1 a lower bound. The student is
+tempered exactly.
+
+Empty slots (``ids < 0``: padding rows, entries folded into the tail by a codec) carry no mass on
+either side. Probabilities that are exactly zero are represented by the finite log-probability
+``FLOOR`` (``exp`` underflows to 0 in float32), so ``0 * log 0`` never turns into NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from litdistill.losses.base import masked_mean, rows_and_mask
+from litdistill.outputs import ModelOutputs, TopK
+
+__all__ = ["FLOOR", "coarse_log_probs", "dense_to_topk", "sparse_divergence", "sparse_rows", "sparse_soft_kl", "tail_gap_bound"]
+
+FLOOR = -1.0e4  # "no mass" as a finite log-probability
+
+
+def dense_to_topk(logits: Tensor, k: int) -> TopK:
+    """The top-``k`` log-probabilities (sorted, largest first), their ids and the exact log tail mass.
+
+    ``logits`` [..., V]; computed in float32 (float64 stays float64). The tail is a log-sum-exp over
+    the entries outside the top k (not ``log(1 - sum)``, which cancels catastrophically).
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(dtype), dim=-1)
+    k = min(int(k), logp.shape[-1])
+    values, ids = logp.topk(k, dim=-1)
+    tail = logp.scatter(-1, ids, FLOOR).logsumexp(-1).clamp_min(FLOOR)
+    return TopK(logprobs=values, ids=ids, log_tail=tail)
+
+
+def _anchored_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(valid mask, ids safe for gather/scatter): empty slots point at the row's first valid id."""
+    valid = ids >= 0
+    safe = ids.clamp_min(0)
+    first = valid.to(torch.uint8).argmax(-1, keepdim=True)  # first valid slot (0 for all-empty rows)
+    return valid, torch.where(valid, safe, safe.gather(-1, first))
+
+
+def coarse_log_probs(s_rows: Tensor, topk: TopK, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities over the k+1 coarsened outcomes, each [n, k+1].
+
+    ``s_rows`` [n, V] raw student logits; ``topk`` rows [n, k] / [n]. The last column is the tail
+    bucket. The teacher side is renormalised (``log_softmax``), so values rounded by a float16
+    store still form a distribution.
+    """
+    dtype = torch.promote_types(s_rows.dtype, torch.float32)
+    t = float(temperature)
+    vocab = s_rows.shape[-1]
+    valid, ids = _anchored_ids(topk.ids.long())
+    s = s_rows.to(dtype)
+    s_logp = F.log_softmax(s / t if t != 1.0 else s, dim=-1)  # [n, V]
+    in_top = torch.zeros(s_logp.shape, dtype=torch.bool, device=s_logp.device).scatter_(-1, ids, valid)
+    s_tail = s_logp.masked_fill(in_top, FLOOR).logsumexp(-1).clamp_min(FLOOR)  # [n], exact
+    s_top = torch.where(valid, s_logp.gather(-1, ids), FLOOR)
+    s_coarse = torch.cat([s_top, s_tail.unsqueeze(-1)], dim=-1)
+
+    t_top = topk.logprobs.to(dtype)
+    t_top = torch.where(valid, t_top / t if t != 1.0 else t_top, FLOOR)
+    log_tail = topk.log_tail.to(dtype).clamp_min(FLOOR)
+    if t != 1.0:  # tempered tail mass, as if the tail were uniform over its m entries (see module doc)
+        m = (vocab - valid.sum(-1)).to(dtype)
+        log_m = m.clamp_min(1.0).log()
+        log_tail = torch.where((m > 0) & (log_tail > FLOOR), log_m + (log_tail - log_m) / t, FLOOR)
+    t_coarse = F.log_softmax(torch.cat([t_top, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
+    return s_coarse, t_coarse
+
+
+def sparse_rows(student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]) -> tuple[Tensor, TopK, Tensor]:
+    """Student logit rows [N, V], teacher top-k rows [N, k] and the real-row mask [N], flattened alike."""
+    s_rows, mask = rows_and_mask(student.logits, batch)
+    topk = teacher.topk
+    k = topk.ids.shape[-1]
+    rows = TopK(topk.logprobs.reshape(-1, k), topk.ids.reshape(-1, k), topk.log_tail.reshape(-1))
+    if rows.ids.shape[0] != s_rows.shape[0]:
+        raise ValueError(
+            f"cached teacher rows ({tuple(topk.ids.shape[:-1])}) do not line up with the student's logits "
+            f"({tuple(student.logits.shape[:-1])}); the cache and the batch disagree on the token positions"
+        )
+    return s_rows, rows, mask
+
+
+def _select(rows: TopK, mask: Tensor) -> TopK:
+    return TopK(rows.logprobs[mask], rows.ids[mask], rows.log_tail[mask])
+
+
+def sparse_soft_kl(loss, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]) -> Tensor:
+    """:class:`~litdistill.losses.SoftTargetKL` (KL * T^2, mean over real rows) on the coarsened distributions."""
+    t = loss.temperature
+    s_rows, rows, mask = sparse_rows(student, teacher, batch)
+    s_logp, t_logp = coarse_log_probs(s_rows, rows, t)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    return masked_mean(kl, mask) * t * t
+
+
+def sparse_divergence(loss, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]) -> Tensor:
+    """A :class:`~litdistill.losses.TokenDivergence` on the coarsened distributions, reduced like the dense one."""
+    from litdistill.losses.divergences import token_scale
+
+    s_rows, rows, mask = sparse_rows(student, teacher, batch)
+    if not bool(mask.all()):
+        s_rows, rows = s_rows[mask], _select(rows, mask)
+    s_logp, t_logp = coarse_log_probs(s_rows, rows, loss.temperature)
+    values = loss.divergence(s_logp, t_logp)
+    if loss.scale_by_t2 and loss.temperature != 1.0:
+        values = values * loss.factor
+    total = values.sum()
+    return total * token_scale(mask.sum(), batch).to(total.dtype)
+
+
+def tail_gap_bound(topk: TopK, s_rows: Tensor) -> Tensor:
+    """Per-row upper bound of KL(p||q) - KL(P||Q): ``p_tail * log(q_tail / min_tail q_j)`` (diagnostics)."""
+    valid, ids = _anchored_ids(topk.ids.long())
+    s_logp = F.log_softmax(s_rows.float(), dim=-1)
+    in_top = torch.zeros(s_logp.shape, dtype=torch.bool, device=s_logp.device).scatter_(-1, ids, valid)
+    q_tail = s_logp.masked_fill(in_top, FLOOR).logsumexp(-1)
+    q_min = s_logp.masked_fill(in_top, math.inf).amin(-1)
+    return topk.log_tail.float().exp() * (q_tail - q_min)

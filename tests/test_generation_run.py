@@ -1,0 +1,423 @@
+"""`litdistill generate` end to end: the Hydra config, a real HTTP teacher on 127.0.0.1 with injected
+faults, the resumable store (SIGKILL and Ctrl-C mid-run, then a rerun), the manifest, secrets, the
+training-stage readers, clear config errors before any request, and a tiny local Hugging Face teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from litdistill.config import config_dir
+from litdistill.generation import (
+    ConfigError,
+    ResultStore,
+    TemplateError,
+    load_generated,
+    to_classification_records,
+    to_sft_records,
+)
+from litdistill.generation.run import generate
+from litdistill.generation.store import read_jsonl
+from tests.test_generation_client import COMPLETION_TOKENS, KEY_ENV, SECRET, FakeChatServer, answer
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A subprocess that composes the config like the CLI does and runs the stage. The generation stage
+# imports neither torch nor Lightning, but litdistill/__init__.py does (10-20 s on 2 busy cores), so the
+# script registers the package's namespace without running its __init__; the code under test is the same.
+SCRIPT = """
+import sys, types
+package = types.ModuleType("litdistill")
+package.__path__ = [sys.argv.pop(1)]
+sys.modules["litdistill"] = package
+from hydra import compose, initialize_config_dir
+from litdistill.generation.run import generate
+conf = sys.argv.pop(1)
+with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    cfg = compose(config_name="generate", overrides=sys.argv[1:])
+assert "torch" not in sys.modules
+print("output:", generate(cfg), flush=True)
+"""
+
+
+def compose_generate(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name="generate", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def api_overrides(server: FakeChatServer, out: Path, inputs: Path | None = None, **extra) -> list[str]:
+    opts = {"teacher_api.base_url": server.url, "teacher_api.model": "teacher-1", "teacher_api.api_key_env": KEY_ENV,
+            "teacher_api.timeout": 0.5, "teacher_api.max_retries": 3, "teacher_api.backoff_base": 0.01,
+            "teacher_api.backoff_max": 0.05, "teacher_api.max_concurrency": 4,
+            "teacher_api.prices.input": 2.0, "teacher_api.prices.output": 8.0, "output_dir": str(out), "progress": False}
+    if inputs is not None:
+        opts["input.path"] = str(inputs)
+    opts.update(extra)
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def assert_secret_nowhere(root: Path) -> None:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaked, f"the API key was written to {leaked}"
+
+
+def store_lines(out: Path) -> list[dict]:
+    """Every line of results.jsonl; each must be complete JSON."""
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def server():
+    with FakeChatServer() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+# -- end to end with faults, then a rerun --------------------------------------------------------------------
+def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path):
+    prompts = [{"id": "p0", "prompt": "What is aspirin?"}, {"id": "p1", "prompt": "Rate limited [429x2]"},
+               {"id": "p2", "prompt": "Flaky [500x1]"}, {"id": "p3", "prompt": "Slow [slowx1]"},
+               {"id": "p4", "prompt": "Broken [badjson]"}, {"id": "p5", "prompt": "Empty [nochoices]"},
+               {"id": "p6", "prompt": "Down [500x99]"}, {"id": "p7", "prompt": "What is ibuprofen?"}]
+    inputs = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    out = tmp_path / "gen"
+    cfg = compose_generate(api_overrides(server, out, inputs))
+    assert generate(cfg) == out
+
+    lines = store_lines(out)
+    assert sorted(r["id"] for r in lines) == [p["id"] for p in prompts]  # exactly one line per prompt
+    by_id = {r["id"]: r for r in lines}
+    ok, failed = {"p0", "p1", "p2", "p3", "p7"}, {"p4", "p5", "p6"}
+    assert {i for i, r in by_id.items() if r["status"] == "ok"} == ok
+    for i in ok:
+        assert by_id[i]["response"] == answer(by_id[i]["prompt"])
+    assert by_id["p1"]["attempts"] == 3 and by_id["p2"]["attempts"] == 2 and by_id["p3"]["attempts"] == 2
+    assert "invalid JSON" in by_id["p4"]["error"] and "no choices" in by_id["p5"]["error"]
+    assert "HTTP 500" in by_id["p6"]["error"] and by_id["p6"]["attempts"] == 4
+    assert server.count("[429x2]") == 3 and server.count("[500x99]") == 4
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete_with_failures"
+    assert manifest["counts"] == {"total": 8, "ok": 5, "failed": 3, "pending": 0, "other_records_in_store": 0}
+    assert manifest["model"] == "teacher-1" and manifest["base_url"] == server.url
+    assert manifest["api_key_env"] == KEY_ENV and manifest["template"]["name"] == "answer"
+    assert manifest["settings"] == {"temperature": 0.0, "max_tokens": 512}
+    assert manifest["input"]["count"] == 8 and len(manifest["input"]["key"]) == 64
+    assert manifest["litdistill_version"] and manifest["created"]
+    tokens_in = sum(len(by_id[i]["prompt"].split()) for i in ok | {"p5"})  # p5 was billed without choices
+    assert manifest["usage"] == {"prompt_tokens": tokens_in, "completion_tokens": COMPLETION_TOKENS * 5,
+                                 "total_tokens": tokens_in + COMPLETION_TOKENS * 5}
+    assert manifest["estimated_cost_usd"] == pytest.approx((tokens_in * 2.0 + COMPLETION_TOKENS * 5 * 8.0) / 1e6)
+    assert manifest["last_run"]["requests"]["retries"] == 2 + 1 + 1 + 3
+    dataset = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in dataset] == ["p0", "p1", "p2", "p3", "p7"]  # successes, in input order
+    assert KEY_ENV in (out / "config.yaml").read_text()
+    assert_secret_nowhere(out)
+
+    # the rerun against a fixed server re-requests only the failures
+    server.healthy = True
+    before = {p["prompt"]: server.count(p["prompt"]) for p in prompts}
+    generate(compose_generate(api_overrides(server, out, inputs)))
+    for p in prompts:
+        extra = server.count(p["prompt"]) - before[p["prompt"]]
+        assert extra == (1 if p["id"] in failed else 0), p
+    lines = store_lines(out)
+    assert sorted(r["id"] for r in lines) == [p["id"] for p in prompts] and all(r["status"] == "ok" for r in lines)
+    manifest2 = json.loads((out / "manifest.json").read_text())
+    assert manifest2["status"] == "complete" and manifest2["counts"]["ok"] == 8
+    assert manifest2["created"] == manifest["created"]
+    assert len(load_generated(out)) == 8 and len(to_sft_records(out / "dataset.jsonl")) == 8
+    assert_secret_nowhere(out)
+
+
+def test_sft_records_and_the_training_data_module_read_the_dataset(server, tmp_path, tokenizer_dir):
+    out = tmp_path / "gen"
+    generate(compose_generate(api_overrides(server, out, **{"input.prompts": "['What is a rash?','Is aspirin an NSAID?']",
+                                                              "prompt": "explain"})))
+    sft = to_sft_records(out)
+    assert [r["prompt"] for r in sft] == ["What is a rash?", "Is aspirin an NSAID?"]
+    assert sft[0]["response"] == answer("What is a rash?")
+    assert to_sft_records(out, with_system=True)[0]["prompt"][0]["role"] == "system"  # the Orca system prompt
+    assert server.bodies[0]["messages"][0]["role"] == "system"
+    from litdistill.data.sft import SFTDataModule
+
+    dm = SFTDataModule(tokenizer=tokenizer_dir, data_files={"train": str(out / "dataset.jsonl"),
+                                                            "validation": str(out / "dataset.jsonl")}, max_length=64)
+    dm.setup()
+    assert len(dm.splits["train"]) == 2 and any(lab != -100 for lab in dm.splits["train"][0]["labels"])
+
+
+def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
+    sentences = tmp_path / "ade.csv"
+    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism was noted.\n"
+                         "s2,The patient was given aspirin for pain.\ns3,Drug-induced rash after amoxicillin.\n")
+    out = tmp_path / "ade"
+    generate(compose_generate(api_overrides(server, out, sentences, prompt="ade_label", **{"input.field": "text",
+                                                                                             "input.id_field": "sentence_id"})))
+    assert server.bodies[0]["logprobs"] is True and server.bodies[0]["max_tokens"] == 3
+    rows = to_classification_records(out)
+    assert [(r["id"], r["text"], r["label"]) for r in rows] == [
+        ("s1", "Lithium-induced hypothyroidism was noted.", 1), ("s2", "The patient was given aspirin for pain.", 0),
+        ("s3", "Drug-induced rash after amoxicillin.", 1)]
+    assert rows[0]["soft_label"] == pytest.approx([0.1, 0.9]) and rows[1]["soft_label"] == pytest.approx([0.8, 0.2])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["label_names"] == ["not_ade", "ade"] and manifest["settings"]["top_logprobs"] == 10
+    dataset = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert dataset[0]["label"] == 1 and dataset[0]["text"].startswith("Lithium")
+
+
+# -- crash safety ----------------------------------------------------------------------------------------------
+def _spawn(overrides: list[str], tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, KEY_ENV: SECRET, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    package_dir = str(Path(__import__("litdistill").__file__).parent)
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, package_dir, str(config_dir()), *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _lines(out: Path) -> int:
+    path = out / "results.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _signal_after_lines(procs: dict[str, tuple[Path, subprocess.Popen, int]], n: int, timeout: float = 120) -> None:
+    """Send each process its signal as soon as its store holds ``n`` results."""
+    pending = dict(procs)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for name, (out, proc, sig) in list(pending.items()):
+            if _lines(out) >= n:
+                proc.send_signal(sig)
+                del pending[name]
+            elif proc.poll() is not None:
+                raise AssertionError(f"{name}: generation ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.01)
+    for _, proc, _ in pending.values():
+        proc.kill()
+    assert not pending, f"no results were written in time by {list(pending)}"
+
+
+def test_sigkill_and_ctrl_c_mid_run_then_resume(tmp_path):
+    """Two runs at once against slow servers (each subprocess pays the import of torch once): one
+    SIGKILLed, one interrupted with SIGINT. Each rerun finishes the job with exactly one line per prompt,
+    no duplicates, and never re-requests a prompt whose result was already stored."""
+    n = 40
+    with FakeChatServer(delay=0.25) as killed_srv, FakeChatServer(delay=0.25) as int_srv:
+        jobs = {}
+        for name, srv in (("kill", killed_srv), ("int", int_srv)):
+            inputs = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": f"{name} question {i}"} for i in range(n)])
+            out = tmp_path / name
+            overrides = api_overrides(srv, out, inputs, **{"teacher_api.max_concurrency": 2, "teacher_api.timeout": 5})
+            jobs[name] = (srv, out, overrides, _spawn(overrides, tmp_path))
+        _signal_after_lines({"kill": (jobs["kill"][1], jobs["kill"][3], signal.SIGKILL),
+                             "int": (jobs["int"][1], jobs["int"][3], signal.SIGINT)}, 4)
+        for name in jobs:
+            srv, out, overrides, proc = jobs[name]
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode != 0, stderr[-2000:]
+            assert SECRET not in stderr
+            if name == "int":  # Ctrl-C: a clean stop, the store and manifest consistent
+                assert proc.returncode == 1 or proc.returncode == -signal.SIGINT
+                assert "KeyboardInterrupt" in stderr and "interrupted" in stderr
+                manifest = json.loads((out / "manifest.json").read_text())
+                assert manifest["status"] == "interrupted"
+                assert manifest["counts"]["ok"] == len(store_lines(out)) == len(read_jsonl(out / "dataset.jsonl")[0])
+                # queued requests were dropped: at most the in-flight ones went out after the last result
+                assert srv.total <= len(store_lines(out)) + 4
+            first = store_lines(out)
+            assert 4 <= len(first) < n and len({r["id"] for r in first}) == len(first)
+            assert all(r["status"] == "ok" for r in first)
+            done_prompts = {r["prompt"] for r in first}
+            srv.delay = 0.01
+            requested_before = {p: srv.exact(p) for p in (f"{name} question {i}" for i in range(n))}
+
+            assert generate(compose_generate(overrides)) == out  # resume in-process
+            final = store_lines(out)
+            assert len(final) == n and sorted(r["prompt"] for r in final) == sorted(f"{name} question {i}" for i in range(n))
+            assert all(r["status"] == "ok" for r in final)
+            for prompt, before in requested_before.items():
+                again = srv.exact(prompt) - before
+                assert again == (0 if prompt in done_prompts else 1), (name, prompt)
+            kept = {r["prompt"]: r for r in first}
+            assert all(r == kept[r["prompt"]] for r in final if r["prompt"] in kept)  # earlier results untouched
+            assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+            assert_secret_nowhere(out)
+
+
+def test_truncated_last_line_is_dropped_and_repaired(tmp_path):
+    out = tmp_path / "store"
+    with ResultStore(out) as store:
+        store.append({"key": "a", "id": "1", "status": "ok", "response": "x"})
+        store.append({"key": "b", "id": "2", "status": "failed", "error": "HTTP 500"})
+    with open(out / "results.jsonl", "ab") as f:
+        f.write(b'{"key": "c", "id": "3", "status": "o')  # a write cut short by a crash
+    with ResultStore(out) as store:
+        assert set(store.records) == {"a", "b"} and store.is_done("a") and not store.is_done("b")
+        store.append({"key": "b", "id": "2", "status": "ok", "response": "y"})  # a retried failure
+        store.append({"key": "c", "id": "3", "status": "ok", "response": "z"})
+        assert len(store_lines(out)) == 4  # every line whole: the truncated tail was cut before appending
+        store.compact(order=["c", "b", "a"])
+    assert [r["key"] for r in store_lines(out)] == ["c", "b", "a"]
+    assert [r["response"] for r in load_generated(out)] == ["z", "y", "x"]
+    with ResultStore(out), pytest.raises(RuntimeError, match="another `litdistill generate`"):
+        ResultStore(out).open()
+
+
+# -- config errors before any request -------------------------------------------------------------------------
+@pytest.mark.parametrize(("extra", "error", "match"), [
+    ({"teacher_api.api_key_env": "NO_SUCH_VAR_LITDISTILL"}, ConfigError, r"NO_SUCH_VAR_LITDISTILL.*not set"),
+    ({"input.field": "question"}, ConfigError, r"input.field='question'.*available fields: \['id', 'prompt', 'topic'\]"),
+    ({"prompt.user": "'About {topic}: {input} ({source})'"}, TemplateError, r"\['source'\].*available fields"),
+    ({"prompt.parser": "json"}, TemplateError, r"prompt.parser='json'.*valid parsers"),
+    ({"teacher_api.type": "grpc"}, ConfigError, r"teacher_api.type='grpc'.*\['openai', 'local_hf'\]"),
+    ({"generation.max_tokens": 0}, ConfigError, r"generation.max_tokens=0"),
+    ({"input.path": "missing.jsonl"}, ConfigError, r"input.path='missing.jsonl' does not exist"),
+    ({"input.path": "prompts.xml"}, ConfigError, r"format '.xml'.*'.jsonl'"),
+    ({"+teacher_api.api_key": SECRET}, ConfigError, r"keys never go in configs"),
+])
+def test_bad_config_fails_before_any_request(extra, error, match, server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.xml").write_text("<x/>")
+    inputs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "hi", "topic": "t"}])
+    with pytest.raises(error, match=match) as err:
+        generate(compose_generate(api_overrides(server, tmp_path / "out", inputs, **extra)))
+    assert SECRET not in str(err.value)
+    assert server.total == 0 and not (tmp_path / "out").exists()
+
+
+def test_inputs_from_txt_csv_and_config_with_stable_ids(tmp_path):
+    from litdistill.generation.run import load_inputs
+
+    (tmp_path / "p.txt").write_text("What is aspirin?\n\nWhy rash?\n")
+    recs, _ = load_inputs({"path": str(tmp_path / "p.txt"), "field": "prompt"})
+    assert [r["prompt"] for r in recs] == ["What is aspirin?", "Why rash?"]
+    again, _ = load_inputs({"prompts": ["What is aspirin?", "Why rash?"], "field": "prompt"})
+    assert [r["__id__"] for r in recs] == [r["__id__"] for r in again]  # content hash: the same prompt, the same id
+    (tmp_path / "p.csv").write_text("id,question\nq1,What is aspirin?\n")
+    recs, _ = load_inputs({"path": str(tmp_path / "p.csv"), "field": "question"})
+    assert recs[0]["__id__"] == "q1" and recs[0]["question"] == "What is aspirin?"
+    with pytest.raises(ConfigError, match="exactly one of input.path"):
+        load_inputs({"path": str(tmp_path / "p.csv"), "prompts": ["x"]})
+    with pytest.raises(ConfigError, match="record 1 .* input field 'prompt' is ''"):
+        load_inputs({"prompts": ["ok", ""]})
+    write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "prompt": "one"}, {"id": "a", "prompt": "two"}])
+    with pytest.raises(ConfigError, match="input id 'a'.*two different prompts"):
+        generate(compose_generate(["input.path=" + str(tmp_path / "dup.jsonl"), f"teacher_api.api_key_env={KEY_ENV}",
+                                   f"output_dir={tmp_path / 'out'}"]))
+
+
+def test_unknown_prompt_option_is_reported_by_hydra(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="nope"):
+        compose_generate(["prompt=nope"])
+
+
+# -- a local Hugging Face teacher ------------------------------------------------------------------------------
+CHAT_TEMPLATE = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}< assistant >{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ("[PAD] [UNK] <s> </s> < > user assistant system yes no is a the drug rash what why how "
+             "aspirin ibuprofen lithium caused cause induced sentence answer one word : ? . , describe adverse "
+             "event does following with or").split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>",
+                                   eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=vocab["[PAD]"], bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"])
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def local_overrides(model_dir: Path, out: Path, **extra) -> list[str]:
+    opts = {"teacher_api": "local_hf", "teacher_api.name_or_path": str(model_dir), "teacher_api.device": "cpu",
+            "teacher_api.batch_size": 3, "generation.max_tokens": 5, "output_dir": str(out), "progress": False,
+            "input.prompts": "['what is aspirin ?','why does lithium cause a rash ?','how','is ibuprofen a drug ?',"
+                             "'what caused the adverse event ?']"}
+    opts.update(extra)
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def test_local_hf_teacher_batches_with_left_padding_and_resumes(tiny_llama_dir, tmp_path):
+    out = tmp_path / "local"
+    generate(compose_generate(local_overrides(tiny_llama_dir, out)))
+    lines = store_lines(out)
+    assert len(lines) == 5 and all(r["status"] == "ok" for r in lines)
+    assert all(r["usage"]["completion_tokens"] <= 5 and r["finish_reason"] in ("stop", "length") for r in lines)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["teacher_type"] == "local_hf" and manifest["settings"]["chat_template"] is True
+    assert manifest["settings"]["do_sample"] is False and manifest["base_url"] is None
+
+    # batched (left-padded) greedy generation equals one prompt at a time
+    single = tmp_path / "single"
+    generate(compose_generate(local_overrides(tiny_llama_dir, single, **{"teacher_api.batch_size": 1})))
+    assert {r["id"]: r["response"] for r in store_lines(single)} == {r["id"]: r["response"] for r in lines}
+    assert {r["id"] for r in lines} == {r["id"] for r in store_lines(single)}  # content-hash ids are stable
+
+    # the rerun generates nothing
+    generate(compose_generate(local_overrides(tiny_llama_dir, out)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["last_run"]["usage"]["total_tokens"] == 0 and manifest["counts"]["ok"] == 5
+    assert store_lines(out) == lines
+
+
+def test_local_hf_teacher_soft_labels_from_logits(tiny_llama_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from litdistill.generation.local import LocalHFTeacher
+    from litdistill.generation.templates import load_template
+
+    out = tmp_path / "ade_local"
+    generate(compose_generate(local_overrides(tiny_llama_dir, out, prompt="ade_label", **{"teacher_api.batch_size": 2})))
+    rows = to_classification_records(out)
+    assert len(rows) == 5
+    for r in rows:
+        assert len(r["soft_label"]) == 2 and sum(r["soft_label"]) == pytest.approx(1, abs=1e-5)
+        assert r["label"] in (0, 1)
+    # no chat template: the plain prompt text is generated from
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok.chat_template = None
+    teacher = LocalHFTeacher(name_or_path=str(tiny_llama_dir), tokenizer=tok, device="cpu")
+    messages = load_template("explain").render("what is aspirin ?")
+    assert not teacher.uses_chat_template and teacher.prompt_text(messages).endswith("what is aspirin ?\n")
+    result = teacher.generate_batch([messages], {"max_tokens": 3})[0]
+    assert result.ok and result.usage["completion_tokens"] <= 3

@@ -1,0 +1,183 @@
+"""W&B sweep files (sweeps/*.yaml) and W&B logging, offline.
+
+One real CLI run (module fixture) is a sweep suggestion run the way the W&B agent would start it,
+with ``logger=wandb`` under ``WANDB_MODE=offline``, the ONNX/int8 exports and the report plots on;
+several tests read its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from litdistill import sweeping
+from litdistill.sweeping import COMMAND, load_sweep, render_overrides, suggest, sweep_command, validate_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+BACKENDS = ["builtin"] + (["sweeps"] if sweeping._sweeps_package() is not None else [])
+
+
+def test_sweeps_live_outside_the_hydra_config_tree():
+    from litdistill.config import config_dir
+
+    assert len(SWEEPS) >= 3 and sweeping.sweeps_dir() == REPO / "sweeps"
+    assert not (config_dir() / "sweep").exists() and not (config_dir() / "sweeps").exists()
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_file_is_a_valid_wandb_sweep(path):
+    sweep = load_sweep(path)
+    assert validate_sweep(sweep) == []
+    assert sweep["method"] in ("grid", "random", "bayes") and sweep["metric"]["goal"] == "maximize"
+    assert sweep["metric"]["name"] == "val/student/f1"  # logged by the module every validation
+    assert sweep["command"] == COMMAND
+    assert sweep["parameters"]["logger"] == {"value": "wandb"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_suggestions_render_as_overrides_that_hydra_composes(path, backend, compose_train):
+    sweep = load_sweep(path)
+    suggestions = suggest(sweep, n=3, seed=1, backend=backend)
+    assert len(suggestions) == 3
+    default = compose_train([])
+    for params in suggestions:
+        assert set(params) == set(sweep["parameters"])
+        overrides = render_overrides(params)
+        assert all("=" in o and not o.startswith("-") for o in overrides)
+        cfg = compose_train(overrides)
+        for key, value in params.items():
+            if key == "logger":
+                assert "wandb" in cfg.logger
+                continue
+            assert OmegaConf.select(default, key) is not None, f"{key} has no default in the config"
+            assert OmegaConf.select(cfg, key) == pytest.approx(value), key
+            spec = sweep["parameters"][key]
+            if "values" in spec:
+                assert value in spec["values"]
+            else:
+                assert spec["min"] <= value <= spec["max"]
+
+
+def test_grid_is_complete_and_ordered():
+    sweep = load_sweep(REPO / "sweeps" / "kd_temperature.yaml")
+    expected = [{"logger": "wandb", "loss.kd.temperature": t} for t in (1.0, 2.0, 4.0, 8.0)]
+    for backend in BACKENDS:
+        assert suggest(sweep, n=10, backend=backend) == expected
+
+
+def test_builtin_draws_follow_each_distribution():
+    sweep = {"method": "random", "metric": {"name": "m", "goal": "minimize"}, "parameters": {
+        "a": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
+        "b": {"distribution": "int_uniform", "min": 1, "max": 3},
+        "c": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
+        "d": {"values": ["x", "y"]},
+        "e": {"min": 0.5, "max": 1.5},
+        "f": {"distribution": "log_uniform", "min": 0.0, "max": 1.0},
+        "g": {"value": 7}}}
+    draws = suggest(sweep, n=200, seed=3, backend="builtin")
+    assert all(1e-5 <= d["a"] <= 1e-2 for d in draws)
+    assert sum(d["a"] < 3e-4 for d in draws) > 60  # log-uniform: half the draws below the geometric mean
+    assert {d["b"] for d in draws} == {1, 2, 3} and all(isinstance(d["b"], int) for d in draws)
+    assert {d["c"] for d in draws} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert {d["d"] for d in draws} == {"x", "y"}
+    assert all(0.5 <= d["e"] <= 1.5 for d in draws) and all(1 <= d["f"] <= math.e for d in draws)
+    assert {d["g"] for d in draws} == {7}
+    assert draws == suggest(sweep, n=200, seed=3, backend="builtin")  # seeded
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"method": "hyperopt"}, "method must be one of"),
+    ({"metric": {"goal": "maximize"}}, "metric needs a name"),
+    ({"parameters": {}}, "parameters must map"),
+    ({"method": "grid", "parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.1, "max": 0.2}}}, "grid sweep needs value/values"),
+    ({"parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}}, "must be below max"),
+    ({"command": ["python", "train.py"]}, "command must be"),
+])
+def test_invalid_sweeps_are_refused_with_the_reason(change, problem):
+    sweep = {**load_sweep(REPO / "sweeps" / "kd_weights.yaml"), **change}
+    problems = validate_sweep(sweep)
+    assert any(problem in p for p in problems), problems
+
+
+# ---- one offline run: a sweep suggestion, W&B logger, exports, plots ------------------------------
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep_run")
+    sweep = load_sweep(REPO / "sweeps" / "kd_weights.yaml")
+    params = suggest(sweep, n=2, seed=5, backend="builtin")[1]
+    extra = ["experiment=tiny", "debug=fast", "baseline=true", "report.speed=true", "report.repeats=2",
+             "export.onnx=true", "export.int8=true", "logger.wandb.log_model=true"]
+    cmd = sweep_command(sweep, params) + extra
+    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp / "outputs"), "LITDISTILL_CACHE": str(tmp / "cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp / "wb"),
+           "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = sorted((tmp / "outputs").glob("*/runs/*"))
+    assert len(runs) == 1, runs
+    return {"params": params, "run": runs[0], "wandb": tmp / "wb" / "wandb", "stdout": proc.stdout, "cmd": cmd}
+
+
+def test_agent_command_is_python_dash_m_litdistill_with_flat_overrides(offline_run):
+    cmd = offline_run["cmd"]
+    assert cmd[0] == "/usr/bin/env" and cmd[2:4] == ["-m", "litdistill"]
+    assert f"loss.kd.weight={offline_run['params']['loss.kd.weight']}" in cmd
+
+
+def test_sweep_suggestion_reaches_the_run_config(offline_run):
+    cfg = yaml.safe_load((offline_run["run"] / "config.yaml").read_text())
+    params = offline_run["params"]
+    assert cfg["loss"]["kd"]["weight"] == pytest.approx(params["loss.kd.weight"])
+    assert cfg["loss"]["ce"]["weight"] == pytest.approx(params["loss.ce.weight"])
+    assert cfg["optimizer"]["lr"] == pytest.approx(params["optimizer.lr"])
+    assert set(cfg["logger"]) == {"csv", "wandb"}
+
+
+def test_wandb_offline_run_holds_metrics_config_report_and_student(offline_run):
+    run_dirs = list(offline_run["wandb"].glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    records = next(run_dir.glob("run-*.wandb")).read_bytes()
+    for name in (b"train/loss/kd", b"train/loss/ce", b"val/student/f1", b"val/agreement", b"report/table",
+                 b"report/student/f1", b"report/export/onnx/latency_ms", b"temperature"):
+        assert name in records, name
+    assert b"student-" in records  # the model artifact (logger.wandb.log_model=true)
+    config = yaml.safe_load((run_dir / "files" / "litdistill_config.yaml").read_text())
+    assert config["loss"]["kd"]["weight"] == pytest.approx(offline_run["params"]["loss.kd.weight"])
+    assert config["paths"]["output_dir"] == str(offline_run["run"])  # resolved
+    table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
+    assert table["columns"][0] == "model" and "f1" in table["columns"]
+    assert [row[0] for row in table["data"]][:3] == ["teacher", "student", "baseline"]
+    assert {"student (onnx)", "student (int8)"} <= {row[0] for row in table["data"]}
+    assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 2
+
+
+def test_report_has_exports_timed_and_checked(offline_run):
+    run = offline_run["run"]
+    report = json.loads((run / "report.json").read_text())
+    formats = report["exports"]["formats"]
+    assert list(formats) == ["pytorch", "onnx", "int8"] and report["exports"]["threads"] == 2
+    for name, row in formats.items():
+        assert row["latency_ms"] > 0, name
+    assert formats["onnx"]["agreement"] == 1.0 and formats["onnx"]["max_abs_diff"] < 1e-4
+    assert formats["int8"]["agreement"] >= 0.9 and formats["int8"]["max_abs_diff"] < 0.1
+    assert (run / "student.onnx").is_file() and (run / "student_int8.pt").is_file()
+    markdown = (run / "report.md").read_text()
+    assert "## Exported student" in markdown and "| onnx | student.onnx |" in markdown
+
+
+def test_report_pictures_are_pngs_linked_from_the_report(offline_run):
+    run = offline_run["run"]
+    markdown = (run / "report.md").read_text()
+    for png in ("loss_curves.png", "comparison.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in markdown
