@@ -17,7 +17,7 @@ PRIMARIES = sorted(p.stem for p in CONF.glob("*.yaml"))
 
 
 def _options() -> list[tuple[str, str]]:
-    return sorted((d.name, f.stem) for d in CONF.iterdir() if d.is_dir() and d.name != "hydra" for f in d.glob("*.yaml"))
+    return sorted((d.name, f.stem) for d in CONF.iterdir() if d.is_dir() and d.name not in ("hydra", "sweep") for f in d.glob("*.yaml"))
 
 
 @pytest.mark.parametrize(("group", "option"), _options())

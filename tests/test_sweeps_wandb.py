@@ -1,4 +1,4 @@
-"""W&B sweep files (sweeps/*.yaml) and W&B logging, offline.
+"""W&B sweep files (conf/sweep/*.yaml) and W&B logging, offline.
 
 One real CLI run (module fixture) is a sweep suggestion run the way the W&B agent would start it,
 with ``logger=wandb`` under ``WANDB_MODE=offline``, the ONNX/int8 exports and the report plots on;
@@ -21,15 +21,15 @@ from litdistill import sweeping
 from litdistill.sweeping import COMMAND, load_sweep, render_overrides, suggest, sweep_command, validate_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((REPO / "conf" / "sweep").glob("*.yaml"))
 BACKENDS = ["builtin"] + (["sweeps"] if sweeping._sweeps_package() is not None else [])
 
 
-def test_sweeps_live_outside_the_hydra_config_tree():
+def test_sweep_files_live_in_conf_sweep_and_no_primary_config_selects_them():
     from litdistill.config import config_dir
 
-    assert len(SWEEPS) >= 3 and sweeping.sweeps_dir() == REPO / "sweeps"
-    assert not (config_dir() / "sweep").exists() and not (config_dir() / "sweeps").exists()
+    assert len(SWEEPS) >= 3 and sweeping.sweeps_dir() == config_dir() / "sweep" == REPO / "conf" / "sweep"
+    assert not any("sweep" in p.read_text() for p in config_dir().glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
@@ -68,7 +68,7 @@ def test_suggestions_render_as_overrides_that_hydra_composes(path, backend, comp
 
 
 def test_grid_is_complete_and_ordered():
-    sweep = load_sweep(REPO / "sweeps" / "kd_temperature.yaml")
+    sweep = load_sweep(REPO / "conf" / "sweep" / "kd_temperature.yaml")
     expected = [{"logger": "wandb", "loss.kd.temperature": t} for t in (1.0, 2.0, 4.0, 8.0)]
     for backend in BACKENDS:
         assert suggest(sweep, n=10, backend=backend) == expected
@@ -103,7 +103,7 @@ def test_builtin_draws_follow_each_distribution():
     ({"command": ["python", "train.py"]}, "command must be"),
 ])
 def test_invalid_sweeps_are_refused_with_the_reason(change, problem):
-    sweep = {**load_sweep(REPO / "sweeps" / "kd_weights.yaml"), **change}
+    sweep = {**load_sweep(REPO / "conf" / "sweep" / "kd_weights.yaml"), **change}
     problems = validate_sweep(sweep)
     assert any(problem in p for p in problems), problems
 
@@ -112,7 +112,7 @@ def test_invalid_sweeps_are_refused_with_the_reason(change, problem):
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep_run")
-    sweep = load_sweep(REPO / "sweeps" / "kd_weights.yaml")
+    sweep = load_sweep(REPO / "conf" / "sweep" / "kd_weights.yaml")
     params = suggest(sweep, n=2, seed=5, backend="builtin")[1]
     extra = ["experiment=tiny", "debug=fast", "baseline=true", "report.speed=true", "report.repeats=2",
              "export.onnx=true", "export.int8=true", "logger.wandb.log_model=true"]

@@ -161,8 +161,9 @@ class DistillationModule(L.LightningModule):
 
     def _teacher_predictions(self, batch: dict[str, Tensor], batch_idx: int, needs: frozenset[str]) -> Tensor | None:
         """The teacher is frozen, so its validation predictions are computed once and reused."""
-        if self.teacher is None and "teacher_logits" not in batch and "teacher_topk_ids" not in batch:
-            return None
+        in_batch = "teacher_logits" in batch or "teacher_topk_ids" in batch
+        if not in_batch and (self.teacher is None or getattr(self.teacher, "outputs_in_batch", False)):
+            return None  # no teacher, or a stand-in whose outputs only some splits carry
         if batch_idx in self._teacher_val_preds and not self.trainer.sanity_checking:
             return self._teacher_val_preds[batch_idx].to(self.device)
         outputs = self.teacher_outputs(batch, needs)

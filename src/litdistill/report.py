@@ -24,7 +24,8 @@ def summarize(rows: dict[str, dict[str, Any]], metric: str, agreement: float | N
         if teacher.get("latency_ms") and student.get("latency_ms"):
             report["speedup"] = teacher["latency_ms"] / student["latency_ms"]
             report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
-        report["compression"] = teacher["params_m"] / student["params_m"]
+        if teacher.get("params_m") and student.get("params_m"):  # an LLM known only by its labels has none
+            report["compression"] = teacher["params_m"] / student["params_m"]
     report.update(extra or {})
     return report
 
@@ -49,6 +50,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                ("CPU speed-up (b=1)", report.get("speedup")), ("throughput ratio (b=32)", report.get("throughput_ratio")),
                ("compression (params)", report.get("compression"))]
     lines += ["", f"Threads: {report['threads']}. Metrics on the held-out test split."]
+    teacher = report["models"].get("teacher") or {}
+    if teacher.get("source"):  # an LLM known by its labels: scored on gold, no weights to time or count
+        lines += [f"- teacher: {teacher['source']}; labelled {100 * teacher.get('labelled_fraction', 1):.1f}% of the "
+                  "test sentences (a sentence it failed to label counts as wrong)"]
+    if report.get("majority_class_rate") is not None:
+        lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"

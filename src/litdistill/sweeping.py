@@ -1,4 +1,4 @@
-"""W&B sweep files (``sweeps/*.yaml`` in a checkout): validate, draw suggestions, render overrides.
+"""W&B sweep files (``conf/sweep/*.yaml``): validate, draw suggestions, render overrides.
 
 The sweep files are W&B sweep configs, not Hydra configs. Their parameters are flat dotted Hydra keys
 (``loss.kd.temperature``) and their command is ``[${env}, ${interpreter}, -m, litdistill,
@@ -10,7 +10,7 @@ server-side logic), else from a small equivalent here: the full grid for ``grid`
 draws from each parameter's distribution for ``random``, and for ``bayes`` (which needs finished
 runs to model) random draws too. Offline preview::
 
-    python -m litdistill.sweeping sweeps/kd_temperature.yaml -n 4
+    python -m litdistill.sweeping conf/sweep/kd_temperature.yaml -n 4
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
 
 
 def sweeps_dir() -> Path:
-    """The checkout's top-level ``sweeps/`` folder (sweep files are not shipped in the wheel)."""
-    return Path(__file__).resolve().parents[2] / "sweeps"
+    """``conf/sweep/``: W&B sweep files beside the Hydra groups they set (shipped in the wheel too).
+    They are W&B's format, not Hydra configs: no primary config lists the ``sweep`` group."""
+    from litdistill.config import config_dir
+
+    return config_dir() / "sweep"
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -64,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # reads and validates the data before any model is loaded
     trainer_factory = partial(build_trainer, cfg)
 
+    labels_teacher = llm_labels_teacher(cfg, datamodule)  # data.teacher_labels=...: an LLM's labels are the teacher
     cache = teacher_cache(cfg, losses, datamodule)  # cache=build|use|auto, None for none (docs/caching.md)
     teacher = instantiate(cfg.teacher) if cfg.get("teacher") and (cache is None or cache.needs_teacher) else None
     if teacher is not None and cfg.get("teacher_finetune"):
@@ -74,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cached_datamodule is None:  # cache=build: the store is written; nothing is trained
             return {"teacher_cache": cache.summary()}
         datamodule, teacher = cached_datamodule, None
+    batch_teacher = cache.teacher if cache is not None else labels_teacher  # its outputs arrive in the batches
     student = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))  # MultiTeacher: its primary
     if cfg.get("student_gradient_checkpointing"):
         enable_gradient_checkpointing(student)
@@ -83,11 +86,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
     elif cache is not None:
         cache.check_student(student)  # label count / vocabulary size against the cached outputs
-    elif any(loss.uses_teacher for loss in losses.values()):
+    elif batch_teacher is None and any(loss.uses_teacher for loss in losses.values()):
         losses = {name: loss for name, loss in losses.items() if not loss.uses_teacher} or {"ce": HardCE()}
         log.info("teacher=null: training on labels alone with losses %s", list(losses))
 
-    module = DistillationModule(student, teacher if cache is None else cache.teacher, losses, optimizer=instantiate(cfg.optimizer),
+    module = DistillationModule(student, teacher if teacher is not None else batch_teacher, losses, optimizer=instantiate(cfg.optimizer),
                                 scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, task=cfg.task)
     trainer = trainer_factory()
     configure_strategy(trainer, student, teacher, cfg.get("teacher_placement", "shard"))
@@ -95,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
 
     baseline = None
-    if cfg.get("baseline") and (teacher is not None or cache is not None):
+    if cfg.get("baseline") and (teacher is not None or batch_teacher is not None):
         log.info("training the no-distillation baseline (same student, same steps, labels only)")
         L.seed_everything(cfg.seed, workers=True)
         baseline = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))
@@ -143,8 +146,45 @@ def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningD
         timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}
         for name, speed in cpu_speeds(timed, example, threads, repeats=cfg.report.repeats).items():
             rows[name].update(speed)
+    llm_labels = getattr(datamodule, "teacher_test_labels", None)
+    if llm_labels is not None:  # the LLM teacher's own labels of the test sentences, scored like a model
+        preds["teacher"], teacher_row = llm_label_row(llm_labels, labels, models["student"].config.num_labels, datamodule)
+        rows = {"teacher": teacher_row, **rows}
     agreement = agreement_rate(preds["student"], preds["teacher"], labels, task) if "teacher" in preds else None
     if "teacher" in preds and "baseline" in preds:
         rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)
     majority = float(torch.bincount(labels[labels != -100]).max() / (labels != -100).sum()) if task == "classification" else None
     return summarize(rows, cfg.report.metric, agreement, threads, {"majority_class_rate": majority, "task": task})
+
+
+def llm_labels_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> torch.nn.Module | None:
+    """With ``data.teacher_labels`` the teacher is an LLM that labelled the data: no teacher model may be
+    configured too. Soft labels give a weightless stand-in (the probabilities travel in the batches)."""
+    if not getattr(datamodule, "teacher_label_counts", None):
+        return None
+    if cfg.get("teacher"):
+        raise ValueError("data.teacher_labels makes the LLM that wrote the labels the teacher, but teacher="
+                         f"{cfg.teacher.get('_target_', cfg.teacher)} is set too; add teacher=null")
+    return datamodule.labels_teacher
+
+
+def llm_label_row(llm_labels: torch.Tensor, gold: torch.Tensor, num_labels: int,
+                  datamodule: L.LightningDataModule) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Report row of the LLM teacher: its labels of the test split against gold. A sentence it failed
+    to label counts as wrong (scored as a class other than gold), so every model is scored on all rows."""
+    missing = llm_labels < 0
+    preds = torch.where(missing, (gold + 1) % num_labels, llm_labels)
+    source = str(datamodule.hparams.teacher_labels)
+    row = {"source": f"LLM labels ({teacher_model_name(source)}): {source}", "labelled_fraction": float((~missing).float().mean()),
+           "train_rows": datamodule.teacher_label_counts, "metrics": score(preds, gold, "classification", num_labels)}
+    return preds, row
+
+
+def teacher_model_name(source: str) -> str:
+    """The model named in the generation run's manifest, or "unknown model" without one."""
+    path = Path(source)
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    try:
+        return str(json.loads(manifest.read_text(encoding="utf-8")).get("model") or "unknown model")
+    except (OSError, ValueError):
+        return "unknown model"

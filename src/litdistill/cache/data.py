@@ -185,6 +185,8 @@ class CachedTeacherDataModule(L.LightningDataModule):
 class CachedTeacher(nn.Module):
     """The teacher's stand-in under ``cache=use``: no weights; its outputs arrive inside the batches."""
 
+    outputs_in_batch = True  # a split the store does not cover is validated without the teacher
+
     def __init__(self, manifest: dict[str, Any], path: str = "") -> None:
         super().__init__()
         self.manifest, self.path = manifest, path

@@ -43,3 +43,24 @@ def prepare_ade_splits(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
     parts = {"test": rows[:n_test], "validation": rows[n_test:n_test + n_val], "train": rows[n_test + n_val:]}
     return {split: str(atomic_write_csv(Path(out_dir) / f"{split}.csv", ["text", "label"], part))
             for split, part in parts.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m litdistill.data.ade --out DIR``: write the splits, e.g. for an LLM to label them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--corpus-dir", default="../shared/data/ade_corpus_v2", help="holds DRUG-AE.rel and ADE-NEG.txt")
+    parser.add_argument("--out", required=True, help="where train.csv, validation.csv and test.csv go")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--max-examples", type=int, default=None)
+    args = parser.parse_args(argv)
+    paths = prepare_ade_splits(args.corpus_dir, args.out, args.val_fraction, args.test_fraction, args.seed, args.max_examples)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from datasets import Dataset, DatasetDict, load_dataset
+from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from litdistill.data.resumable import ResumableTrainOrder
+from litdistill.data.teacher_labels import (LABEL_TYPES, TEACHER_LOGITS, LabelsInBatch, read_teacher_labels, relabel,
+                                            teacher_predictions)
 from litdistill.models import load_tokenizer
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
+log = logging.getLogger(__name__)
 
 
 def load_splits(dataset: str | None, data_files: dict[str, str] | None, subset: str | None = None,
@@ -75,15 +80,25 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         route_column: str | None = None,
         route_values: list[Any] | None = None,
         route_field: str = "teacher_id",
+        teacher_labels: str | None = None,
+        teacher_label_type: str = "hard",
     ) -> None:
         """``route_column`` (multi-teacher routing, see litdistill.teachers): each example's value of
         this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
-        ``route_values`` the column must already hold int ids)."""
+        ``route_values`` the column must already hold int ids).
+
+        ``teacher_labels``: a ``litdistill generate`` output (directory or JSONL) whose labels replace
+        the train split's (``teacher_label_type`` hard, or soft: the probabilities too, as
+        ``teacher_logits``); see litdistill.data.teacher_labels."""
         super().__init__()
         self.save_hyperparameters(logger=False)
+        if teacher_label_type not in LABEL_TYPES:
+            raise ValueError(f"data.teacher_label_type={teacher_label_type!r}; valid types: {list(LABEL_TYPES)}")
         self.tokenizer = load_tokenizer(tokenizer)
         self.route_ids = route_ids(route_column, route_values)
         self.splits: DatasetDict | None = None
+        self.teacher_test_labels: Tensor | None = None  # the LLM's label per test row, -1 where none
+        self.teacher_label_counts: dict[str, int] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -103,7 +118,26 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         raw = DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
                            for s in SPLITS if s in raw})
         self._check_labels(raw)
+        if h.teacher_labels:
+            raw = self._use_teacher_labels(raw)
         return raw
+
+    def _use_teacher_labels(self, raw: DatasetDict) -> DatasetDict:
+        h = self.hparams
+        labels = read_teacher_labels(h.teacher_labels, self.num_labels)
+        train, self.teacher_label_counts = relabel(raw["train"], labels, h.text_column, h.label_column,
+                                                   h.teacher_label_type, "train")
+        if "test" in raw:
+            self.teacher_test_labels = teacher_predictions(raw["test"], labels, h.text_column)
+        log.info("teacher labels from %s: %d train rows relabelled, %d without a teacher label dropped",
+                 h.teacher_labels, self.teacher_label_counts["kept"], self.teacher_label_counts["dropped"])
+        return DatasetDict({**raw, "train": train})
+
+    @property
+    def labels_teacher(self) -> LabelsInBatch | None:
+        """The teacher's stand-in when soft teacher labels travel in the train batches, else None."""
+        h = self.hparams
+        return LabelsInBatch(str(h.teacher_labels)) if h.teacher_labels and h.teacher_label_type == "soft" else None
 
     def _check_labels(self, raw: DatasetDict) -> None:
         labels = set(raw["train"][self.hparams.label_column])
@@ -121,12 +155,14 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
             pair = rows[h.text_pair_column] if h.text_pair_column else None
             encoded = self.tokenizer(rows[h.text_column], pair, truncation=True, max_length=h.max_length)
             encoded["labels"] = rows[h.label_column]
+            if TEACHER_LOGITS in rows:  # soft teacher labels (train split only)
+                encoded[TEACHER_LOGITS] = rows[TEACHER_LOGITS]
             if h.route_column:
                 encoded[h.route_field] = [self.route_ids(value) for value in rows[h.route_column]]
             return encoded
 
-        self.splits = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names,
-                              desc="tokenizing")
+        self.splits = DatasetDict({split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+                                   for split, ds in raw.items()})
         self.splits.set_format("torch")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

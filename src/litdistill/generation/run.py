@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from litdistill.generation.client import ChatClient, ChatResult, ConfigError, Usage, redact_url
 from litdistill.generation.store import (
@@ -129,11 +129,13 @@ def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise ConfigError(f"input.prompts must be a list of strings or records, got {type(prompts).__name__}")
         raw, source = list(prompts), "config:input.prompts"
-    else:
-        p = Path(str(path)).expanduser()
-        if not p.is_file():
-            raise ConfigError(f"input.path={str(path)!r} does not exist (relative paths are from {Path.cwd()})")
-        raw, source = _read_records(p, field_name), str(p.resolve())
+    else:  # one file, or a list of files read in order (e.g. the train and test splits of a corpus)
+        files = [Path(str(f)).expanduser() for f in (path if isinstance(path, (list, tuple, ListConfig)) else [path])]
+        for p in files:
+            if not p.is_file():
+                raise ConfigError(f"input.path={str(p)!r} does not exist (relative paths are from {Path.cwd()})")
+        raw = [rec for p in files for rec in _read_records(p, field_name)]
+        source = ", ".join(str(p.resolve()) for p in files)
     if not raw:
         raise ConfigError(f"no prompts in {source}")
     records: list[dict[str, Any]] = []

@@ -1,0 +1,154 @@
+"""Classification students on an LLM's labels (black-box distillation, the ADE case study).
+
+The "LLM" is a chat-completions server on 127.0.0.1 whose responder reads the sentence the way a
+competent but imperfect labeller would: cue phrases of adverse events, and a wrong answer on a
+deterministic ~15% of sentences. Both stages run through the real CLI in subprocesses.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from litdistill.data import TextClassificationDataModule
+from litdistill.data.synthetic import make_drug_event_dataset
+from litdistill.data.teacher_labels import TEACHER_LOGITS, read_teacher_labels, relabel
+from tests.test_cli import run_cli
+from tests.test_generation_client import KEY_ENV, SECRET, FakeChatServer
+from tests.test_generation_run import assert_secret_nowhere, write_jsonl
+
+ADE_CUES = ("induced", "developed", "associated with", "resolved after withdrawal", "occurred during",
+            "attributed to", "caused recurrence")
+WRONG_SHARE = 0.15
+
+
+def llm_says_ade(sentence: str) -> bool:
+    cue = any(c in sentence.lower() for c in ADE_CUES)
+    wrong = int(hashlib.sha256(sentence.encode()).hexdigest(), 16) % 1000 < 1000 * WRONG_SHARE
+    return cue != wrong
+
+
+class LabellingServer(FakeChatServer):
+    """Answers the ade_label prompt with Yes/No and the answer token's logprobs (p=0.85 for its answer)."""
+
+    @staticmethod
+    def label_logprobs(prompt: str, k: int) -> tuple[str, dict]:
+        sentence = prompt.rsplit("Sentence:", 1)[-1].strip()
+        ade = llm_says_ade(sentence)
+        answer, other = ("Yes", "No") if ade else ("No", "Yes")
+        alts = [(answer, math.log(0.85)), (other, math.log(0.15))][:k]
+        first = {"token": answer, "logprob": alts[0][1], "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
+        return answer, {"content": [first]}
+
+
+def generate_cli(server: FakeChatServer, inputs: list[Path], out: Path, tmp_path: Path) -> None:
+    run_cli(["generate", "prompt=ade_label", f"teacher_api.base_url={server.url}", "teacher_api.model=gpt-3.5-turbo",
+             f"teacher_api.api_key_env={KEY_ENV}", "teacher_api.backoff_base=0.01", "teacher_api.timeout=5",
+             f"input.path=[{','.join(str(p) for p in inputs)}]", "input.field=text", f"output_dir={out}", "progress=false"],
+            tmp_path)
+
+
+@pytest.fixture
+def _key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+def test_llm_labels_end_to_end_teacher_and_student_scored_on_gold(tmp_path, _key):
+    files = {k: Path(v) for k, v in make_drug_event_dataset(str(tmp_path / "data"), n_train=160, n_val=32, n_test=96,
+                                                             seed=3).items()}
+    labels_dir = tmp_path / "labels"
+    with LabellingServer() as server:
+        generate_cli(server, [files["train"], files["test"]], labels_dir, tmp_path)
+    assert len((labels_dir / "dataset.jsonl").read_text().splitlines()) == 160 + 96
+
+    run_cli(["teacher=null", "student=tiny_bert", "tokenizer=${litdistill.minilm:}", "data=files", "loss=kd_ce", "report.repeats=3", "data.teacher_label_type=soft",
+             f"data.teacher_labels={labels_dir}", *(f"data.data_files.{s}={p}" for s, p in files.items()),
+             "data.max_length=32", "data.batch_size=16", "trainer.max_epochs=2"], tmp_path)
+    run = next((tmp_path / "outputs" / "distill" / "runs").iterdir())
+    report = json.loads((run / "report.json").read_text())
+    teacher, student = report["models"]["teacher"], report["models"]["student"]
+
+    test_rows = read_csv(files["test"])
+    llm_acc = sum(llm_says_ade(r["text"]) == (r["label"] == "1") for r in test_rows) / len(test_rows)
+    assert teacher["metrics"]["acc"] == pytest.approx(llm_acc, abs=1e-6)  # the LLM's labels, scored on gold
+    assert teacher["metrics"]["acc"] > report["majority_class_rate"] + 0.15  # a competent teacher, not one class
+    assert "gpt-3.5-turbo" in teacher["source"] and teacher["labelled_fraction"] == 1.0
+    assert teacher["train_rows"] == {"kept": 160, "dropped": 0}
+    assert set(student["metrics"]) == {"acc", "f1"} and 0.0 <= report["agreement"] <= 1.0
+    assert "baseline" in report["models"]  # soft labels: the hard-label student trains beside it
+    assert "LLM labels (gpt-3.5-turbo)" in (run / "report.md").read_text()
+    assert_secret_nowhere(run)
+    assert_secret_nowhere(labels_dir)
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _records(rows: list[tuple[str, int, list[float] | None]]) -> list[dict]:
+    return [{"id": f"r{i}", "text": t, "label": y, "status": "ok", **({"soft_label": p} if p else {})}
+            for i, (t, y, p) in enumerate(rows)]
+
+
+def test_relabel_replaces_train_labels_drops_unlabelled_and_keeps_log_probs(tmp_path, tokenizer_dir):
+    files = make_drug_event_dataset(str(tmp_path / "data"), n_train=40, n_val=8, n_test=12, seed=1)
+    dm = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, max_length=24, batch_size=8)
+    gold = dm.raw_splits()
+    train_texts, test_texts = gold["train"]["text"], gold["test"]["text"]
+    labelled = [(t, 1 - y, [0.3, 0.7] if y == 0 else [0.6, 0.4]) for t, y in zip(train_texts[:30], gold["train"]["label"][:30])]
+    labelled += [(t, 1, [0.1, 0.9]) for t in test_texts[:10]]
+    source = write_jsonl(tmp_path / "dataset.jsonl", _records(labelled))
+
+    dm = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, max_length=24, batch_size=8,
+                                      teacher_labels=str(source), teacher_label_type="soft")
+    raw = dm.raw_splits()
+    assert raw["train"]["text"] == train_texts[:30]  # the 10 rows the LLM did not label are dropped
+    assert raw["train"]["label"] == [1 - y for y in gold["train"]["label"][:30]]
+    assert raw["validation"]["label"] == gold["validation"]["label"]  # held-out splits keep gold
+    assert raw["test"]["label"] == gold["test"]["label"]
+    assert dm.teacher_test_labels.tolist() == [1] * 10 + [-1] * 2
+    assert dm.teacher_label_counts == {"kept": 30, "dropped": 10}
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[TEACHER_LOGITS].shape == (8, 2)
+    assert torch.allclose(batch[TEACHER_LOGITS].exp().sum(-1), torch.ones(8), atol=1e-5)
+    assert TEACHER_LOGITS not in next(iter(dm.val_dataloader()))
+
+
+def test_teacher_label_errors_name_the_bad_value(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_teacher_labels(tmp_path / "missing", 2)
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"id": "a", "prompt": "q", "response": "r", "status": "ok"}])
+    with pytest.raises(ValueError, match="holds no labelled records"):
+        read_teacher_labels(answers, 2)
+    out_of_range = write_jsonl(tmp_path / "bad.jsonl", _records([("s", 3, None)]))
+    with pytest.raises(ValueError, match=r"label 3, outside 0..1"):
+        read_teacher_labels(out_of_range, 2)
+    conflict = write_jsonl(tmp_path / "conflict.jsonl", _records([("s", 0, None), ("s", 1, None)]))
+    with pytest.raises(ValueError, match="both 0 and 1"):
+        read_teacher_labels(conflict, 2)
+    hard_only = read_teacher_labels(write_jsonl(tmp_path / "hard.jsonl", _records([("s", 1, None)])), 2)
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": ["s", "t"], "label": [0, 0]})
+    with pytest.raises(ValueError, match="no soft_label"):
+        relabel(ds, hard_only, "text", "label", "soft", "train")
+    with pytest.raises(ValueError, match=r"teacher_label_type='fuzzy'; valid types: \['hard', 'soft'\]"):
+        relabel(ds, hard_only, "text", "label", "fuzzy", "train")
+    with pytest.raises(ValueError, match="none of the 1 'train' sentences"):
+        relabel(ds.select([1]), hard_only, "text", "label", "hard", "train")
+
+
+def test_teacher_labels_with_a_teacher_model_is_refused_before_training(tmp_path, _key):
+    files = make_drug_event_dataset(str(tmp_path / "data"), n_train=16, n_val=8, n_test=8, seed=2)
+    source = write_jsonl(tmp_path / "dataset.jsonl", _records([(r["text"], 0, None) for r in read_csv(files["train"])]))
+    proc = run_cli(["teacher=tiny_bert", "student=tiny_bert", "tokenizer=${litdistill.minilm:}", "data=files", f"data.teacher_labels={source}",
+                    *(f"data.data_files.{s}={p}" for s, p in files.items())], tmp_path, check=False)
+    assert proc.returncode != 0 and "add teacher=null" in proc.stderr
