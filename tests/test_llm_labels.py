@@ -67,7 +67,7 @@ def test_llm_labels_end_to_end_teacher_and_student_scored_on_gold(tmp_path, _key
         generate_cli(server, [files["train"], files["test"]], labels_dir, tmp_path)
     assert len((labels_dir / "dataset.jsonl").read_text().splitlines()) == 160 + 96
 
-    run_cli(["teacher=null", "student=tiny_bert", "tokenizer=${litdistill.minilm:}", "data=files", "loss=kd_ce", "report.repeats=3", "data.teacher_label_type=soft",
+    run_cli(["teacher=null", "student=pretrained", "student.name_or_path=${litdistill.minilm:}", "data=files", "loss=kd_ce", "report.repeats=3", "data.teacher_label_type=soft",
              f"data.teacher_labels={labels_dir}", *(f"data.data_files.{s}={p}" for s, p in files.items()),
              "data.max_length=32", "data.batch_size=16", "trainer.max_epochs=2"], tmp_path)
     run = next((tmp_path / "outputs" / "distill" / "runs").iterdir())
