@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("logits/plain", "logits/chunked", "hidden/plain", "hidden/chunked", "hidden/fused")
 FULL = dict(tokens=2048, vocab=128256, hidden=512, reps=3, chunk_size=None, fused_chunk_size=None)  # None: auto
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
         "summary": summary,
         "targets": evaluate_targets(summary, cfg),
         "runs": runs,
-        "platform": {"python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
+        "platform": {"python": platform.python_version(), "machine": platform.machine(), "processor": cpu_model(),
                      "torch": _torch_version()},
         "wall_seconds": time.perf_counter() - start,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -380,17 +382,6 @@ def _rerun_as_command(argv: list[str], args: argparse.Namespace, cfg: dict) -> d
         raise RuntimeError(f"python -m bench.loss_memory {' '.join(argv)} failed with status {proc.returncode}")
     print(proc.stdout, end="")
     return json.loads(_default_out(args, cfg).read_text())
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _torch_version() -> str:

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 
 from litdistill.losses.base import DistillationLoss
 from litdistill.losses.features import (
-    _select,
     _zero,
     check_layer_map_spec,
     check_metric,
     init_layers,
+    layer_pair_view,
     num_layers,
     resolve_layer_map,
 )
@@ -107,9 +107,7 @@ class AttentionLoss(DistillationLoss):
                                        allow_embeddings=False, owner=f"{type(self).__name__}.layer_map")
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
-        if self.pairs is None:
-            raise RuntimeError(f"{type(self).__name__}.setup(student, teacher) was not called (DistillationModule calls it)")
-        view = _select(student, teacher, batch, self.teacher)
+        view = layer_pair_view(self, student, teacher, batch)
         if view is None:
             return _zero(student)
         student, teacher, batch = view

@@ -290,9 +290,7 @@ class HiddenStateLoss(DistillationLoss):
                     self.projections[key] = make_projection(s_dim, t_dim, student)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
-        if self.pairs is None:
-            raise RuntimeError(f"{type(self).__name__}.setup(student, teacher) was not called (DistillationModule calls it)")
-        view = _select(student, teacher, batch, self.teacher)
+        view = layer_pair_view(self, student, teacher, batch)
         if view is None:
             return _zero(student)
         student, teacher, batch = view
@@ -419,6 +417,14 @@ class FeatureLoss(DistillationLoss):
     def extra_repr(self) -> str:
         return (f"student_module={self.student_module!r}, teacher_module={self.teacher_module!r}, metric={self.metric!r}, "
                 f"teacher={self.teacher!r}, weight={self.weight}")
+
+
+def layer_pair_view(loss: nn.Module, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]):
+    """What a layer-mapped loss compares: ``(student, teacher, batch)`` restricted to the examples of its
+    teacher (``loss.teacher`` of a MultiTeacher), or None when the batch has none of them."""
+    if loss.pairs is None:
+        raise RuntimeError(f"{type(loss).__name__}.setup(student, teacher) was not called (DistillationModule calls it)")
+    return _select(student, teacher, batch, loss.teacher)
 
 
 def _select(student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor], name: str | None):
