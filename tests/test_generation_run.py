@@ -421,3 +421,33 @@ def test_local_hf_teacher_soft_labels_from_logits(tiny_llama_dir, tmp_path):
     assert not teacher.uses_chat_template and teacher.prompt_text(messages).endswith("what is aspirin ?\n")
     result = teacher.generate_batch([messages], {"max_tokens": 3})[0]
     assert result.ok and result.usage["completion_tokens"] <= 3
+
+
+def test_offline_sequence_kd_local_teacher_writes_the_data_student_trains_report_shows_both(tiny_llama_dir, tmp_path):
+    """Sequence-level KD end to end through the CLI: the local teacher answers, the student is tuned on
+    its answers, and the report scores both on held-out teacher answers. The teacher decoded them
+    greedily, so it predicts its own answer tokens better than the barely trained student."""
+    from tests.test_cli import run_cli
+
+    words = "aspirin ibuprofen lithium drug rash adverse event sentence answer".split()
+    prompts = [{"id": f"p{i}", "prompt": f"what is {a} ? does {b} cause a {c} ?"}
+               for i, (a, b, c) in enumerate((a, b, c) for a in words for b in words[:4] for c in words[3:6])][:60]
+    gen = tmp_path / "gen"
+    run_cli(["generate", "teacher_api=local_hf", f"teacher_api.name_or_path={tiny_llama_dir}", "teacher_api.device=cpu",
+             "teacher_api.batch_size=8", "generation.max_tokens=6", f"input.path={write_jsonl(tmp_path / 'p.jsonl', prompts)}",
+             f"output_dir={gen}", "progress=false"], tmp_path)
+    assert len((gen / "dataset.jsonl").read_text().splitlines()) == 60
+
+    run_cli(["task=causal_lm", "teacher=pretrained", f"teacher.name_or_path={tiny_llama_dir}", "teacher.num_labels=null",
+             "teacher.label_names=null", "student=from_teacher", "student.layers=[0]", "student.every=null",
+             f"tokenizer={tiny_llama_dir}", "data=sft_files", f"data.data_files.train={gen / 'dataset.jsonl'}",
+             "data.max_length=64", "loss=ce", "teacher_finetune=null", "baseline=false", "report.metric=token_acc",
+             "report.repeats=2", "trainer.max_epochs=1"], tmp_path)
+    run = next((tmp_path / "outputs" / "distill" / "runs").iterdir())
+    report = json.loads((run / "report.json").read_text())
+    teacher, student = report["models"]["teacher"]["metrics"], report["models"]["student"]["metrics"]
+    # chance is 1/40 (the vocabulary); the misses are mostly the end-of-sequence token the data module
+    # appends where the teacher's 6-token answers were cut at max_tokens
+    assert teacher["token_acc"] > 0.6 and teacher["token_acc"] > student["token_acc"]
+    assert student["perplexity"] > 1.0 and teacher["perplexity"] > 1.0
+    assert "| teacher |" in (run / "report.md").read_text() and "| student |" in (run / "report.md").read_text()
