@@ -76,6 +76,7 @@ def step_time_section(r: dict[str, Any]) -> list[str]:
     lines = []
     names = {"lightning": "litdistill `DistillationModule` + `L.Trainer` (ForwardKL)",
              "lightning_chunked": "litdistill + `ChunkedDivergence` (forward KL, chunk 128)",
+             "lightning_fused": "litdistill + `FusedLinearKD` (forward KL through the LM heads, chunk 128)",
              "plain": "hand-written PyTorch loop (same forward, loss, AdamW)",
              "trl": "TRL `GKDTrainer` (lmbda=0, beta=0, seq_kd=False)"}
     if "causal" in s:

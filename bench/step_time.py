@@ -11,7 +11,8 @@ Two recipes, each with the same models, batch, sequence length, loss and optimiz
   Variants: ``lightning`` (``DistillationModule`` with ``litdistill.losses.ForwardKL``, task
   ``causal_lm``, trained by ``L.Trainer(max_steps=...)``), ``lightning_chunked`` (the same with
   ``ChunkedDivergence("forward_kl", chunk_size=128)``, litdistill's memory-lean loss, for
-  information), ``plain`` (a hand-written PyTorch loop: same forward, same ``ForwardKL``, same
+  information), ``lightning_fused`` (``FusedLinearKD``: the LM heads applied chunk by chunk, so
+  neither model's [tokens x vocab] logits exist; for information), ``plain`` (a hand-written PyTorch loop: same forward, same ``ForwardKL``, same
   AdamW) and ``trl`` (``trl.experimental.gkd.GKDTrainer`` with ``lmbda=0``, ``seq_kd=False``,
   ``beta=0``: its generalized-JSD loss is then exactly the forward KL, on the same batches).
 * ``classification``: the packaged all-MiniLM-L6-v2 as teacher (``load_pretrained``, 2 labels) and a
@@ -58,7 +59,7 @@ SIZES = {
                               steps=2, warmup=1),
                   classification=dict(CLASSIFICATION, seq=16, batch=2, steps=2, warmup=1), reps=1, subprocess=False),
 }
-VARIANTS = {"causal": ("lightning", "lightning_chunked", "plain", "trl"), "classification": ("lightning", "plain")}
+VARIANTS = {"causal": ("lightning", "lightning_chunked", "lightning_fused", "plain", "trl"), "classification": ("lightning", "plain")}
 TARGETS = [  # (recipe, variant, reference, quantity, bound, description)
     ("causal", "lightning", "plain", "step_s", 1.05, "causal LM: Lightning step time <= 1.05x hand-written loop"),
     ("classification", "lightning", "plain", "step_s", 1.05, "classification: Lightning step time <= 1.05x hand-written loop"),
@@ -67,6 +68,8 @@ TARGETS = [  # (recipe, variant, reference, quantity, bound, description)
     # For information (not the specified rows): the same two with litdistill's chunked loss.
     ("causal", "lightning_chunked", "trl", "step_s", 0.8, "(extra) with ChunkedDivergence: step time <= 0.8x TRL GKDTrainer"),
     ("causal", "lightning_chunked", "trl", "added_peak_mib", 0.5, "(extra) with ChunkedDivergence: peak memory <= 0.5x TRL GKDTrainer"),
+    ("causal", "lightning_fused", "trl", "step_s", 0.8, "(extra) with FusedLinearKD: step time <= 0.8x TRL GKDTrainer"),
+    ("causal", "lightning_fused", "trl", "added_peak_mib", 0.5, "(extra) with FusedLinearKD: peak memory <= 0.5x TRL GKDTrainer"),
 ]
 
 
@@ -116,11 +119,15 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: torch.tensor([e[k] for e in examples]) for k in examples[0]}
 
 
-def build_losses(recipe: str, cfg: dict[str, Any], chunked: bool = False) -> dict[str, Any]:
-    from litdistill.losses import ChunkedDivergence, ForwardKL, HardCE, SoftTargetKL
+def build_losses(recipe: str, cfg: dict[str, Any], variant: str = "plain") -> dict[str, Any]:
+    from litdistill.losses import ChunkedDivergence, ForwardKL, FusedLinearKD, HardCE, SoftTargetKL
 
     if recipe == "causal":
-        return {"kd": ChunkedDivergence("forward_kl", chunk_size=cfg["chunk_size"]) if chunked else ForwardKL()}
+        if variant == "lightning_chunked":
+            return {"kd": ChunkedDivergence("forward_kl", chunk_size=cfg["chunk_size"])}
+        if variant == "lightning_fused":  # student and teacher logits are never built whole
+            return {"kd": FusedLinearKD("forward_kl", chunk_size=cfg["chunk_size"], ce_weight=0.0)}
+        return {"kd": ForwardKL()}
     return {"kd": SoftTargetKL(temperature=cfg["temperature"], weight=0.5), "ce": HardCE(weight=0.5)}
 
 
@@ -129,7 +136,7 @@ def task_of(recipe: str) -> str:
 
 
 # ---- the variants ----------------------------------------------------------------------------------
-def run_lightning(recipe, cfg, teacher, student, examples, stamps, chunked=False):
+def run_lightning(recipe, cfg, teacher, student, examples, stamps, variant="lightning"):
     from functools import partial
 
     import lightning as L
@@ -142,7 +149,7 @@ def run_lightning(recipe, cfg, teacher, student, examples, stamps, chunked=False
         def on_train_batch_end(self, *args: Any) -> None:
             stamps.append((time.perf_counter(), time.process_time()))
 
-    module = DistillationModule(student, teacher, build_losses(recipe, cfg, chunked),
+    module = DistillationModule(student, teacher, build_losses(recipe, cfg, variant),
                                 optimizer=partial(torch.optim.AdamW, lr=cfg["lr"], weight_decay=0.0),
                                 task=task_of(recipe))
     loader = DataLoader(examples, batch_size=cfg["batch"], shuffle=False, collate_fn=collate)
@@ -241,10 +248,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     memory = PeakMemory().start()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if variant == "lightning":
-            loss = run_lightning(recipe, cfg, teacher, student, examples, stamps)
-        elif variant == "lightning_chunked":
-            loss = run_lightning(recipe, cfg, teacher, student, examples, stamps, chunked=True)
+        if variant.startswith("lightning"):
+            loss = run_lightning(recipe, cfg, teacher, student, examples, stamps, variant)
         elif variant == "plain":
             loss = run_plain(recipe, cfg, teacher, student, examples, stamps)
         elif variant == "trl":

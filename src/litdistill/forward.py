@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from litdistill.hooks import capture_features
+from litdistill.losses.chunked import lm_head_features
 from litdistill.outputs import ModelOutputs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -24,6 +26,9 @@ def run_model(
 
     Models that are not plain Hugging Face models (several teachers, a cache reader) may define
     ``distill_forward(batch, needs, task) -> ModelOutputs`` and are called through it instead.
+
+    ``"lm_head"`` in ``needs`` (a head-fused loss) adds the LM head's parameters to ``features``; a
+    causal LM then skips its full logits (``logits_to_keep=1``) unless ``"logits"`` is needed too.
     """
     if hasattr(model, "distill_forward"):
         if feature_names:  # hooked submodules (feature losses): only then, so 3-argument versions still work
@@ -35,17 +40,25 @@ def run_model(
         flags["output_hidden_states"] = True
     if "attentions" in needs:
         flags["output_attentions"] = True
+    skip_logits = task == "causal_lm" and "lm_head" in needs and "logits" not in needs and _accepts(model, "logits_to_keep")
+    if skip_logits:
+        flags["logits_to_keep"] = 1  # the [B, T, V] logits are never built: the loss applies the head per chunk
     with capture_features(model, feature_names) as features:
         out = model(**inputs, **flags)
-    logits = out.logits
-    if task == "causal_lm":
+    logits = None if skip_logits else out.logits
+    if task == "causal_lm" and logits is not None:
         logits = logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
+    head = lm_head_features(model) if "lm_head" in needs else {}
     return ModelOutputs(
         logits=logits,
         hidden_states=getattr(out, "hidden_states", None),
         attentions=getattr(out, "attentions", None),
-        features=dict(features),
+        features={**features, **head},
     )
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
 
 
 def align_labels(batch: dict[str, Tensor], task: str) -> dict[str, Tensor]:

@@ -356,6 +356,7 @@ class MultiTeacher(nn.Module):
         self, batch: dict[str, Tensor], needs: frozenset[str], task: str, feature_names: Sequence[str] = ()
     ) -> MultiTeacherOutputs:
         """Every teacher's outputs for the batch, combined (see the module docstring)."""
+        needs = needs | {"logits"}  # the mixture is over logits, whatever head-fused losses ask of a single teacher
         if self.mode == "route":
             return self._routed(batch, needs, task, feature_names)
         per = {name: run_model(model, batch, needs, task, _names_in(model, feature_names))

@@ -18,7 +18,8 @@ from litdistill.outputs import ModelOutputs
 LOSSES: dict[str, type["DistillationLoss"]] = {}
 
 # What a loss may ask the forward passes for; the module requests only the union of these.
-KNOWN_NEEDS = frozenset({"logits", "hidden_states", "attentions", "features"})
+# "lm_head": the LM head's own parameters in features (a head-fused loss applies the head itself)
+KNOWN_NEEDS = frozenset({"logits", "hidden_states", "attentions", "features", "lm_head"})
 
 
 class DistillationLoss(nn.Module):

@@ -483,7 +483,7 @@ class FusedLinearKD(_ChunkedBase):
     """
 
     name = "fused_kd"
-    needs = frozenset({"hidden_states"})
+    needs = frozenset({"hidden_states", "lm_head"})  # without "logits" the module skips the full logits
 
     @staticmethod
     def _aligned(hidden: Tensor, mask: Tensor, who: str) -> Tensor:
