@@ -152,3 +152,23 @@ def test_teacher_labels_with_a_teacher_model_is_refused_before_training(tmp_path
     proc = run_cli(["teacher=tiny_bert", "student=tiny_bert", "tokenizer=${litdistill.minilm:}", "data=files", f"data.teacher_labels={source}",
                     *(f"data.data_files.{s}={p}" for s, p in files.items())], tmp_path, check=False)
     assert proc.returncode != 0 and "add teacher=null" in proc.stderr
+
+
+def test_ade_splits_command_writes_the_splits_and_names_a_missing_corpus(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "DRUG-AE.rel").write_text("".join(f"{i}|Drug {i} caused rash {i}.|rash|1|2|drug|3|4\n" for i in range(10)))
+    (corpus / "ADE-NEG.txt").write_text("".join(f"{i} NEG Drug {i} treated gout {i}.\n" for i in range(10)))
+    out = tmp_path / "splits"
+    cmd = [sys.executable, "-m", "litdistill.data.ade", "--corpus-dir", str(corpus), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {split: read_csv(out / f"{split}.csv") for split in ("train", "validation", "test")}
+    assert [len(r) for r in rows.values()] == [14, 2, 4]
+    texts = [r["text"] for split in rows.values() for r in split]
+    assert len(set(texts)) == 20  # no sentence in two splits
+    missing = subprocess.run([*cmd[:4], str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "DRUG-AE.rel" in missing.stderr and "not found" in missing.stderr
