@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, ROOT, log, machine_info, result_path, write_json
-from bench.markdown import SECTIONS, render, update_file
+from bench.markdown import render, update_file
 
 ORDER = ["step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
 OURS = {"step_time", "ade_quality", "inference"}  # written for this runner; the others are called through main(argv)

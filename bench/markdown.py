@@ -77,13 +77,13 @@ def step_time_section(r: dict[str, Any]) -> list[str]:
     names = {"lightning": "litdistill `DistillationModule` + `L.Trainer` (ForwardKL)",
              "lightning_chunked": "litdistill + `ChunkedDivergence` (forward KL, chunk 128)",
              "lightning_fused": "litdistill + `FusedLinearKD` (forward KL through the LM heads, chunk 128)",
-             "plain": "hand-written PyTorch loop (same forward, loss, AdamW)",
+             "plain": "hand-written PyTorch loop (same forward, loss, fused AdamW)",
              "trl": "TRL `GKDTrainer` (lmbda=0, beta=0, seq_kd=False)"}
     if "causal" in s:
         c = sizes["causal"]
         lines += [f"**Causal LM recipe**: Llama-family teacher (LlamaConfig, vocab {c['vocab']:,}, {c['teacher_layers']} layers, "
                   f"hidden {c['hidden']}) -> 2-layer student (teacher layers {c['student_layers']}); seq {c['seq']}, batch {c['batch']}, "
-                  f"token-level forward KL, AdamW lr {c['lr']}, fp32, {r['threads']} threads; median of {c['steps']} steps after "
+                  f"token-level forward KL, fused AdamW lr {c['lr']}, fp32, {r['threads']} threads; median of {c['steps']} steps after "
                   f"{c['warmup']} warm-up steps, median over {sizes['reps']} interleaved runs.", ""]
         rows = []
         for v, row in s["causal"].items():
@@ -98,7 +98,7 @@ def step_time_section(r: dict[str, Any]) -> list[str]:
     if "classification" in s:
         c = sizes["classification"]
         lines += [f"**Classification recipe**: packaged all-MiniLM-L6-v2 teacher -> 2-layer student (layers {c['student_layers']}); "
-                  f"seq {c['seq']}, batch {c['batch']}, SoftTargetKL(T={c['temperature']}) + HardCE, AdamW lr {c['lr']}; median of "
+                  f"seq {c['seq']}, batch {c['batch']}, SoftTargetKL(T={c['temperature']}) + HardCE, fused AdamW lr {c['lr']}; median of "
                   f"{c['steps']} steps after {c['warmup']} warm-up, over {sizes['reps']} interleaved runs.", ""]
         rows = [[names.get(v, v).replace(" (ForwardKL)", ""), row["step_ms"], row.get("step_ratio_vs_plain", 1.0 if v == "plain" else None),
                  row.get("cpu_step_ms"), row.get("cpu_ratio_vs_plain", 1.0 if v == "plain" else None),

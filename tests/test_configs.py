@@ -49,6 +49,25 @@ def test_shipped_loss_configs_instantiate(compose_train):
             assert loss.weight >= 0, (option, name)
 
 
+def test_tiny_experiment_with_other_data_leaks_no_synthetic_sizes(compose_train):
+    cfg = compose_train(["experiment=tiny", "data=files", "data.data_files.train=a.csv", "data.data_files.validation=b.csv",
+                         "data.data_files.test=c.csv"])
+    assert dict(cfg.data.data_files) == {"train": "a.csv", "validation": "b.csv", "test": "c.csv"}
+    assert compose_train(["experiment=tiny"]).data.data_files.n_train == 128
+
+
+def test_default_optimizer_is_fused_adamw_and_another_class_drops_the_flag(compose_train):
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(3, 2))]
+    optimizer = instantiate(compose_train([]).optimizer)(params)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    params[0].grad = torch.ones(3, 2)
+    optimizer.step()  # the fused kernel runs on CPU
+    cfg = compose_train(["optimizer._target_=torch.optim.SGD", "~optimizer.fused", "~optimizer.weight_decay"])
+    assert isinstance(instantiate(cfg.optimizer)(params), torch.optim.SGD)
+
+
 @pytest.mark.parametrize("override", ["teacher=none", "~teacher"])
 def test_no_teacher_composes(override, compose_train):
     cfg = compose_train([override, "student=tiny_bert", "tokenizer=x"])

@@ -120,6 +120,15 @@ def test_relabel_replaces_train_labels_drops_unlabelled_and_keeps_log_probs(tmp_
     assert batch[TEACHER_LOGITS].shape == (8, 2)
     assert torch.allclose(batch[TEACHER_LOGITS].exp().sum(-1), torch.ones(8), atol=1e-5)
     assert TEACHER_LOGITS not in next(iter(dm.val_dataloader()))
+    stand_in = dm.labels_teacher  # the teacher is the soft labels: no weights, nothing to run
+    assert stand_in.outputs_in_batch and not list(stand_in.parameters())
+    with pytest.raises(RuntimeError, match=r"come from the soft labels in .*dataset.jsonl, which covers only the splits \['train'\]"):
+        stand_in.distill_forward({"input_ids": batch["input_ids"]}, frozenset({"logits"}), "classification")
+    with pytest.raises(ValueError, match=r"data.teacher_label_type='fuzzy'; valid types: \['hard', 'soft'\]"):
+        TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, teacher_labels=str(source),
+                                     teacher_label_type="fuzzy")
+    hard = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, teacher_labels=str(source))
+    assert hard.labels_teacher is None  # hard labels are plain labels: no teacher at all
 
 
 def test_teacher_label_errors_name_the_bad_value(tmp_path):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
@@ -23,7 +22,7 @@ from litdistill.export import export_student
 from litdistill.losses import HardCE
 from litdistill.models import load_pretrained
 from litdistill.module import DistillationModule
-from litdistill.optim import warmup_decay
+from litdistill.optim import adamw, warmup_decay
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def finetuned_teacher(cfg: DictConfig, teacher: PreTrainedModel, datamodule: L.L
     log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", spec.max_steps, cache)
     module = DistillationModule(
         teacher, None, {"ce": HardCE()},
-        optimizer=partial(torch.optim.AdamW, lr=spec.lr, weight_decay=0.01),
+        optimizer=adamw(spec.lr),
         scheduler=partial(warmup_decay, warmup_ratio=spec.get("warmup_ratio", 0.1)),
         task=cfg.task,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 import warnings
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -15,7 +14,7 @@ from litdistill.attention_impl import ensure_attention_outputs, restore_attentio
 from litdistill.forward import align_labels, run_model
 from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
 from litdistill.metrics import agreement, metric_values, task_metrics
-from litdistill.optim import parameter_groups
+from litdistill.optim import adamw, parameter_groups
 from litdistill.outputs import ModelOutputs, TopK
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -52,7 +51,7 @@ class DistillationModule(L.LightningModule):
         self.teacher = teacher
         self.losses = nn.ModuleDict(_as_named_losses(losses, teacher is not None))
         self.task = task
-        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01)
+        self.optimizer_factory = optimizer or adamw()
         self.scheduler_factory = scheduler
         self.uses_teacher = any(loss.uses_teacher for loss in self.losses.values())
         if self.uses_teacher and teacher is None:

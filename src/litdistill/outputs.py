@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -42,3 +44,28 @@ class ModelOutputs:
     # True when ``logits`` already are softened log-probabilities (a MultiTeacher mixture): logit
     # losses then take them as the teacher distribution as is (see losses.base.teacher_logits).
     log_probs: bool = False
+
+
+class TeacherOutputsInBatch(nn.Module):
+    """The teacher's stand-in when its outputs arrive inside the training batches: no weights, nothing to run.
+
+    Used for an offline teacher cache (``cache=use``) and for soft labels read from a file. Splits the
+    source does not cover (validation without the teacher's outputs) are evaluated without a teacher:
+    ``outputs_in_batch`` tells the module so.
+    """
+
+    outputs_in_batch = True
+
+    def __init__(self, source: str, splits: Sequence[str]) -> None:
+        super().__init__()
+        self.source, self.splits = source, sorted(splits)
+
+    def distill_forward(self, batch: dict[str, Tensor], needs: frozenset[str], task: str, **_: Any) -> ModelOutputs:
+        raise RuntimeError(f"a batch arrived without the teacher's outputs (keys {sorted(batch)}); the teacher was "
+                           f"not loaded: its outputs come from {self.source}, which covers only the splits {self.splits}")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"this teacher has no weights: its outputs come from {self.source}")
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, splits={self.splits}"

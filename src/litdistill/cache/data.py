@@ -25,13 +25,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from litdistill.cache.store import ShardReader, TeacherStore
 from litdistill.data.token_counts import StepTokenCounts
 from litdistill.losses.sparse import FLOOR
-from litdistill.outputs import ModelOutputs, TopK
+from litdistill.outputs import TeacherOutputsInBatch, TopK
 
 
 class CacheAlignmentError(RuntimeError):
@@ -182,23 +182,9 @@ class CachedTeacherDataModule(L.LightningDataModule):
         return self._wrap("test", "test_dataloader")
 
 
-class CachedTeacher(nn.Module):
-    """The teacher's stand-in under ``cache=use``: no weights; its outputs arrive inside the batches."""
-
-    outputs_in_batch = True  # a split the store does not cover is validated without the teacher
+class CachedTeacher(TeacherOutputsInBatch):
+    """The teacher's stand-in under ``cache=use``: its outputs arrive inside the batches, from the store."""
 
     def __init__(self, manifest: dict[str, Any], path: str = "") -> None:
-        super().__init__()
+        super().__init__(f"the teacher cache {path or '(in memory)'} (cache=use)", manifest["splits"])
         self.manifest, self.path = manifest, path
-
-    def distill_forward(self, batch: dict[str, Tensor], needs: frozenset[str], task: str, **_: Any) -> ModelOutputs:
-        raise RuntimeError(
-            f"a batch arrived without cached teacher outputs (keys {sorted(batch)}), but the teacher was not loaded "
-            f"(cache=use, store {self.path}); only the splits {sorted(self.manifest['splits'])} are cached"
-        )
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("CachedTeacher has no weights: its outputs come from the teacher cache")
-
-    def extra_repr(self) -> str:
-        return f"store={self.path!r}"

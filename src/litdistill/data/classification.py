@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from litdistill.data.resumable import ResumableTrainOrder
-from litdistill.data.teacher_labels import (LABEL_TYPES, TEACHER_LOGITS, LabelsInBatch, read_teacher_labels, relabel,
+from litdistill.data.teacher_labels import (LABEL_TYPES, TEACHER_LOGITS, read_teacher_labels, relabel,
                                             teacher_predictions)
 from litdistill.models import load_tokenizer
+from litdistill.outputs import TeacherOutputsInBatch
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
@@ -134,10 +135,12 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         return DatasetDict({**raw, "train": train})
 
     @property
-    def labels_teacher(self) -> LabelsInBatch | None:
+    def labels_teacher(self) -> TeacherOutputsInBatch | None:
         """The teacher's stand-in when soft teacher labels travel in the train batches, else None."""
         h = self.hparams
-        return LabelsInBatch(str(h.teacher_labels)) if h.teacher_labels and h.teacher_label_type == "soft" else None
+        if h.teacher_labels and h.teacher_label_type == "soft":
+            return TeacherOutputsInBatch(f"the soft labels in {h.teacher_labels}", ["train"])
+        return None
 
     def _check_labels(self, raw: DatasetDict) -> None:
         labels = set(raw["train"][self.hparams.label_column])

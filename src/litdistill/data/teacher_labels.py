@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from torch import Tensor, nn
+from torch import Tensor
 
 from litdistill.generation.store import load_generated
-from litdistill.outputs import ModelOutputs
 
 LABEL_TYPES = ("hard", "soft")
 TEACHER_LOGITS = "teacher_logits"
@@ -101,20 +100,3 @@ def relabel(ds: Dataset, labels: dict[str, TeacherLabel], text_column: str, labe
 def teacher_predictions(ds: Dataset, labels: dict[str, TeacherLabel], text_column: str) -> Tensor:
     """The teacher's label for each row of ``ds`` in order, [N]; -1 where it gave none."""
     return torch.tensor([labels[t].label if t in labels else -1 for t in ds[text_column]], dtype=torch.long)
-
-
-class LabelsInBatch(nn.Module):
-    """The teacher's stand-in when its soft labels arrive in the batches: no weights, nothing to run."""
-
-    outputs_in_batch = True  # validation batches carry no teacher outputs: the module skips the teacher there
-
-    def __init__(self, source: str) -> None:
-        super().__init__()
-        self.source = source
-
-    def distill_forward(self, batch: dict[str, Tensor], needs: frozenset[str], task: str, **_: Any) -> ModelOutputs:
-        raise RuntimeError(f"a batch arrived without {TEACHER_LOGITS!r} (keys {sorted(batch)}); the teacher is the "
-                           f"labels in {self.source}, which only the train split carries")
-
-    def extra_repr(self) -> str:
-        return f"source={self.source!r}"
