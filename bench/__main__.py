@@ -135,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         sections: dict[str, Any] = {}
         state: dict[str, Any] = {}
+        earlier = json.loads(summary_path.read_text()) if args.only and summary_path.is_file() else None
+        if earlier and "ade_quality" not in only and "inference" in only:  # inference reuses section 4's models
+            state["ade"] = earlier["sections"].get("ade_quality", {}).get("result")
         with tempfile.TemporaryDirectory(prefix="litdistill-bench-") as tmp:
             for name in ORDER:
-                if name not in only:
-                    sections[name] = {"status": "not run", "reason": "not requested (--only)"}
+                if name not in only:  # a section not rerun keeps its last result of this mode
+                    kept = (earlier or {}).get("sections", {}).get(name)
+                    sections[name] = kept or {"status": "not run", "reason": "not requested (--only)"}
                     continue
                 log(f"=== {name} ({mode}) ===")
                 sections[name] = run_section(name, mode, args.results_dir, Path(tmp), state, args.threads)
@@ -146,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         flag = "" if mode == "full" else f" --{mode}"
         commands = [f"python -m bench{flag}   # everything below, then this file"]
         commands += [sections[n]["command"] for n in ORDER if sections[n].get("command")]
-        summary = {"mode": mode, "machine": machine_info(), "wall_s": time.perf_counter() - start,
+        wall = time.perf_counter() - start
+        if earlier:
+            wall += sum(s.get("wall_s", 0.0) for n, s in sections.items() if n not in only)
+        summary = {"mode": mode, "machine": machine_info(), "wall_s": wall, "rerun": only if earlier else None,
                    "commands": commands, "sections": sections, "targets": collect_targets(sections)}
         write_json(summary_path, summary)
     generated = render(summary)

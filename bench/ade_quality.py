@@ -1,6 +1,6 @@
 """Quality on real data: the ADE corpus, MiniLM-L6 teacher vs distilled 2-layer student vs labels-only student.
 
-    python -m bench.ade_quality            # full: ~15 min on 2 cores with the teacher cached, +9 min to fine-tune it once
+    python -m bench.ade_quality            # full: ~20 min on 2 cores with the teacher cached, +8 min to fine-tune it once
     python -m bench.ade_quality --quick    # a few minutes: fewer steps, a fixed 1,000-sentence test sample
 
 It runs the real command line, ``python -m litdistill experiment=ade_minilm ...`` (the raw corpus files

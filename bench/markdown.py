@@ -227,6 +227,10 @@ SECTIONS = {
 def render(summary: dict[str, Any]) -> str:
     lines = [BEGIN, "", "## Results", ""]
     lines += machine_section(summary["machine"], summary["mode"], summary.get("wall_s"), summary.get("commands", []))
+    if summary.get("rerun"):
+        lines += ["", f"Sections {', '.join(summary['rerun'])} were rerun at the date above "
+                      f"(`python -m bench --only {','.join(summary['rerun'])}`); the others are kept from the previous run "
+                      "of this mode on the same machine (each section's JSON in `bench/results/` carries its own date)."]
     lines += ["", "### Targets", ""] + targets_section(summary.get("targets", []))
     for name, (title, file, renderer) in SECTIONS.items():
         info = summary["sections"].get(name, {"status": "not run"})

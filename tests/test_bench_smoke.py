@@ -52,3 +52,14 @@ def test_bench_smoke_writes_json_and_regenerates_the_markdown_block(tmp_path):
                            "--markdown", str(markdown)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert markdown.read_text().count("<!-- bench:begin") == 1
+
+    # --only reruns a section and keeps the others' last results of this mode.
+    before = json.loads((results / "bench_smoke.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "loss_memory", "--results-dir", str(results),
+                           "--markdown", str(markdown)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads((results / "bench_smoke.json").read_text())
+    assert after["rerun"] == ["loss_memory"] and after["sections"]["loss_memory"]["status"] == "ok"
+    for name in ("step_time", "ade_quality", "inference"):
+        assert after["sections"][name] == before["sections"][name]
+    assert "were rerun" in markdown.read_text() and "GKDTrainer" in markdown.read_text()
