@@ -57,7 +57,7 @@ def _seconds(model: nn.Module, inputs: dict[str, Tensor]) -> float:
     return time.perf_counter() - start
 
 
-@torch.no_grad()
+@torch.inference_mode()  # what deployed inference runs under: no autograd bookkeeping at all
 def cpu_speeds(models: dict[str, nn.Module], example: dict[str, Tensor], threads: int, batch_size: int = 32,
                repeats: int = 10) -> dict[str, dict[str, float]]:
     """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model.

@@ -84,13 +84,18 @@ def export_onnx(model: nn.Module, example: dict[str, Tensor], path: str | Path, 
 
 
 def onnx_session(path: str | Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (what the report times)."""
+    """An onnxruntime CPU session with ``threads`` intra-op threads (what the report times).
+
+    Spinning is off: by default onnxruntime's idle threads busy-wait after each run, which takes
+    the cores from whatever runs next in the process (the PyTorch models timed beside it).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -130,7 +135,7 @@ def load_int8(hf_dir: str | Path, path: str | Path, task: str = "classification"
 def torch_logits(model: nn.Module, batch: dict[str, Tensor], task: str = "classification") -> Tensor:
     names = model_input_names(model, batch)
     device = next(model.parameters()).device
-    with torch.no_grad():
+    with torch.inference_mode():
         return _LogitsOnly(model, names, task == "causal_lm")(*(batch[n].to(device) for n in names)).float().cpu()
 
 

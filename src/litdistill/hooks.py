@@ -27,6 +27,9 @@ def _first_tensor(output: object) -> Tensor:
 def capture_features(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     """Within the block, ``features[name]`` receives the output of ``model.get_submodule(name)``."""
     features: dict[str, Tensor] = {}
+    if not names:  # the common case: no feature loss, nothing to hook (and no walk over the modules)
+        yield features
+        return
     handles = []
     modules = dict(model.named_modules())
     for name in names:
