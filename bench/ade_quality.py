@@ -15,7 +15,7 @@ leakage with a fixed seed), in a subprocess, and reads its ``report.json``:
 
 All three are scored on the held-out test split (F1 of the positive class, accuracy), with the
 majority-class rate, the student's retained % of the teacher's F1, and the CPU speed-up at batch 1
-(``litdistill.evaluation`` timing: same example row, same threads, repetitions interleaved across the
+(``litdistill.evaluation`` timing: the median-length test sentence unpadded, same threads, repetitions interleaved across the
 models). If ``litdistill.losses`` has ``HiddenStateLoss``, a second run adds a hidden-state cosine term
 to the same recipe (the teacher comes from the cache), for the "logits only vs logits + hidden"
 rows at equal steps.

@@ -55,3 +55,29 @@ def test_report_retained_speedup_and_files(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| student | 11.0 | 44.0 | 4.0000 | 300.0 | 0.7800 |" in md and "retained % of teacher f1: 97.5" in md
     assert to_markdown(report) in md
+
+
+def test_speed_is_timed_on_the_median_length_row_without_padding():
+    import torch
+
+    from litdistill.evaluation import cpu_speeds, median_row
+
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0]])  # lengths 5, 2, 3 (left-padded), 1
+    ids = torch.arange(20).reshape(4, 5) + 100
+    row = median_row({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": torch.zeros(4)})
+    assert set(row) == {"input_ids", "attention_mask", "token_type_ids"}  # labels are not a model input
+    assert row["input_ids"].tolist() == [[105, 106]]  # the lower median of lengths 1, 2, 3, 5
+    odd = median_row({"input_ids": ids[[0, 2, 3]], "attention_mask": mask[[0, 2, 3]]})  # lengths 5, 3, 1
+    assert odd["input_ids"].tolist() == [[112, 113, 114]]  # left padding is stripped too
+    assert row["attention_mask"].all() and row["input_ids"].shape == row["attention_mask"].shape
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            seen.append(tuple(input_ids.shape))
+            assert not torch.is_grad_enabled() and torch.is_inference_mode_enabled()
+
+    speeds = cpu_speeds({"m": Recorder()}, {"input_ids": ids, "attention_mask": mask}, threads=1, batch_size=4, repeats=3)
+    assert speeds["m"]["latency_ms"] > 0 and {s[1] for s in seen} == {row["input_ids"].shape[1]}
+    assert (1, row["input_ids"].shape[1]) in seen and (4, row["input_ids"].shape[1]) in seen

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from litdistill.forward import align_labels, run_model
+from litdistill.forward import MODEL_INPUTS, align_labels, run_model
 from litdistill.metrics import agreement, metric_values, task_metrics
 
 
@@ -57,10 +57,25 @@ def _seconds(model: nn.Module, inputs: dict[str, Tensor]) -> float:
     return time.perf_counter() - start
 
 
+def median_row(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch's median-length row without its padding, [1, T]: what one request to a deployed model holds.
+
+    Timing a row padded to the batch's longest would time the padding too.
+    """
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()  # [B, T]
+    lengths = mask.sum(-1)
+    row = int(lengths.argsort()[(len(lengths) - 1) // 2])
+    return {k: v[row][mask[row]].unsqueeze(0) for k, v in inputs.items()}
+
+
 @torch.inference_mode()  # what deployed inference runs under: no autograd bookkeeping at all
 def cpu_speeds(models: dict[str, nn.Module], example: dict[str, Tensor], threads: int, batch_size: int = 32,
                repeats: int = 10) -> dict[str, dict[str, float]]:
     """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model.
+
+    Both time the example batch's median-length row, unpadded (:func:`median_row`); batch
+    ``batch_size`` repeats it.
 
     Every model gets the same example row, batch size and thread count, and the repetitions are
     interleaved across models, so machine noise hits all of them alike and their ratios hold.
@@ -71,7 +86,7 @@ def cpu_speeds(models: dict[str, nn.Module], example: dict[str, Tensor], threads
         model.eval()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    one = {k: v[:1] for k, v in example.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    one = median_row(example)
     many = {k: v.repeat(batch_size, 1) for k, v in one.items()}
     single: dict[str, list[float]] = {name: [] for name in models}
     batched: dict[str, list[float]] = {name: [] for name in models}

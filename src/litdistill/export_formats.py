@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from litdistill.evaluation import median_row
 from litdistill.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,13 @@ def export_formats(student: nn.Module, batches: list[dict[str, Tensor]], out_dir
                    opset: int = 17, hf_dir: str | Path | None = None) -> dict[str, Any]:
     """Export, reload, check and time the student; returns the report's ``exports`` section.
 
-    ``batches`` are held-out batches: the first one is the export example and its first row the
-    timing input (batch 1), the same for every format; all of them are used for the checks.
+    ``batches`` are held-out batches: the first one is the export example and its median-length
+    row, unpadded, the timing input (batch 1; as ``cpu_speeds``), the same for every format; all of
+    them are used for the checks.
     """
     out_dir = Path(out_dir)
     example = batches[0]
-    one = {k: v[:1] for k, v in example.items() if k in MODEL_INPUTS}
+    one = median_row(example)
     was_training = student.training
     student = student.cpu().eval()
     ref_cache: dict[int, Tensor] = {}
