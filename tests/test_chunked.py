@@ -343,7 +343,7 @@ def test_invalid_construction(factory, error, pattern):
 
 def test_fused_explains_a_missing_head_weight_and_registration():
     assert LOSSES["chunked"] is ChunkedDivergence and LOSSES["fused_kd"] is FusedLinearKD
-    assert FusedLinearKD.needs == frozenset({"hidden_states"})
+    assert FusedLinearKD.needs == frozenset({"hidden_states", "lm_head"})  # no "logits": the module skips them
     hidden, _, _, teacher, batch = _data()
     with pytest.raises(KeyError, match="lm_head_weight"):
         FusedLinearKD()(ModelOutputs(hidden_states=(hidden,)), ModelOutputs(logits=teacher), batch)
