@@ -138,20 +138,19 @@ def task_of(recipe: str) -> str:
 
 # ---- the variants ----------------------------------------------------------------------------------
 def run_lightning(recipe, cfg, teacher, student, examples, stamps, variant="lightning"):
-    from functools import partial
 
     import lightning as L
-    import torch
     from torch.utils.data import DataLoader
 
     from litdistill import DistillationModule
+    from litdistill.optim import adamw
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
             stamps.append((time.perf_counter(), time.process_time()))
 
     module = DistillationModule(student, teacher, build_losses(recipe, cfg, variant),
-                                optimizer=partial(torch.optim.AdamW, lr=cfg["lr"], weight_decay=0.0, fused=True),
+                                optimizer=adamw(cfg["lr"], weight_decay=0.0),  # fused AdamW, as the plain loop and TRL
                                 task=task_of(recipe))
     loader = DataLoader(examples, batch_size=cfg["batch"], shuffle=False, collate_fn=collate)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(loader), max_epochs=1, precision="32-true",
