@@ -16,6 +16,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--dev" ]; then
   "$PY" -m pip install -e "$here[dev]"
+  # W&B's sweep-suggestion package, which the sweep tests also run; it pins numpy<2, which would
+  # downgrade numpy under everything else, and works on numpy 2, so it goes in without its pins.
+  "$PY" -m pip install --no-deps "sweeps==0.3.0"
 else
   "$PY" -m pip install -e "$here[quant]"
 fi

@@ -416,6 +416,7 @@ def test_cli_build_then_use_never_loads_the_teacher(tmp_path):
 
     build = cli("cache=build")
     assert "bytes/example" in build.stdout + build.stderr
+    assert "teacher cache" in build.stderr  # the tqdm bar while the teacher runs over the data
     assert not list((tmp_path / "outputs").rglob("report.json"))  # build only: nothing trained
     assert any(json.loads(line)["hidden_size"] == 64 for line in (tmp_path / "models.jsonl").read_text().splitlines())
     (tmp_path / "models.jsonl").unlink()

@@ -53,6 +53,17 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
         assert key in header
 
 
+def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bars(tmp_path):
+    """logger=tensorboard still writes the CSV log the report's loss plot reads; training and export show bars."""
+    proc = run_cli(["experiment=tiny", "debug=fast", "baseline=false", "logger=tensorboard", "export.int8=true"], tmp_path)
+    run = only_run_dir(tmp_path)
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run / "loss_curves.png").stat().st_size > 0
+    assert "loss_curves.png" in (run / "report.md").read_text()
+    assert "Epoch 0" in proc.stdout  # Lightning's training bar (rich, on stdout)
+    assert "exporting the student" in proc.stderr  # the export bar (tqdm, on stderr)
+
+
 def test_python_dash_m_and_multirun(tmp_path):
     run_cli(["-m", "experiment=tiny", "debug=fast", "loss.kd.temperature=1,4", "baseline=false"], tmp_path, module=True)
     runs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/report.json"))

@@ -278,9 +278,10 @@ def test_token_scale_formula():
     assert token_mean(values, mask, step).item() == pytest.approx(7 * 4 / 20)
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("name", ["forward_kl", "jsd", "tvd", "soft_kl", "hard_ce"])
 def test_micro_batches_with_step_token_count_give_the_exact_step_mean(name):
-    """sum_k loss_k / A (what Lightning accumulates) == per-token mean over the whole step."""
+    """sum_k loss_k / A (what Lightning accumulates) == per-token mean over the whole step, for every
+    loss over label tokens: the divergences, Hinton's soft targets and the hard-label cross entropy."""
     torch.manual_seed(9)
     s = torch.randn(3, 2, 6, 5)  # 3 micro-batches of [2, 6] tokens
     t = torch.randn(3, 2, 6, 5)
@@ -288,23 +289,25 @@ def test_micro_batches_with_step_token_count_give_the_exact_step_mean(name):
     masks[0, 0, :1] = True  # 1 real token
     masks[1, :, :5] = True  # 10
     masks[2, 1, 2:6] = True  # 4
+    labels = torch.where(masks, torch.randint(0, 5, masks.shape), torch.full(masks.shape, -100))  # [3, 2, 6]
     n_step, accumulate = masks.sum().float(), 3
     loss = build_loss(name)
 
+    def micro(k: int, **step) -> dict:
+        return {"token_mask": masks[k], "labels": labels[k], **step}
+
     s_leaf = s.clone().requires_grad_()
     for k in range(3):
-        batch = {"token_mask": masks[k], "num_tokens_in_step": n_step, "accumulate": accumulate}
+        batch = micro(k, num_tokens_in_step=n_step, accumulate=accumulate)
         (_call(loss, s_leaf[k], t[k], batch) / accumulate).backward()  # Lightning divides by A
 
     s_all = s.clone().requires_grad_()
-    whole = _call(loss, s_all.reshape(1, -1, 5), t.reshape(1, -1, 5), {"token_mask": masks.reshape(1, -1)})
+    whole = _call(loss, s_all.reshape(1, -1, 5), t.reshape(1, -1, 5),
+                  {"token_mask": masks.reshape(1, -1), "labels": labels.reshape(1, -1)})
     whole.backward()
-    total = sum(
-        _call(loss, s[k], t[k], {"token_mask": masks[k], "num_tokens_in_step": n_step, "accumulate": accumulate}).item()
-        for k in range(3)
-    )
+    total = sum(_call(loss, s[k], t[k], micro(k, num_tokens_in_step=n_step, accumulate=accumulate)).item() for k in range(3))
     assert total / accumulate == pytest.approx(whole.item(), rel=1e-6)
     assert torch.allclose(s_leaf.grad, s_all.grad, atol=1e-7)
     # The per-micro-batch mean (no step count) weighs the 1-token micro-batch like the 10-token one.
-    naive = sum(_call(loss, s[k], t[k], {"token_mask": masks[k]}).item() for k in range(3)) / 3
+    naive = sum(_call(loss, s[k], t[k], micro(k)).item() for k in range(3)) / 3
     assert abs(naive - whole.item()) > 1e-3

@@ -81,6 +81,41 @@ def test_layer_subset_students_default_to_init_map():
     assert scratch.losses["h"].pairs == [(1, 2), (2, 4), (3, 6)]  # uniform
 
 
+def _decoders():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=2, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0))
+    return {"llama": llama, "gpt2": gpt2}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoder_last_hidden_state_is_the_block_output_not_the_final_norm(family):
+    """Pre-norm decoders put their final norm into hidden_states[-1] only. litdistill hands the losses
+    block outputs throughout, so the layers a student copied from the teacher match exactly at init
+    (with Hugging Face's last entry the (2, 2) pair of a [0, 1] student was far from zero)."""
+    from litdistill.forward import run_model
+
+    teacher = _decoders()[family].eval()
+    student = student_from_teacher(teacher, layers=[0, 1]).eval()
+    batch = {"input_ids": torch.randint(0, 64, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    with torch.no_grad():
+        raw = student(**batch, output_hidden_states=True).hidden_states
+        s = run_model(student, batch, frozenset({"hidden_states"}), "causal_lm")
+        t = run_model(teacher, batch, frozenset({"hidden_states"}), "causal_lm")
+    assert len(s.hidden_states) == 3 and len(t.hidden_states) == 5
+    assert torch.equal(s.hidden_states[1], raw[1]) and not torch.allclose(s.hidden_states[2], raw[2])  # only the last is replaced
+    loss = HiddenStateLoss()
+    loss.setup(student, teacher)
+    assert loss.pairs == [(1, 1), (2, 2)]
+    assert loss(s, t, batch).item() == pytest.approx(0.0, abs=1e-10)
+    hf = ModelOutputs(hidden_states=raw)
+    assert loss(hf, t, batch).item() > 1e-3  # the negative control: HF's normed last entry does not match
+
+
 def test_registered_by_name():
     assert LOSSES["hidden"] is HiddenStateLoss and LOSSES["feature"] is FeatureLoss
 

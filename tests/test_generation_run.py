@@ -433,10 +433,11 @@ def test_offline_sequence_kd_local_teacher_writes_the_data_student_trains_report
     prompts = [{"id": f"p{i}", "prompt": f"what is {a} ? does {b} cause a {c} ?"}
                for i, (a, b, c) in enumerate((a, b, c) for a in words for b in words[:4] for c in words[3:6])][:60]
     gen = tmp_path / "gen"
-    run_cli(["generate", "teacher_api=local_hf", f"teacher_api.name_or_path={tiny_llama_dir}", "teacher_api.device=cpu",
-             "teacher_api.batch_size=8", "generation.max_tokens=6", f"input.path={write_jsonl(tmp_path / 'p.jsonl', prompts)}",
-             f"output_dir={gen}", "progress=false"], tmp_path)
+    proc = run_cli(["generate", "teacher_api=local_hf", f"teacher_api.name_or_path={tiny_llama_dir}",
+                    "teacher_api.device=cpu", "teacher_api.batch_size=8", "generation.max_tokens=6",
+                    f"input.path={write_jsonl(tmp_path / 'p.jsonl', prompts)}", f"output_dir={gen}"], tmp_path)
     assert len((gen / "dataset.jsonl").read_text().splitlines()) == 60
+    assert "60/60" in proc.stderr and "prompt/s" in proc.stderr  # the tqdm bar over the prompts (progress=true)
 
     run_cli(["task=causal_lm", "teacher=pretrained", f"teacher.name_or_path={tiny_llama_dir}", "teacher.num_labels=null",
              "teacher.label_names=null", "student=from_teacher", "student.layers=[0]", "student.every=null",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from litdistill.layer_subset import layer_stack, student_from_teacher
+from litdistill.layer_subset import DEFAULT_EVERY, layer_stack, student_from_teacher
 from tests.conftest import tiny_bert
 
 
@@ -45,9 +46,45 @@ def test_llama_explicit_layers_generate_and_renumber_cache_slots():
 @pytest.mark.parametrize(("layers", "every", "match"), [
     ([0, 9], None, r"out of range: the teacher has 4 layers"),
     ([2, 1], None, "strictly increasing"),
-    (None, None, "exactly one of"),
+    ([0, 2], 2, "exactly one of"),
     (None, 0, "every must be >= 1"),
 ])
 def test_bad_layer_choices_are_refused(layers, every, match):
     with pytest.raises(ValueError, match=match):
         student_from_teacher(tiny_bert(layers=4), layers=layers, every=every)
+
+
+def test_neither_layers_nor_every_keeps_every_third_layer():
+    teacher = tiny_bert(layers=6)
+    assert DEFAULT_EVERY == 3
+    student = student_from_teacher(teacher)
+    _assert_copied(teacher, student, [0, 3])
+    assert student.config.litdistill_teacher_layers == [0, 3]
+
+
+def _student(cfg, teacher):
+    return instantiate(cfg.student)(teacher=teacher)
+
+
+@pytest.mark.parametrize(("overrides", "chosen"), [
+    (["student=from_teacher", "student.layers=[0,2,4]"], [0, 2, 4]),  # layers= alone, no every=null needed
+    (["student=from_teacher", "student.layers=[0,2,4]", "student.every=null"], [0, 2, 4]),  # the old spelling still works
+    (["student=from_teacher", "student.every=2"], [0, 2, 4]),
+    (["student=from_teacher", "student.every=3"], [0, 3]),  # the README's description of the default run
+    (["student=from_teacher"], [0, 3]),  # today's default: every third layer
+    ([], [0, 3]),  # the default run
+    (["experiment=tiny"], [0, 3]),
+    (["experiment=distilbert_minilm"], [0, 2, 4]),
+    (["experiment=ade_minilm"], [0, 3]),
+])
+def test_from_teacher_config_builds_the_chosen_layers(overrides, chosen, compose_train):
+    cfg = compose_train(overrides)
+    student = _student(cfg, tiny_bert(layers=6))
+    assert student.config.litdistill_teacher_layers == chosen
+    assert student.config.num_hidden_layers == len(chosen)
+
+
+def test_from_teacher_config_refuses_layers_and_every_together(compose_train):
+    cfg = compose_train(["student=from_teacher", "student.layers=[0,2,4]", "student.every=2"])
+    with pytest.raises(ValueError, match="exactly one of layers= or every="):
+        _student(cfg, tiny_bert(layers=6))

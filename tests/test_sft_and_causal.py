@@ -75,7 +75,7 @@ def test_step_token_counts_make_accumulated_loss_the_exact_token_mean():
         batches.append({"labels": labels, "values": torch.rand(1, 11)})
     tagged = list(StepTokenCounts(batches, accumulate=2))
     assert all(float(b["num_tokens_in_step"]) == 12 for b in tagged)
-    from litdistill.losses.divergences import token_mean
+    from litdistill.losses import token_mean
 
     accumulated = sum(token_mean(b["values"].reshape(-1), (b["labels"][:, 1:] != -100).reshape(-1), b) / 2 for b in tagged)
     all_values = torch.cat([b["values"][b["labels"][:, 1:] != -100] for b in batches])

@@ -22,7 +22,15 @@ from litdistill.sweeping import COMMAND, load_sweep, render_overrides, suggest, 
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "conf" / "sweep").glob("*.yaml"))
-BACKENDS = ["builtin"] + (["sweeps"] if sweeping._sweeps_package() is not None else [])
+# W&B's own suggester runs too where `sweeps` is installed (scripts/install.sh --dev does); where it is
+# not, its cases show up as skipped rather than silently dropping out.
+BACKENDS = [
+    "builtin",
+    pytest.param(
+        "sweeps",
+        marks=pytest.mark.skipif(sweeping._sweeps_package() is None, reason="W&B's sweeps package is not installed"),
+    ),
+]
 
 
 def test_sweep_files_live_in_conf_sweep_and_no_primary_config_selects_them():
@@ -67,11 +75,11 @@ def test_suggestions_render_as_overrides_that_hydra_composes(path, backend, comp
                 assert spec["min"] <= value <= spec["max"]
 
 
-def test_grid_is_complete_and_ordered():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grid_is_complete_and_ordered(backend):
     sweep = load_sweep(REPO / "conf" / "sweep" / "kd_temperature.yaml")
     expected = [{"logger": "wandb", "loss.kd.temperature": t} for t in (1.0, 2.0, 4.0, 8.0)]
-    for backend in BACKENDS:
-        assert suggest(sweep, n=10, backend=backend) == expected
+    assert suggest(sweep, n=10, backend=backend) == expected
 
 
 def test_builtin_draws_follow_each_distribution():

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from litdistill.hooks import capture_features
+from litdistill.layer_subset import layer_stack
 from litdistill.losses.chunked import lm_head_features
 from litdistill.outputs import ModelOutputs
 
@@ -29,6 +30,11 @@ def run_model(
 
     ``"lm_head"`` in ``needs`` (a head-fused loss) adds the LM head's parameters to ``features``; a
     causal LM then skips its full logits (``logits_to_keep=1``) unless ``"logits"`` is needed too.
+
+    ``hidden_states[i]`` is block i's output for every family: pre-norm decoders (Llama, GPT-2,
+    GPT-NeoX) put their final norm into the last entry only, so a student cut from a teacher's
+    layers would compare a normed last layer with the teacher's un-normed middle one. The last
+    block's own output (a forward hook) replaces that entry; ``logits`` still see the norm.
     """
     if hasattr(model, "distill_forward"):
         if feature_names:  # hooked submodules (feature losses): only then, so 3-argument versions still work
@@ -43,18 +49,33 @@ def run_model(
     skip_logits = task == "causal_lm" and "lm_head" in needs and "logits" not in needs and _accepts(model, "logits_to_keep")
     if skip_logits:
         flags["logits_to_keep"] = 1  # the [B, T, V] logits are never built: the loss applies the head per chunk
-    with capture_features(model, feature_names) as features:
+    last_block = _last_block_name(model) if "hidden_states" in needs else None
+    names = [*feature_names, last_block] if last_block and last_block not in feature_names else list(feature_names)
+    with capture_features(model, names) as features:
         out = model(**inputs, **flags)
+    hidden_states = getattr(out, "hidden_states", None)
+    if last_block and hidden_states:
+        last = features[last_block] if last_block in feature_names else features.pop(last_block)
+        hidden_states = (*hidden_states[:-1], last)
     logits = None if skip_logits else out.logits
     if task == "causal_lm" and logits is not None:
         logits = logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
     head = lm_head_features(model) if "lm_head" in needs else {}
     return ModelOutputs(
         logits=logits,
-        hidden_states=getattr(out, "hidden_states", None),
+        hidden_states=hidden_states,
         attentions=getattr(out, "attentions", None),
         features={**features, **head},
     )
+
+
+def _last_block_name(model: nn.Module) -> str | None:
+    """Dotted name of the last transformer block, or None for a model without a known layer stack."""
+    try:
+        path, stack = layer_stack(model)
+    except ValueError:
+        return None
+    return f"{path}.{len(stack) - 1}" if len(stack) else None
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:

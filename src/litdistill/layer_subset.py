@@ -10,6 +10,9 @@ from transformers import PreTrainedModel
 # Where the stack of transformer blocks lives, per model family.
 LAYER_PATHS = ("bert.encoder.layer", "roberta.encoder.layer", "distilbert.transformer.layer",
                "model.layers", "transformer.h", "gpt_neox.layers", "encoder.layer", "layers")
+# student_from_teacher keeps every DEFAULT_EVERY-th layer when neither layers= nor every= is given
+# (conf/student/from_teacher.yaml leaves both null, so student.layers=[...] alone works on the CLI).
+DEFAULT_EVERY = 3
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -48,12 +51,16 @@ def student_from_teacher(
 ) -> PreTrainedModel:
     """Deep-copy the teacher (embeddings, head and the chosen blocks) into a shallower student.
 
+    ``layers`` (0-based teacher block indices) or ``every`` (keep blocks 0, k, 2k, ...); with
+    neither, ``every=DEFAULT_EVERY`` (3: blocks 0 and 3 of a 6-layer teacher). Both is an error.
     The student records ``config.litdistill_teacher_layers`` so feature losses can map each
     student layer to the teacher layer it was copied from.
     """
     if teacher is None:
         raise ValueError("student=from_teacher needs a teacher; set teacher= to a model config")
     path, stack = layer_stack(teacher)
+    if layers is None and every is None:
+        every = DEFAULT_EVERY
     chosen = select_layers(len(stack), layers, every)
     student = copy.deepcopy(teacher)
     _, student_stack = layer_stack(student)

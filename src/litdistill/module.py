@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import inspect
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -17,6 +18,7 @@ from litdistill.metrics import agreement, metric_values, task_metrics
 from litdistill.optim import adamw, parameter_groups
 from litdistill.outputs import ModelOutputs, TopK
 
+ModelFactory = Callable[..., nn.Module]  # a model built later, in configure_model
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
@@ -34,12 +36,13 @@ class DistillationModule(L.LightningModule):
 
     The teacher is frozen (no gradients, eval mode, ``no_grad``) and never enters checkpoints or
     the optimizer. Each step runs each model once, asking only for the outputs the losses need.
+    ``student`` and ``teacher`` are models, or factories that build them in :meth:`configure_model`.
     """
 
     def __init__(
         self,
-        student: nn.Module,
-        teacher: nn.Module | None = None,
+        student: nn.Module | ModelFactory,
+        teacher: nn.Module | ModelFactory | None = None,
         losses: Mapping[str, DistillationLoss] | Iterable[DistillationLoss] | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
@@ -47,36 +50,62 @@ class DistillationModule(L.LightningModule):
         num_labels: int | None = None,
     ) -> None:
         super().__init__()
-        self.student = student
-        self.teacher = teacher
+        # A model or a factory building it; factories run in configure_model (see there).
+        self.student_factory = None if isinstance(student, nn.Module) else student
+        self.teacher_factory = None if teacher is None or isinstance(teacher, nn.Module) else teacher
+        self.student = None if self.student_factory else student
+        self.teacher = None if self.teacher_factory else teacher
         self.losses = nn.ModuleDict(_as_named_losses(losses, teacher is not None))
         self.task = task
+        self.num_labels = num_labels
         self.optimizer_factory = optimizer or adamw()
         self.scheduler_factory = scheduler
         self.uses_teacher = any(loss.uses_teacher for loss in self.losses.values())
         if self.uses_teacher and teacher is None:
             teacher_losses = [name for name, loss in self.losses.items() if loss.uses_teacher]
             raise ValueError(f"losses {teacher_losses} need a teacher, but teacher=None")
-        if teacher is not None:
-            teacher.requires_grad_(False)  # before any strategy wraps the model
-            teacher.eval()
         self.needs = frozenset().union(*(loss.needs for loss in self.losses.values()))
         self.student_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "student_features", ())})
         self.teacher_features = sorted({n for loss in self.losses.values() for n in getattr(loss, "teacher_features", ())})
-        if "attentions" in self.needs:  # sdpa/flash return no attention maps: eager, only when a loss needs them
-            for model in (student, teacher):
-                if model is not None:
-                    ensure_attention_outputs(model)
-        if teacher is not None:  # layer maps and projections, before the optimizer exists
-            for loss in self.losses.values():
-                loss.setup(student, teacher)
-        num_labels = num_labels or _num_outputs(student, task)
-        self.val_metrics = task_metrics(task, num_labels).clone(prefix="val/student/")
-        self.teacher_val_metrics = task_metrics(task, num_labels).clone(prefix="val/teacher/")
         self._teacher_val_preds: dict[int, Tensor] = {}  # batch index -> teacher predictions, from the first full validation
         self._teacher_val_logged: dict[str, float] | None = None
         self._agree = [0, 0]
         self.strict_loading = False  # checkpoints carry no teacher weights
+        if not (self.student_factory or self.teacher_factory):
+            self._wire_models()
+
+    def configure_model(self) -> None:
+        """Build the models from their factories, once (later calls, e.g. a second fit, do nothing).
+
+        Lightning calls this inside the strategy's init context, before it wraps the module: the
+        weights are created on the target device and in a ``*-true`` precision's dtype, with no full
+        host-memory copy first. A student factory taking ``teacher=`` gets the built teacher (layer
+        subsets are cut from it), like the ``conf/student/*.yaml`` factories."""
+        if self.student is not None and (self.teacher_factory is None or self.teacher is not None):
+            return
+        if self.teacher_factory is not None:
+            self.teacher = self.teacher_factory()
+        if self.student_factory is not None:
+            takes_teacher = "teacher" in inspect.signature(self.student_factory).parameters
+            self.student = self.student_factory(teacher=self.teacher) if takes_teacher else self.student_factory()
+        self._wire_models()
+
+    def _wire_models(self) -> None:
+        """Freeze the teacher and fit losses and metrics to the two models (before any optimizer exists)."""
+        student, teacher = self.student, self.teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)  # before any strategy wraps the model
+            teacher.eval()
+        if "attentions" in self.needs:  # sdpa/flash return no attention maps: eager, only when a loss needs them
+            for model in (student, teacher):
+                if model is not None:
+                    ensure_attention_outputs(model)
+        if teacher is not None:  # layer maps and projections
+            for loss in self.losses.values():
+                loss.setup(student, teacher)
+        num_labels = self.num_labels or _num_outputs(student, self.task)
+        self.val_metrics = task_metrics(self.task, num_labels).clone(prefix="val/student/")
+        self.teacher_val_metrics = task_metrics(self.task, num_labels).clone(prefix="val/teacher/")
 
     # ---- modes -------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from litdistill.data.classification import _head, dedupe_and_split, load_splits
+from litdistill.data.resumable import ResumableTrainOrder
 from litdistill.data.token_counts import StepTokenCounts
 from litdistill.models import load_tokenizer
 
@@ -75,8 +76,11 @@ def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class SFTDataModule(L.LightningDataModule):
-    """Prompt-response records (JSONL/CSV/Parquet files or a hub dataset) for causal students."""
+class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
+    """Prompt-response records (JSONL/CSV/Parquet files or a hub dataset) for causal students.
+
+    The training order is resumable mid-epoch (data/resumable.py), also under the token-count wrapper.
+    """
 
     def __init__(self, tokenizer: str, dataset: str | None = None, subset: str | None = None,
                  data_files: dict[str, str] | None = None, prompt_column: str = "prompt",
@@ -112,10 +116,12 @@ class SFTDataModule(L.LightningDataModule):
             self.splits[split] = pack(encoded, h.max_length) if h.packing and split == "train" else encoded
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=lambda rows: collate(rows, self.tokenizer.pad_token_id),
-                          num_workers=self.hparams.num_workers)
+        h = self.hparams
+        # training order: a function of (seed, epoch) that a mid-epoch resume reproduces (data/resumable.py)
+        return DataLoader(self.splits[split], batch_size=h.batch_size,
+                          sampler=self.train_sampler(self.splits[split], h.batch_size) if shuffle else None,
+                          generator=self.loader_generator(),
+                          collate_fn=lambda rows: collate(rows, self.tokenizer.pad_token_id), num_workers=h.num_workers)
 
     def train_dataloader(self) -> Any:
         loader = self._loader("train", shuffle=True)

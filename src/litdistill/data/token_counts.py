@@ -29,6 +29,11 @@ class StepTokenCounts:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def sampler(self) -> Any:
+        """The loader's sampler, so Lightning's per-epoch ``set_epoch`` reaches it through this wrapper."""
+        return getattr(self.loader, "sampler", None)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         step: list[dict[str, Any]] = []
         for batch in self.loader:

@@ -1,6 +1,6 @@
 """Loss terms, looked up by name (``LOSSES``) or built from config with ``_target_``."""
 
-from litdistill.losses.base import LOSSES, DistillationLoss, build_loss, masked_mean, rows_and_mask
+from litdistill.losses.base import LOSSES, DistillationLoss, build_loss, masked_mean, rows_and_mask, token_mean, token_scale
 from litdistill.losses.logits import HardCE, SoftTargetKL
 from litdistill.losses.divergences import (
     ForwardKL,
@@ -10,8 +10,6 @@ from litdistill.losses.divergences import (
     SkewReverseKL,
     TokenDivergence,
     TotalVariation,
-    token_mean,
-    token_scale,
 )
 from litdistill.losses.chunked import ChunkedDivergence, FusedLinearKD, lm_head_features, lm_head_of
 from litdistill.losses.features import FeatureLoss, HiddenStateLoss

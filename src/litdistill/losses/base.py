@@ -8,6 +8,7 @@ loss is one class (imported by its YAML ``_target_``) and needs no change to the
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -111,7 +112,42 @@ def rows_and_mask(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Ten
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over the rows in ``mask``; divides by the real-row count, never by padding.
 
-    ``batch["num_tokens"]`` style global normalisation (across micro-batches) is applied by the module.
+    A per-micro-batch mean: feature losses use it (their positions are the input's, not the label
+    tokens). Losses over label tokens use :func:`token_mean`, which is exact across accumulation.
     """
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """The factor that turns a SUM over this micro-batch's real tokens into the loss value.
+
+    * Without ``batch["num_tokens_in_step"]``: ``1 / max(num_real, 1)``, the mean over the real
+      tokens of this batch.
+    * With it (``N = batch["num_tokens_in_step"]``, the real-token count over all micro-batches
+      of the optimizer step, and ``A = batch.get("accumulate", 1)``, the number of micro-batches
+      Lightning divides each loss by, i.e. ``accumulate_grad_batches``): ``A / max(N, 1)``.
+
+    So micro-batch ``k`` returns ``loss_k = A * S_k / N`` with ``S_k`` its token sum; Lightning
+    back-propagates ``loss_k / A``, and the accumulated gradient is that of
+    ``sum_k S_k / N``: the exact per-token mean over the whole step, however unevenly the real
+    tokens fall into micro-batches. (With data parallelism and a token count summed over ranks,
+    fold the world size into ``accumulate``, since DDP averages gradients over ranks.)
+    """
+    n_step = batch.get("num_tokens_in_step") if isinstance(batch, Mapping) else None
+    if n_step is None:
+        return 1.0 / num_real.to(torch.float32).clamp_min(1.0)
+    n_step = torch.as_tensor(n_step, dtype=torch.float32, device=num_real.device)
+    accumulate = torch.as_tensor(batch.get("accumulate", 1), dtype=torch.float32, device=num_real.device)
+    return accumulate / n_step.clamp_min(1.0)
+
+
+def token_mean(values: Tensor, mask: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``sum(values[mask]) * token_scale(mask.sum(), batch)``; masked rows never reach the sum.
+
+    ``values`` [N] per row, ``mask`` [N] bool. Rows outside the mask are dropped with ``where``,
+    so NaN/inf there cannot leak into the value or the gradient.
+    """
+    mask = mask.bool()
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+    return total * token_scale(mask.sum(), batch).to(total.dtype)

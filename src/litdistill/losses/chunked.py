@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from litdistill.losses.base import LOSSES, DistillationLoss, teacher_logits
-from litdistill.losses.divergences import TokenDivergence, compute_dtype, token_scale
+from litdistill.losses.base import token_scale
+from litdistill.losses.divergences import TokenDivergence, compute_dtype
 from litdistill.outputs import ModelOutputs
 
 __all__ = [

@@ -7,7 +7,7 @@ token (``batch["token_mask"]``; classification logits [B, C] count every row) an
 
 not by a per-sequence mean, so long and short sequences weigh by their token counts.
 With gradient accumulation the module may pass the token count of the whole optimizer step, see
-:func:`token_scale` for the exact formula. Distributions are softened by ``temperature`` and
+:func:`litdistill.losses.base.token_scale` for the exact formula. Distributions are softened by ``temperature`` and
 computed in float32 (float64 stays float64) with ``log_softmax``; logs of mixtures are taken with
 ``logaddexp`` on log-probabilities, never ``log`` of summed probabilities.
 
@@ -19,14 +19,14 @@ gradients in the plain losses but the chunked/fused versions treat them as const
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask, teacher_logits
+from litdistill.losses.base import (DistillationLoss, check_temperature, rows_and_mask, teacher_logits, token_mean,
+                                    token_scale)
 from litdistill.outputs import ModelOutputs
 
 __all__ = [
@@ -37,44 +37,7 @@ __all__ = [
     "SkewReverseKL",
     "TokenDivergence",
     "TotalVariation",
-    "token_mean",
-    "token_scale",
 ]
-
-
-# ---- reduction -----------------------------------------------------------------------------------
-def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    """The factor that turns a SUM over this micro-batch's real tokens into the loss value.
-
-    * Without ``batch["num_tokens_in_step"]``: ``1 / max(num_real, 1)``, the mean over the real
-      tokens of this batch.
-    * With it (``N = batch["num_tokens_in_step"]``, the real-token count over all micro-batches
-      of the optimizer step, and ``A = batch.get("accumulate", 1)``, the number of micro-batches
-      Lightning divides each loss by, i.e. ``accumulate_grad_batches``): ``A / max(N, 1)``.
-
-    So micro-batch ``k`` returns ``loss_k = A * S_k / N`` with ``S_k`` its token sum; Lightning
-    back-propagates ``loss_k / A``, and the accumulated gradient is that of
-    ``sum_k S_k / N``: the exact per-token mean over the whole step, however unevenly the real
-    tokens fall into micro-batches. (With data parallelism and a token count summed over ranks,
-    fold the world size into ``accumulate``, since DDP averages gradients over ranks.)
-    """
-    n_step = batch.get("num_tokens_in_step") if isinstance(batch, Mapping) else None
-    if n_step is None:
-        return 1.0 / num_real.to(torch.float32).clamp_min(1.0)
-    n_step = torch.as_tensor(n_step, dtype=torch.float32, device=num_real.device)
-    accumulate = torch.as_tensor(batch.get("accumulate", 1), dtype=torch.float32, device=num_real.device)
-    return accumulate / n_step.clamp_min(1.0)
-
-
-def token_mean(values: Tensor, mask: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    """``sum(values[mask]) * token_scale(mask.sum(), batch)``; masked rows never reach the sum.
-
-    ``values`` [N] per row, ``mask`` [N] bool. Rows outside the mask are dropped with ``where``,
-    so NaN/inf there cannot leak into the value or the gradient.
-    """
-    mask = mask.bool()
-    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
-    return total * token_scale(mask.sum(), batch).to(total.dtype)
 
 
 # ---- helpers -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, check_temperature, masked_mean, rows_and_mask, teacher_logits
+from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask, teacher_logits, token_mean
 from litdistill.outputs import ModelOutputs
 
 
@@ -13,7 +13,8 @@ class SoftTargetKL(DistillationLoss):
     """KL(teacher_T || student_T) between temperature-softened distributions, times T^2.
 
     The T^2 factor keeps the soft-target gradients on the same scale as the hard-label loss when
-    the temperature changes (Hinton et al., 2015). Averaged over real rows (examples or tokens).
+    the temperature changes (Hinton et al., 2015). Averaged over real rows (examples or tokens);
+    under gradient accumulation over the real tokens of the whole optimizer step (``token_mean``).
     """
 
     name = "soft_kl"
@@ -33,11 +34,15 @@ class SoftTargetKL(DistillationLoss):
         s_logp = F.log_softmax(s_rows.float() / t, dim=-1)
         t_logp = F.log_softmax(t_rows.float() / t, dim=-1)
         kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [N]
-        return masked_mean(kl, mask) * t * t
+        return token_mean(kl, mask, batch) * t * t
 
 
 class HardCE(DistillationLoss):
-    """Cross entropy to the labels at temperature 1; rows labelled -100 are ignored."""
+    """Cross entropy to the labels at temperature 1; rows labelled -100 are ignored.
+
+    Mean over the labelled rows; under gradient accumulation over the labelled tokens of the whole
+    optimizer step (``token_mean``), so short micro-batches are not over-weighted.
+    """
 
     name = "hard_ce"
     uses_teacher = False
@@ -47,11 +52,8 @@ class HardCE(DistillationLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
-        logits = student.logits
-        labels = batch["labels"]
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.label_smoothing,
-        )
+        logits = student.logits.reshape(-1, student.logits.shape[-1]).float()  # [N, C]
+        labels = batch["labels"].reshape(-1)  # [N]
+        per_row = F.cross_entropy(logits, labels, ignore_index=-100, label_smoothing=self.label_smoothing,
+                                  reduction="none")  # [N], 0 where ignored
+        return token_mean(per_row, labels != -100, batch)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import masked_mean, rows_and_mask
+from litdistill.losses.base import rows_and_mask, token_mean, token_scale
 from litdistill.outputs import ModelOutputs, TopK
 
 __all__ = ["FLOOR", "coarse_log_probs", "dense_to_topk", "sparse_divergence", "sparse_rows", "sparse_soft_kl", "tail_gap_bound"]
@@ -134,13 +134,11 @@ def sparse_soft_kl(loss, student: ModelOutputs, teacher: ModelOutputs, batch: di
     s_rows, rows, mask = sparse_rows(student, teacher, batch)
     s_logp, t_logp = coarse_log_probs(s_rows, rows, t)
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
-    return masked_mean(kl, mask) * t * t
+    return token_mean(kl, mask, batch) * t * t
 
 
 def sparse_divergence(loss, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]) -> Tensor:
     """A :class:`~litdistill.losses.TokenDivergence` on the coarsened distributions, reduced like the dense one."""
-    from litdistill.losses.divergences import token_scale
-
     s_rows, rows, mask = sparse_rows(student, teacher, batch)
     if not bool(mask.all()):
         s_rows, rows = s_rows[mask], _select(rows, mask)
