@@ -26,6 +26,27 @@ def tokenizer_dir() -> str:
     return packaged_minilm()
 
 
+def tokenizer_with_renamed_ids(source: str, target: Path) -> Path:
+    """A copy of the tokenizer at ``source`` whose ids 1000 and 1001 are renamed ``[UNUSED_A]``/``[UNUSED_B]``."""
+    import json
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
+    vocab = (target / "vocab.txt").read_text().splitlines()
+    vocab[1000], vocab[1001] = "[UNUSED_A]", "[UNUSED_B]"
+    (target / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    fast = target / "tokenizer.json"
+    if fast.exists():
+        data = json.loads(fast.read_text())
+        model_vocab = data["model"]["vocab"]
+        for token, i in list(model_vocab.items()):
+            if i in (1000, 1001):
+                del model_vocab[token]
+        model_vocab["[UNUSED_A]"], model_vocab["[UNUSED_B]"] = 1000, 1001
+        fast.write_text(json.dumps(data))
+    return target
+
+
 def tiny_bert(layers: int = 4, hidden: int = 32, seed: int = 0, num_labels: int = 2, dropout: float = 0.1) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,

@@ -40,6 +40,11 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
     assert "temperature: 3" in (run / "config.yaml").read_text()
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    # size on disk, measured for every row: the student's is exactly its exported weights file
+    disk = {name: row["disk_mb"] for name, row in report["models"].items()}
+    assert disk["student"] == pytest.approx((run / "student" / "model.safetensors").stat().st_size / 2**20)
+    assert disk["teacher"] > 1.5 * disk["student"] and disk["baseline"] == pytest.approx(disk["student"], rel=0.01)
+    assert "on disk (MB)" in (run / "report.md").read_text() and not list(run.glob(".disk-size-*"))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
     # the exported student loads with plain transformers, tokenizer included
@@ -80,7 +85,17 @@ def test_bad_temperature_fails_at_config_time_before_loading_models(tmp_path):
     proc = run_cli(["experiment=tiny", "loss.kd.temperature=0"], tmp_path, check=False)
     assert proc.returncode != 0
     assert "temperature must be a finite number > 0, got 0.0" in proc.stderr
-    assert "fine-tuning the teacher" not in proc.stderr
+    assert "fine-tuning the teacher" not in proc.stdout + proc.stderr  # Hydra logs INFO to stdout
+
+
+def test_vocabulary_mismatch_fails_before_the_teacher_is_loaded_or_fine_tuned(tmp_path, tokenizer_dir):
+    from tests.conftest import tokenizer_with_renamed_ids
+
+    other = tokenizer_with_renamed_ids(tokenizer_dir, tmp_path / "other_tok")
+    proc = run_cli(["experiment=tiny", "teacher=minilm", f"tokenizer={other}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "teacher and student vocabularies differ" in proc.stderr and "'[UNUSED_A]'" in proc.stderr
+    assert "fine-tuning the teacher" not in proc.stdout + proc.stderr  # Hydra logs INFO to stdout
 
 
 def test_negative_weight_fails_at_config_time(tmp_path):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 from transformers import AutoTokenizer
 
 from litdistill.compat import IncompatibleModelsError, check_output_spaces, check_tokenizers
-from tests.conftest import tiny_bert
+from tests.conftest import tiny_bert, tokenizer_with_renamed_ids
 
 
 def test_same_tokenizer_passes(tokenizer_dir):
@@ -18,20 +15,7 @@ def test_same_tokenizer_passes(tokenizer_dir):
 
 
 def test_vocabulary_mismatch_names_both_vocabularies_and_first_differing_ids(tmp_path, tokenizer_dir):
-    other = tmp_path / "other_tok"
-    shutil.copytree(tokenizer_dir, other, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
-    vocab = (other / "vocab.txt").read_text().splitlines()
-    vocab[1000], vocab[1001] = "[UNUSED_A]", "[UNUSED_B]"
-    (other / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    for f in ("tokenizer.json",):
-        if (other / f).exists():
-            data = json.loads((other / f).read_text())
-            model_vocab = data["model"]["vocab"]
-            for token, i in list(model_vocab.items()):
-                if i in (1000, 1001):
-                    del model_vocab[token]
-            model_vocab["[UNUSED_A]"], model_vocab["[UNUSED_B]"] = 1000, 1001
-            (other / f).write_text(json.dumps(data))
+    other = tokenizer_with_renamed_ids(tokenizer_dir, tmp_path / "other_tok")
     teacher_tok, student_tok = AutoTokenizer.from_pretrained(tokenizer_dir), AutoTokenizer.from_pretrained(other)
     with pytest.raises(IncompatibleModelsError) as err:
         check_tokenizers(teacher_tok, student_tok)

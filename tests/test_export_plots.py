@@ -102,6 +102,27 @@ def test_causal_lm_exports_with_dynamic_sequence(tmp_path, tokenizer):
     assert (got[mask] - expected[mask]).abs().max() < 1e-4
 
 
+def test_a_failed_onnx_export_leaves_the_previous_file_intact(tmp_path, tokenizer, monkeypatch):
+    example = _batch(tokenizer, ["Rash after cisplatin.", "No seizures were seen."])
+    path = export_onnx(tiny_bert(layers=1, hidden=32, seed=1), example, tmp_path / ONNX_FILE)
+    good = path.read_bytes()
+    written = []
+
+    def dies_half_way(model, args, f, **kwargs):  # the exporter wrote part of the file, then failed
+        written.append(f)
+        with open(f, "wb") as out:
+            out.write(good[: len(good) // 2])
+        raise RuntimeError("exporter died")
+
+    monkeypatch.setattr(torch.onnx, "export", dies_half_way)
+    with pytest.raises(RuntimeError, match="exporter died"):
+        export_onnx(tiny_bert(layers=1, hidden=32, seed=2), example, tmp_path / ONNX_FILE)
+    assert written and written[0] != str(path)  # it wrote elsewhere, beside the target
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE]  # no temp file left behind
+    assert path.read_bytes() == good
+    onnx.checker.check_model(str(path))
+
+
 # ---- report pictures -------------------------------------------------------------------------------
 METRICS_CSV = """epoch,step,train/loss/ce_step,train/loss/kd_step,train/loss_step,train/loss/ce_epoch,train/loss/kd_epoch,train/loss_epoch,val/student/f1
 0,9,0.7,0.3,0.5,,,,
@@ -147,3 +168,15 @@ def test_comparison_plot_copes_with_missing_speed(tmp_path):
     report = {"metric": "f1", "threads": 2, "models": {"student": {"params_m": 1.0, "size_mb": 4.0, "metrics": {"f1": 0.5}}}}
     assert plot_comparison(report, tmp_path / "c.png").is_file()
     assert report_figures(report, tmp_path) == {"comparison": "comparison.png"}  # no CSV log: no loss curves
+
+
+def test_weights_on_disk_is_what_save_pretrained_writes_and_leaves_nothing_behind(tmp_path):
+    from litdistill.export import weights_on_disk_mb
+
+    model = tiny_bert(layers=2)
+    model.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    expected = (tmp_path / "saved" / "model.safetensors").stat().st_size / 2**20
+    assert weights_on_disk_mb(model, tmp_path) == pytest.approx(expected)
+    assert weights_on_disk_mb(tiny_bert(layers=4)) > expected  # more layers, more bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # the scratch directory is gone
+    assert weights_on_disk_mb(torch.nn.Linear(2, 2)) is None  # no save_pretrained: not measured

@@ -47,14 +47,15 @@ def test_schedule_moves_the_loss_attribute_during_training(tmp_path, tiny_data):
 
 def test_report_retained_speedup_and_files(tmp_path):
     rows = {"teacher": {"params_m": 22.0, "size_mb": 88.0, "latency_ms": 10.0, "throughput_per_s": 100.0, "metrics": {"f1": 0.8}},
-            "student": {"params_m": 11.0, "size_mb": 44.0, "latency_ms": 4.0, "throughput_per_s": 300.0, "metrics": {"f1": 0.78}}}
+            "student": {"params_m": 11.0, "size_mb": 44.0, "disk_mb": 42.0, "latency_ms": 4.0, "throughput_per_s": 300.0, "metrics": {"f1": 0.78}}}
     report = summarize(rows, "f1", agreement=0.93, threads=2)
     assert report["retained_pct"] == pytest.approx(97.5) and report["speedup"] == pytest.approx(2.5)
     assert report["throughput_ratio"] == pytest.approx(3.0) and report["compression"] == pytest.approx(2.0)
     write_report(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "| student | 11.0 | 44.0 | 4.0000 | 300.0 | 0.7800 |" in md and "retained % of teacher f1: 97.5" in md
+    assert "| student | 11.0 | 44.0 | 42.0 | 4.0000 | 300.0 | 0.7800 |" in md and "retained % of teacher f1: 97.5" in md
     assert to_markdown(report) in md
+    assert "| teacher | 22.0 | 88.0 | - |" in md  # a size not measured shows as "-"
 
 
 def test_speed_is_timed_on_the_median_length_row_without_padding():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from litdistill.io import atomic_directory
+
+log = logging.getLogger(__name__)
 
 
 def export_student(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
@@ -22,3 +26,21 @@ def export_student(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def directory_size_mb(path: str | Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def weights_on_disk_mb(model: PreTrainedModel, scratch_dir: str | Path | None = None) -> float | None:
+    """Size of the model's weights as ``save_pretrained`` writes them (safetensors), measured by writing them.
+
+    Written to a temporary directory (under ``scratch_dir``) that is removed afterwards. None for a
+    model without ``save_pretrained`` (several teachers, a cache reader) or one that cannot be
+    serialised (the reason is logged).
+    """
+    if not hasattr(model, "save_pretrained"):
+        return None
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".disk-size-") as tmp:
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        except Exception as err:  # e.g. a quantization backend without serialisation
+            log.warning("size on disk of %s not measured: %s", type(model).__name__, err)
+            return None
+        return sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors")) / 2**20

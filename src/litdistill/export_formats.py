@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from litdistill.evaluation import median_row
-from litdistill.io import atomic_write_bytes
+from litdistill.io import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,10 @@ def export_onnx(model: nn.Module, example: dict[str, Tensor], path: str | Path, 
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, inputs, str(path), dynamo=False, input_names=names, output_names=["logits"],
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+            with atomic_file(path) as tmp:  # a failed export leaves the previous file, and no partial one
+                torch.onnx.export(wrapper, inputs, str(tmp), dynamo=False, input_names=names,
+                                  output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                                  do_constant_folding=True)
     finally:
         model.to(device).train(was_training)
     return path

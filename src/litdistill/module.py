@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from litdistill.attention_impl import ensure_attention_outputs, restore_attention_implementation
+from litdistill.clipping import clip_gradients
 from litdistill.forward import align_labels, run_model
 from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
 from litdistill.metrics import agreement, metric_values, task_metrics
@@ -25,6 +26,9 @@ SchedulerFactory = Callable[..., Any]
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any module in eval mode.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# DeepSpeed warns whenever configure_gradient_clipping is overridden; it still clips, in its engine, by norm
+# at trainer.gradient_clip_val (Lightning puts that in its config), and the override defers to Lightning there.
+warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping internally")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -228,6 +232,11 @@ class DistillationModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, num_training_steps=max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except norm clipping under FSDP, which goes to the root FSDP unit."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop the frozen teacher from checkpoints: it is reloaded from its source on resume."""

@@ -8,7 +8,8 @@ from typing import Any
 
 from litdistill.io import atomic_write_text
 
-COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("size_mb", "size (MB)"), ("latency_ms", "CPU ms/example (b=1)"),
+COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("size_mb", "in memory (MB)"), ("disk_mb", "on disk (MB)"),
+           ("latency_ms", "CPU ms/example (b=1)"),
            ("throughput_per_s", "CPU examples/s (b=32)")]
 
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "litdistill_config.yaml"
-TABLE_COLUMNS = ["model", "params_m", "size_mb", "latency_ms", "throughput_per_s", "agreement"]
+TABLE_COLUMNS = ["model", "params_m", "size_mb", "disk_mb", "latency_ms", "throughput_per_s", "agreement"]
 
 
 def wandb_runs(trainer: Any) -> list[Any]:
@@ -47,7 +47,7 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             for name, row in models.items()]
     for fmt, row in ((report.get("exports") or {}).get("formats") or {}).items():
         if fmt != "pytorch":
-            rows.append([f"student ({fmt})", None, row.get("size_mb"), row.get("latency_ms"), None, row.get("agreement")]
+            rows.append([f"student ({fmt})", None, None, row.get("size_mb"), row.get("latency_ms"), None, row.get("agreement")]
                         + [None] * len(metrics))
     return columns, rows
 
@@ -58,7 +58,7 @@ def report_summary(report: dict[str, Any]) -> dict[str, Any]:
     for name, row in report.get("models", {}).items():
         for metric, value in row.get("metrics", {}).items():
             summary[f"report/{name}/{metric}"] = value
-        for key in ("params_m", "size_mb", "latency_ms", "throughput_per_s"):
+        for key in ("params_m", "size_mb", "disk_mb", "latency_ms", "throughput_per_s"):
             if row.get(key) is not None:
                 summary[f"report/{name}/{key}"] = row[key]
     for key in ("agreement", "retained_pct", "speedup", "throughput_ratio", "compression"):

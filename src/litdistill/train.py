@@ -17,7 +17,7 @@ from litdistill.cache.run import teacher_cache
 from litdistill.checkpointing import AtomicCheckpointIO
 from litdistill.compat import check_output_spaces, check_tokenizers
 from litdistill.evaluation import agreement_rate, cpu_speeds, predict, score
-from litdistill.export import directory_size_mb, export_student
+from litdistill.export import export_student, weights_on_disk_mb
 from litdistill.export_formats import export_configured
 from litdistill.fault_tolerance import resume_checkpoint
 from litdistill.finetune import finetuned_teacher
@@ -67,7 +67,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     labels_teacher = llm_labels_teacher(cfg, datamodule)  # data.teacher_labels=...: an LLM's labels are the teacher
     cache = teacher_cache(cfg, losses, datamodule)  # cache=build|use|auto, None for none (docs/caching.md)
-    teacher = instantiate(cfg.teacher) if cfg.get("teacher") and (cache is None or cache.needs_teacher) else None
+    loads_teacher = bool(cfg.get("teacher")) and (cache is None or cache.needs_teacher)
+    if loads_teacher and cfg.teacher.get("name_or_path"):  # a vocabulary mismatch fails before any model loads
+        check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
+    teacher = instantiate(cfg.teacher) if loads_teacher else None
     if teacher is not None and cfg.get("teacher_finetune"):
         finetune = finetune_members if isinstance(teacher, MultiTeacher) else finetuned_teacher
         teacher = finetune(cfg, teacher, datamodule, trainer_factory)
@@ -82,8 +85,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         enable_gradient_checkpointing(student)
     if teacher is not None:
         check_output_spaces(teacher, student, cfg.task)
-        if cfg.teacher.get("name_or_path"):
-            check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
     elif cache is not None:
         cache.check_student(student)  # label count / vocabulary size against the cached outputs
     elif batch_teacher is None and any(loss.uses_teacher for loss in losses.values()):
@@ -113,10 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     leave_process_group()  # rank 0 evaluates alone: no metric may wait for the other ranks
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
         teacher, student = unsharded_models(cfg, full_student)
-    export_dir = export_student(student, datamodule.tokenizer, out_dir / "student")
+    export_student(student, datamodule.tokenizer, out_dir / "student")
     models = {"teacher": teacher, "student": student, "baseline": baseline}
     report = evaluate_models({k: m for k, m in models.items() if m is not None}, datamodule, cfg)
-    report["models"]["student"]["size_on_disk_mb"] = directory_size_mb(export_dir)
     exports = export_configured(cfg, student, datamodule, out_dir)  # export.onnx / export.int8
     if exports:
         report["exports"] = exports
@@ -141,6 +141,8 @@ def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningD
         num_labels = model.config.num_labels if task == "classification" else model.config.vocab_size
         row = {"params_m": count_parameters(model) / 1e6, "size_mb": memory_footprint(model) / 2**20,
                "metrics": score(preds[name], labels, task, num_labels, mean_nll)}
+        if cfg.report.get("disk_size", True):
+            row["disk_mb"] = weights_on_disk_mb(model, cfg.paths.output_dir)
         rows[name] = row
     if cfg.report.speed:
         timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}

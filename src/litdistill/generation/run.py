@@ -23,6 +23,7 @@ import logging
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +49,8 @@ log = logging.getLogger("litdistill.generation")
 
 TEACHER_TYPES = ("openai", "local_hf")
 INPUT_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".txt")
+# extra_headers that carry a credential: refused (the config is saved; the key comes from api_key_env)
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key", "x-api-key")
 # chat-completions parameters taken from the `generation` config node when set
 API_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 
@@ -81,6 +84,7 @@ class Plan:
     retry_failed: bool = True
     progress: bool = True
     config_yaml: str = ""
+    secrets: list[str] = field(repr=False, default_factory=list)  # scrubbed from every file written
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -179,6 +183,11 @@ def build_teacher(api: Mapping[str, Any], template: PromptTemplate) -> tuple[Any
     if api.get("api_key") not in (None, ""):
         raise ConfigError("teacher_api.api_key is set in the config: keys never go in configs (they are saved with "
                           "the run). Export the key and set teacher_api.api_key_env to the variable's NAME instead")
+    for header in api.get("extra_headers") or {}:
+        if str(header).lower() in CREDENTIAL_HEADERS:
+            raise ConfigError(f"teacher_api.extra_headers.{header} is set in the config: credentials never go in "
+                              "configs (they are saved with the run). Export the key and set teacher_api.api_key_env "
+                              "to the variable's NAME; it is sent as the Authorization: Bearer header")
     if kind == "local_hf":
         from litdistill.generation.local import LocalHFTeacher
 
@@ -198,16 +207,35 @@ def build_teacher(api: Mapping[str, Any], template: PromptTemplate) -> tuple[Any
     return client, kind, client.model, client.base_url
 
 
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials in ``url`` to scrub from every text written: its password and its query values
+    (``redact_url`` masks them in the URL itself; a minimum length keeps ``v=1`` from mangling text)."""
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    parts = urllib.parse.urlsplit(url)
+    found = [parts.password] if parts.password and len(parts.password) >= 4 else []
+    found += [v for _, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if len(v) >= 8]
+    return found
+
+
 def _saved_config(cfg: DictConfig, secrets: list[str]) -> str:
+    """The resolved config for ``config.yaml``: without ``hydra``/``paths``, the base_url's credentials and
+    query values masked (as in the manifest), and every secret scrubbed."""
     container = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(container, dict)
     for key in ("hydra", "paths"):
         container.pop(key, None)
-    node = OmegaConf.create(container)
     try:
-        text = OmegaConf.to_yaml(node, resolve=True)
+        plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     except Exception:  # noqa: BLE001  (an interpolation only the Hydra runtime can resolve)
-        text = OmegaConf.to_yaml(node, resolve=False)
+        plain = container
+    assert isinstance(plain, dict)
+    api = plain.get("teacher_api")
+    if isinstance(api, dict) and isinstance(api.get("base_url"), str) and "://" in api["base_url"]:
+        parts = urllib.parse.urlsplit(api["base_url"])
+        if parts.username or parts.password or parts.query or parts.fragment:
+            api["base_url"] = redact_url(api["base_url"])
+    text = OmegaConf.to_yaml(OmegaConf.create(plain), resolve=False)
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
@@ -244,10 +272,21 @@ def prepare(cfg: DictConfig) -> Plan:
     if kind == "openai":
         params.update(template.request_params())
         settings = {**{k: v for k, v in teacher.extra_body.items() if v is not None}, **params}
-        secrets = teacher.secrets
+        secrets = [*teacher.secrets, *url_secrets(api.get("base_url"))]
     else:
         settings = {**teacher.settings(params), "soft_labels": template.soft_labels}
+        # numerics that change what a local model answers (float32, unquantized: the keys of earlier versions)
+        if api.get("quantization"):
+            settings["quantization"] = str(api["quantization"])
+        if str(api.get("dtype") or "float32") != "float32":
+            settings["dtype"] = str(api["dtype"])
         secrets = []
+    # A result's key: the request (messages, settings, model) and, for labels, how its answer is parsed
+    # (the label words and their order), so a changed label set relabels rather than reusing old labels.
+    key_settings = settings
+    if template.parser != "text":
+        described = template.describe()
+        key_settings = {**settings, "parse": {k: described[k] for k in ("parser", "labels") if k in described}}
     jobs: list[Job] = []
     by_key: dict[str, Job] = {}
     by_id: dict[str, Job] = {}
@@ -255,7 +294,7 @@ def prepare(cfg: DictConfig) -> Plan:
         text = rec[field_name]
         fields = {k: v for k, v in rec.items() if k != "__id__"}
         messages = template.render(text, fields)
-        job = Job(rec["__id__"], record_key(messages, settings, model), text, messages, fields)
+        job = Job(rec["__id__"], record_key(messages, key_settings, model), text, messages, fields)
         if job.key in by_key:
             log.warning("input %s repeats input %s (same prompt): generated once", job.id, by_key[job.key].id)
             continue
@@ -270,7 +309,7 @@ def prepare(cfg: DictConfig) -> Plan:
                 jobs=jobs, input_key=input_key, input_source=source, prices=dict(api.get("prices") or {}),
                 api_key_env=api.get("api_key_env") if kind == "openai" else None,
                 retry_failed=bool(cfg.get("retry_failed", True)), progress=bool(cfg.get("progress", True)),
-                config_yaml=_saved_config(cfg, secrets))
+                config_yaml=_saved_config(cfg, secrets), secrets=secrets)
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -373,7 +412,7 @@ def execute(plan: Plan) -> Path:
     out = plan.output_dir
     out.mkdir(parents=True, exist_ok=True)
     teacher = plan.teacher
-    secrets = list(getattr(teacher, "secrets", []))
+    secrets = list(dict.fromkeys([*getattr(teacher, "secrets", []), *plan.secrets]))
     started = time.monotonic()
     created = None
     with contextlib.suppress(Exception):
