@@ -135,7 +135,7 @@ def test_runs_from_another_directory_with_the_packaged_configs(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = run_cli(["--cfg", "job", "experiment=tiny"], elsewhere)
-    assert "model_type: bert" in proc.stdout and "every: 3" in proc.stdout
+    assert "model_type: bert" in proc.stdout and "_target_: litdistill.layer_subset.student_from_teacher" in proc.stdout
 
 
 @pytest.mark.slow
@@ -147,3 +147,32 @@ def test_wheel_ships_the_configs(tmp_path):
     wheel = next(tmp_path.glob("litdistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "litdistill/conf/train.yaml" in names and "litdistill/conf/loss/kd_ce.yaml" in names
+
+    # the unpacked wheel, first on sys.path, runs a fit from a directory without conf/ or the checkout
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = (f"import sys; sys.path.insert(0, {str(site)!r}); import litdistill, litdistill.config as c; "
+              f"assert litdistill.__file__.startswith({str(site)!r}), litdistill.__file__; print('CONF', c.config_dir()); "
+              "sys.argv = ['litdistill', 'experiment=tiny', 'debug=fast', 'baseline=false', 'report.speed=false']; "
+              "from litdistill.cli import main; main()")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(LITDISTILL_OUTPUTS=str(tmp_path / "outputs"), LITDISTILL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"CONF {site / 'litdistill' / 'conf'}" in proc.stdout
+    assert next((tmp_path / "outputs").rglob("report.json")).is_file()
+
+
+@pytest.mark.slow
+def test_default_run_transfers_from_a_competent_teacher(tmp_path):
+    """`litdistill` with no arguments (real MiniLM teacher, fresh caches): the student agrees with a
+    teacher that is itself well above the majority-class rate. Speed targets live in bench/, not here."""
+    proc = run_cli([], tmp_path)
+    report = json.loads((only_run_dir(tmp_path) / "report.json").read_text())
+    teacher, student = report["models"]["teacher"]["metrics"], report["models"]["student"]["metrics"]
+    assert teacher["acc"] >= report["majority_class_rate"] + 0.2, (teacher, report["majority_class_rate"])
+    assert report["agreement"] >= 0.9 and student["f1"] >= 0.9 * teacher["f1"]
+    assert report["speedup"] > 0 and report["models"]["teacher"]["params_m"] > 20  # the real 22.7M MiniLM
+    assert "| student |" in proc.stdout

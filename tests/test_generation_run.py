@@ -337,6 +337,171 @@ def test_unknown_prompt_option_is_reported_by_hydra(tmp_path):
         compose_generate(["prompt=nope"])
 
 
+# -- what a result's key covers: changed settings regenerate, an unchanged rerun reuses ----------------------
+def _store_by_id(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(out / "dataset.jsonl")[0]}
+
+
+def test_record_key_changed_settings_regenerate_unchanged_rerun_reuses(server, tmp_path):
+    prompts = [{"id": f"p{i}", "prompt": f"What is drug {i}?"} for i in range(3)]
+    inputs = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    out = tmp_path / "gen"
+    base = api_overrides(server, out, inputs)
+    generate(compose_generate(base))
+    assert server.total == 3
+    first = store_lines(out)
+
+    # unchanged, or changed only in what does not change an answer: nothing is requested
+    for extra in ([], ["teacher_api.timeout=2", "teacher_api.max_concurrency=1", "teacher_api.max_retries=1",
+                       "teacher_api.prices.input=9.0"]):
+        generate(compose_generate(base + extra))
+        assert server.total == 3, extra
+        assert store_lines(out) == first
+        assert json.loads((out / "manifest.json").read_text())["last_run"]["requests"]["requests"] == 0
+
+    # each change of model, template or a generation setting: every prompt is generated anew
+    changes = [
+        (["generation.temperature=0.7"], lambda body: body["temperature"] == 0.7),
+        (["generation.max_tokens=64"], lambda body: body["max_tokens"] == 64),
+        (["generation.seed=3"], lambda body: body["seed"] == 3),
+        (["teacher_api.model=teacher-2"], lambda body: body["model"] == "teacher-2"),
+        (["+teacher_api.extra_body.top_k=5"], lambda body: body["top_k"] == 5),
+        (["prompt.system='Be brief.'"], lambda body: body["messages"][0] == {"role": "system", "content": "Be brief."}),
+        (["prompt.user='Question: {input}'"], lambda body: body["messages"][-1]["content"].startswith("Question: ")),
+        (["prompt=explain"], lambda body: "step by step" in body["messages"][0]["content"]),
+    ]
+    for n, (extra, sent) in enumerate(changes, 1):
+        before = server.total
+        generate(compose_generate(base + extra))
+        assert server.total - before == 3, extra  # each prompt exactly once
+        assert all(sent(body) for body in server.bodies[-3:]), extra
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"] == {"total": 3, "ok": 3, "failed": 0, "pending": 0, "other_records_in_store": 3 * n}
+        assert sorted(_store_by_id(out)) == ["p0", "p1", "p2"]  # the dataset holds this config's results only
+        generate(compose_generate(base + extra))  # and the same changed config again reuses them
+        assert server.total - before == 3, extra
+    assert _store_by_id(out)["p0"]["messages"][0]["content"].startswith("You are a helpful assistant")
+
+    # back to the first config: its results are still in the store; nothing is requested
+    before = server.total
+    generate(compose_generate(base))
+    assert server.total == before
+    assert [r["response"] for r in read_jsonl(out / "dataset.jsonl")[0]] == [r["response"] for r in first]
+    assert len(store_lines(out)) == 3 * (len(changes) + 1)  # one line per (prompt, settings): no duplicates
+    assert [r["key"] for r in store_lines(out)[:3]] == [r["key"] for r in first]
+
+
+def test_changed_label_words_relabel_rather_than_reuse_old_labels(server, tmp_path):
+    sentences = tmp_path / "ade.csv"
+    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism was noted.\n"
+                         "s2,The patient was given aspirin for pain.\n")
+    out = tmp_path / "ade"
+    base = api_overrides(server, out, sentences, prompt="ade_label",
+                         **{"input.field": "text", "input.id_field": "sentence_id"})
+    generate(compose_generate(base))
+    generate(compose_generate(base))
+    assert server.total == 2
+    assert [r["label"] for r in to_classification_records(out)] == [1, 0]
+    # the same requests, but class 0 is now "ade": the old records' labels would be wrong, so it asks again
+    swapped = "prompt.labels=[{name: ade, words: [yes]}, {name: not_ade, words: [no]}]"
+    generate(compose_generate([*base, swapped]))
+    assert server.total == 4
+    rows = {r["id"]: r for r in read_jsonl(out / "dataset.jsonl")[0]}
+    assert (rows["s1"]["label"], rows["s1"]["label_name"]) == (0, "ade")
+    assert (rows["s2"]["label"], rows["s2"]["label_name"]) == (1, "not_ade")
+    assert rows["s1"]["soft_label"] == pytest.approx([0.9, 0.1])
+    assert json.loads((out / "manifest.json").read_text())["label_names"] == ["ade", "not_ade"]
+
+
+# -- an answer the label parser can't read --------------------------------------------------------------------
+def test_unparseable_label_answer_is_a_counted_failed_record_left_out_of_the_dataset(server, tmp_path):
+    """The fake teacher answers 'Answer to: <sentence>'; with the sentence as the whole prompt and no
+    logprobs, 'yes'/'no' parse (the only label word) and 'Perhaps' can't be parsed."""
+    out = tmp_path / "labels"
+    base = api_overrides(server, out, prompt="ade_label", **{
+        "prompt.user": "'{input}'", "prompt.soft_labels": "false",
+        "input.prompts": "[{id: a, prompt: 'yes'}, {id: b, prompt: Perhaps}, {id: c, prompt: 'no'}]"})
+    generate(compose_generate(base))  # a parse failure does not end the run
+    by_id = {r["id"]: r for r in store_lines(out)}
+    assert by_id["a"]["status"] == "ok" and by_id["a"]["label"] == 1 and by_id["c"]["label"] == 0
+    bad = by_id["b"]
+    assert bad["status"] == "failed" and bad["response"] == "Answer to: Perhaps"  # the answer is kept
+    assert bad["error"].startswith("parse error: could not parse a label") and "'yes'" in bad["error"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete_with_failures"
+    assert manifest["counts"] == {"total": 3, "ok": 2, "failed": 1, "pending": 0, "other_records_in_store": 0}
+    assert manifest["errors"] == {"parse error": 1}
+    assert [r["id"] for r in to_classification_records(out)] == ["a", "c"]  # what training reads
+    assert [r["id"] for r in read_jsonl(out / "dataset.jsonl")[0]] == ["a", "c"]
+    # a rerun asks again for the failed prompt only; retry_failed=false leaves it be
+    generate(compose_generate(base))
+    assert server.count("Perhaps") == 2 and server.total == 4
+    generate(compose_generate([*base, "retry_failed=false"]))
+    assert server.total == 4
+    assert len(store_lines(out)) == 3
+
+
+# -- credentials in the base URL -------------------------------------------------------------------------------
+def test_base_url_credentials_are_masked_in_the_saved_config_and_every_file(server, tmp_path):
+    password, token = "pa55-SECRET-word", "QUERYSECRET123"
+    port = server.url.split(":")[-1].split("/")[0]
+    url = f"http://alice:{password}@127.0.0.1:{port}/v1?token={token}"
+    out = tmp_path / "gen"
+    generate(compose_generate(api_overrides(server, out, **{"teacher_api.base_url": f"'{url}'", "teacher_api.max_retries": 0,
+                                                            "input.prompts": "['hello']"})))
+    config = (out / "config.yaml").read_text()
+    assert f"base_url: http://127.0.0.1:{port}/v1?token=***" in config and "alice" not in config
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["base_url"] == f"http://127.0.0.1:{port}/v1?token=***"
+    assert len(store_lines(out)) == 1  # the request itself (urllib takes no user:password in a URL) is recorded
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert password.encode() not in data and token.encode() not in data, path
+
+
+# -- the ADE case study: generate writes where experiment=ade_llm_labels reads ---------------------------------
+def _documented_commands(text: str, start: str) -> list[list[str]]:
+    """Each command line (joined over trailing backslashes, comments cut) that starts with ``start``."""
+    import shlex
+
+    lines = [line.strip().lstrip("#").strip() for line in text.splitlines()]
+    commands, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith(start):
+            command = lines[i]
+            while command.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                command = command[:-1] + " " + lines[i]
+            commands.append(shlex.split(command, comments=True))
+        i += 1
+    return commands
+
+
+def test_ade_generate_command_in_the_docs_writes_where_the_experiment_reads(compose_train):
+    experiment = (REPO / "conf" / "experiment" / "ade_llm_labels.yaml").read_text()
+    sources = {"docs/generation.md": (REPO / "docs" / "generation.md").read_text(),
+               "conf/experiment/ade_llm_labels.yaml": experiment}
+    reads = compose_train(["experiment=ade_llm_labels"]).data.teacher_labels
+    checked = 0
+    for name, text in sources.items():
+        for command in _documented_commands(text, "litdistill generate"):
+            if "prompt=ade_label" not in command:
+                continue
+            assert "teacher_api=gpt35_turbo" in command, (name, command)
+            cfg = compose_generate(command[2:])
+            assert cfg.teacher_api.model == "gpt-3.5-turbo" and cfg.prompt.name == "ade_label"
+            assert os.path.normpath(cfg.output_dir) == os.path.normpath(reads), (name, command)
+            checked += 1
+        assert any(c[:2] == ["litdistill", "experiment=ade_llm_labels"] for c in _documented_commands(text, "litdistill"))
+    assert checked == 2
+    assert os.path.normpath(reads) == os.path.normpath("outputs/generated/gpt-3.5-turbo/ade_label")
+    assert "reads ./outputs/generated/gpt-3.5-turbo/ade_label" in sources["docs/generation.md"]
+    # the default teacher is another model: its labels land elsewhere, which the docs say how to point at
+    other = compose_generate(["prompt=ade_label"]).output_dir
+    assert os.path.normpath(other) != os.path.normpath(reads)
+    assert f"data.teacher_labels={os.path.normpath(other)}" in sources["docs/generation.md"]
+
+
 # -- a local Hugging Face teacher ------------------------------------------------------------------------------
 CHAT_TEMPLATE = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}< assistant >{% endif %}")
