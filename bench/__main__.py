@@ -5,7 +5,7 @@
     python -m bench --smoke      # under a minute: tiny sizes, checks the plumbing (CI)
     python -m bench --render     # rebuild BENCHMARKS.md from the JSON already in bench/results/
 
-Sections, in order: ``step_time`` (litdistill vs hand-written loop vs TRL), ``loss_memory`` (plain vs
+Sections, in order: ``default_run`` (the README's `litdistill` on a fresh cache), ``step_time`` (litdistill vs hand-written loop vs TRL), ``loss_memory`` (plain vs
 chunked vs fused loss), ``cache_speed`` (teacher cache), ``ade_quality`` (real data), ``inference``
 (exported student on CPU; it times the ADE student of the same run when there is one). A section
 whose module is missing is reported as not run; a section that fails is reported with its error and
@@ -29,7 +29,7 @@ from typing import Any
 from bench.common import RESULTS, ROOT, log, machine_info, result_path, write_json
 from bench.markdown import render, update_file
 
-ORDER = ["step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
+ORDER = ["default_run", "step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
 OURS = {"step_time", "ade_quality", "inference"}  # written for this runner; the others are called through main(argv)
 INTRO = (ROOT / "bench" / "INTRO.md")
 

@@ -216,6 +216,7 @@ def inference_section(r: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {
+    "default_run": ("0. The default run: `litdistill` on a fresh machine", "bench/default_run.py", generic_section),
     "step_time": ("1. Training step time and peak memory vs a hand-written loop and TRL", "bench/step_time.py", step_time_section),
     "loss_memory": ("2. Loss memory: plain vs chunked vs fused", "bench/loss_memory.py", loss_memory_section),
     "cache_speed": ("3. Teacher cache speed-up", "bench/cache_speed.py", generic_section),

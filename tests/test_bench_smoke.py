@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
-TITLES = ["Training step time and peak memory", "Loss memory", "Teacher cache speed-up", "Quality on real data",
+SECTIONS = ["default_run", "step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
+TITLES = ["The default run", "Training step time and peak memory", "Loss memory", "Teacher cache speed-up", "Quality on real data",
           "CPU inference of the exported student"]
 
 

@@ -98,6 +98,16 @@ def test_vocabulary_mismatch_fails_before_the_teacher_is_loaded_or_fine_tuned(tm
     assert "fine-tuning the teacher" not in proc.stdout + proc.stderr  # Hydra logs INFO to stdout
 
 
+@pytest.mark.parametrize("loss", [["loss=distilbert", "loss.cos.layer_map=[[1,9]]"],
+                                  ["loss=[kd_ce,attention_kl]", "loss.attention.layer_map=[[1,9]]"]], ids=["hidden", "attention"])
+def test_out_of_range_layer_map_fails_before_the_teacher_is_fine_tuned(tmp_path, loss):
+    proc = run_cli(["experiment=tiny", *loss], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "pair [1, 9] is out of range: the student has 2 layers, the teacher 4" in proc.stderr, proc.stderr[-3000:]
+    assert "fine-tuning the teacher" not in proc.stdout + proc.stderr  # Hydra logs INFO to stdout
+    assert not (tmp_path / "cache" / "teachers").exists()
+
+
 def test_negative_weight_fails_at_config_time(tmp_path):
     proc = run_cli(["experiment=tiny", "loss.ce.weight=-1"], tmp_path, check=False)
     assert proc.returncode != 0 and "weight must be a finite number >= 0, got -1.0" in proc.stderr
@@ -109,16 +119,24 @@ def test_teacher_null_trains_on_labels_alone(tmp_path):
     assert list(report["models"]) == ["student"] and report["agreement"] is None
 
 
+def _readme_block(first_line: str) -> str:
+    """The README's fenced code block that starts with ``first_line``."""
+    import re
+
+    blocks = re.findall(r"```(?:python|yaml)\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+    return next(b for b in blocks if b.startswith(first_line))
+
+
 def test_user_loss_is_one_class_plus_one_yaml(tmp_path):
-    """A loss defined outside litdistill, picked by _target_ from a user config dir, no module change."""
-    (tmp_path / "my_losses.py").write_text(
-        "import torch\nfrom litdistill.losses import DistillationLoss\n"
-        "class ArgmaxMatch(DistillationLoss):\n    name = 'argmax_match'\n"
-        "    def forward(self, student, teacher, batch):\n"
-        "        return torch.nn.functional.cross_entropy(student.logits, teacher.logits.argmax(-1))\n")
+    """The README's loss (one class, one YAML in a user config dir, no module change) trains, and the
+    class lands in the registry by its name."""
+    (tmp_path / "my_losses.py").write_text(_readme_block("# my_losses.py"))
     (tmp_path / "myconf" / "loss").mkdir(parents=True)
-    (tmp_path / "myconf" / "loss" / "argmax.yaml").write_text(
-        "hard_teacher:\n  _target_: my_losses.ArgmaxMatch\n  weight: 1.0\n")
+    (tmp_path / "myconf" / "loss" / "argmax.yaml").write_text(_readme_block("# myconf/loss/argmax.yaml"))
+    check = subprocess.run([sys.executable, "-c", "import my_losses; from litdistill.losses import build_loss; "
+                            "print(type(build_loss('argmax_match', weight=0.5)).__name__)"],
+                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+    assert check.stdout.strip() == "ArgmaxMatch", check.stderr[-2000:]
     env_path = f"{tmp_path}{os.pathsep}{REPO}"
     env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": env_path}

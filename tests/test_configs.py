@@ -78,3 +78,16 @@ def test_configs_ship_inside_the_wheel():
     """The wheel carries conf/ as litdistill/conf so an installed package finds its configs anywhere."""
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"conf" = "litdistill/conf"' in text
+
+
+def test_scaled_student_shrinks_a_teacher_built_from_a_config(compose_train):
+    """student=scaled reads the teacher's config when the teacher has no name_or_path (experiment=tiny)."""
+    cfg = compose_train(["experiment=tiny", "student=scaled", "student.config.hidden_size=32",
+                         "student.config.intermediate_size=64"])
+    assert cfg.student.base is None
+    teacher = instantiate(cfg.teacher)
+    student = instantiate(cfg.student)(teacher=teacher)
+    assert student.config.model_type == teacher.config.model_type == "bert"
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (2, 32)
+    assert student.config.vocab_size == teacher.config.vocab_size and student.config.num_labels == teacher.config.num_labels
+    assert student.config.max_position_embeddings == teacher.config.max_position_embeddings  # the rest comes from the teacher

@@ -71,6 +71,29 @@ def test_layer_map_is_validated_at_module_construction_and_names_the_models():
         HiddenStateLoss(metric="l1")
 
 
+def test_layer_maps_are_checked_before_teacher_finetuning_without_touching_the_run(compose_train):
+    """train.py calls check_layer_maps before teacher_finetune: copies of the losses are set up against
+    the unfinetuned teacher and a throwaway student; the RNG state and the losses themselves are unchanged."""
+    from hydra.utils import instantiate
+
+    from litdistill.finetune import check_layer_maps
+    from litdistill.train import build_losses
+
+    cfg = compose_train(["experiment=tiny", "loss=distilbert"])
+    teacher = instantiate(cfg.teacher)
+    losses = build_losses(cfg.loss)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    check_layer_maps(cfg, losses, teacher)  # the tiny student is a from_teacher student: fine
+    assert torch.equal(torch.get_rng_state(), state) and losses["cos"].pairs is None
+    bad = build_losses(compose_train(["experiment=tiny", "loss=distilbert", "loss.cos.layer_map=[[1,9]]"]).loss)
+    with pytest.raises(ValueError, match=r"pair \[1, 9\] is out of range: the student has 2 layers, the teacher 4"):
+        check_layer_maps(cfg, bad, teacher)
+    scratch = compose_train(["experiment=tiny", "student=tiny_bert", "loss=distilbert", "loss.cos.layer_map=last"])
+    check_layer_maps(scratch, build_losses(scratch.loss), teacher)  # from_config seeds torch: restored
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_layer_subset_students_default_to_init_map():
     teacher = tiny_bert(layers=6)
     student = student_from_teacher(teacher, layers=[0, 2, 5])

@@ -129,18 +129,19 @@ def test_teacher_none_trains_on_labels_alone_and_refuses_teacher_losses(tmp_path
         DistillationModule(tiny_bert(layers=2), None, {"kd": SoftTargetKL()})
 
 
-def test_non_finite_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, tiny_data):
+@pytest.mark.parametrize(("bad", "shown"), [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")])
+def test_non_finite_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(bad, shown, tmp_path, tiny_data):
     class ExplodesAtStep3(DistillationLoss):
         name = "test_explodes"
         uses_teacher = False
 
         def forward(self, student, teacher, batch):
             self.calls = getattr(self, "calls", 0) + 1
-            return student.logits.sum() * (float("nan") if self.calls == 3 else 0.0)
+            return student.logits.sum().abs() * 0.0 + (bad if self.calls == 3 else 0.0)
 
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
     module = DistillationModule(tiny_bert(layers=2, seed=1), None, {"ce": HardCE(), "boom": ExplodesAtStep3()})
-    with pytest.raises(NonFiniteLossError, match=r"loss term 'boom' is nan at global step 2"):
+    with pytest.raises(NonFiniteLossError, match=rf"loss term 'boom' is {shown} at global step 2"):
         _trainer(tmp_path, callbacks=[ckpt_cb], limit_val_batches=0).fit(module, datamodule=tiny_data)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)  # intact and loadable
     assert ckpt["global_step"] == 2

@@ -200,6 +200,54 @@ def test_8bit_teacher_in_a_multi_teacher_on_cpu(tmp_path):
     assert teachers_memory({"x": fp32})["total_bytes"] == memory_footprint(fp32)
 
 
+def test_teachers_memory_is_the_sum_of_each_teachers_footprint():
+    from litdistill.models import count_parameters
+
+    a, b = _pair(hidden_b=16, layers_b=2)
+    report = teachers_memory({"a": a, "b": b})
+    assert list(report["teachers"]) == ["a", "b"]
+    for name, model in (("a", a), ("b", b)):
+        row = report["teachers"][name]
+        assert row["bytes"] == memory_footprint(model) and row["mb"] == row["bytes"] / 2**20
+        assert row["params"] == count_parameters(model)
+    assert report["teachers"]["a"]["bytes"] > report["teachers"]["b"]["bytes"] > 0  # b is the smaller model
+    assert report["total_bytes"] == memory_footprint(a) + memory_footprint(b) == memory_footprint(MultiTeacher({"a": a, "b": b}))
+    assert teachers_memory(MultiTeacher({"a": a, "b": b})) == report
+
+
+def test_load_teachers_memory_counts_quantized_teachers_at_their_packed_size(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from litdistill.teachers import load_teachers_memory
+
+    tiny_bert(hidden=64).save_pretrained(tmp_path / "t")
+    report = load_teachers_memory(str(tmp_path / "t"), quantizations=(None, "8bit", "nf4"))
+    rows = report["teachers"]
+    assert list(rows) == ["float32", "8bit", "nf4"] and report["name_or_path"] == str(tmp_path / "t")
+    assert [rows[n]["quantization"] for n in rows] == [None, "8bit", "nf4"]
+    fp32 = load_pretrained(str(tmp_path / "t"))
+    assert rows["float32"]["bytes"] == memory_footprint(fp32)
+    # the encoder's linear weights: 4 bytes each in float32, 1 in 8-bit, 1/2 (+ absmax) in nf4
+    linear = sum(m.weight.numel() for n, m in fp32.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}")
+    assert rows["float32"]["bytes"] - rows["8bit"]["bytes"] >= 2.5 * linear
+    assert rows["8bit"]["bytes"] - rows["nf4"]["bytes"] >= 0.25 * linear
+    assert report["total_bytes"] == sum(r["bytes"] for r in rows.values())
+
+
+def test_report_shows_the_memory_of_each_teacher_and_the_total():
+    from litdistill.report import multi_teacher_memory, to_markdown
+
+    a, b = _pair(hidden_b=16, layers_b=2)
+    multi = MultiTeacher({"a": a, "b": b})
+    extra = multi_teacher_memory(multi)
+    assert extra == {"teachers_memory": teachers_memory(multi)} and multi_teacher_memory(a) == {}
+    md = to_markdown({"metric": "f1", "threads": 1, "models": {"teacher": {"metrics": {}}}, **extra})
+    section = md.split("## Teachers' memory", 1)[1]
+    mb = {n: teachers_memory(multi)["teachers"][n]["mb"] for n in ("a", "b")}
+    assert "| a | - | - |" in section and f"{mb['a']:.4f} |" in section and f"{mb['b']:.4f} |" in section
+    assert f"| total (2 teachers) | | | | {sum(mb.values()):.4f} |" in section
+    assert "Teachers' memory" not in to_markdown({"metric": "f1", "threads": 1, "models": {}})
+
+
 # ---- data routing and configs ----------------------------------------------------------------------
 def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> str:
     with path.open("w", newline="") as f:
@@ -253,5 +301,11 @@ def test_cli_with_a_routed_multi_teacher(tmp_path):
     assert set(report["models"]) == {"teacher", "student"}
     assert report["models"]["teacher"]["params_m"] > 2 * report["models"]["student"]["params_m"]  # two teachers
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 2  # each member fine-tuned and cached
+    memory = report["teachers_memory"]  # the memory of the N teachers, per teacher and in total
+    assert list(memory["teachers"]) == ["minilm", "tiny"]
+    assert memory["total_bytes"] == sum(r["bytes"] for r in memory["teachers"].values())
+    assert memory["total_mb"] == pytest.approx(report["models"]["teacher"]["size_mb"])
+    md = (run / "report.md").read_text()
+    assert "## Teachers' memory" in md and "| total (2 teachers) |" in md and "| minilm |" in md
     header = next((run / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train/loss/hidden" in header

@@ -33,6 +33,31 @@ def finetune_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_layer_maps(cfg: DictConfig, losses: dict[str, Any], teacher: Any) -> None:
+    """Resolve the layer maps of the configured losses before ``teacher_finetune`` spends its steps.
+
+    A layer map (HiddenStateLoss, AttentionLoss: anything with ``layer_map``) is otherwise checked only
+    when the distillation module is built, after fine-tuning. Fine-tuning changes no layer counts, so
+    copies of those losses are set up against the teacher as loaded and the configured student (built
+    here and discarded; the run's own is built after fine-tuning, from the fine-tuned teacher). The RNG
+    state is restored, so the run is unchanged; only a bad map (or student config) fails sooner.
+    """
+    mapped = [loss for loss in losses.values() if hasattr(loss, "layer_map")]
+    if not mapped or not cfg.get("student"):
+        return
+    import copy
+
+    import torch
+    from hydra.utils import instantiate
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):  # a from_config student seeds the RNG
+        student = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))
+        for loss in mapped:
+            copy.deepcopy(loss).setup(student, teacher)
+    del student
+
+
 def finetuned_teacher(cfg: DictConfig, teacher: PreTrainedModel, datamodule: L.LightningDataModule,
                       trainer_factory: Any) -> PreTrainedModel:
     """Return the cached fine-tuned teacher, or fine-tune ``teacher`` on the labels and cache it."""

@@ -101,13 +101,16 @@ def from_config(
     seed: int | None = None,
     teacher: nn.Module | None = None,
 ) -> PreTrainedModel:
-    """A randomly initialised model: ``config`` keys override ``base``'s config (smaller sizes),
-    or, without ``base``, describe the whole model (``model_type`` plus sizes)."""
+    """A randomly initialised model: ``config`` keys override ``base``'s config (smaller sizes);
+    without ``base``, the teacher's config (a teacher built from a config has no path to name);
+    without either, ``config`` describes the whole model (``model_type`` plus sizes)."""
     overrides = dict(config or {})
     if task == "classification":
         overrides.update(label_kwargs(num_labels, label_names))
     if base is not None:
         hf_config = AutoConfig.from_pretrained(base, **overrides)
+    elif "model_type" not in overrides and getattr(teacher, "config", None) is not None:
+        hf_config = AutoConfig.for_model(**{**teacher.config.to_dict(), **overrides})
     else:
         if "model_type" not in overrides:
             raise ValueError("from_config needs config.model_type (e.g. bert, llama) or a base model to shrink")

@@ -58,8 +58,33 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("majority_class_rate") is not None:
         lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    lines += teachers_memory_markdown(report)
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def multi_teacher_memory(teacher: Any) -> dict[str, Any]:
+    """``{"teachers_memory": teachers_memory(teacher)}`` for a MultiTeacher (report extra), else ``{}``.
+
+    Per teacher and in total, quantized weights at their packed size (:func:`litdistill.teachers.teachers_memory`).
+    """
+    from litdistill.teachers import MultiTeacher, teachers_memory
+
+    return {"teachers_memory": teachers_memory(teacher)} if isinstance(teacher, MultiTeacher) else {}
+
+
+def teachers_memory_markdown(report: dict[str, Any]) -> list[str]:
+    """The MultiTeacher members' memory (``teacher=multi``): one row per teacher and the total."""
+    memory = report.get("teachers_memory") or {}
+    if not memory.get("teachers"):
+        return []
+    lines = ["", "## Teachers' memory", "", "Parameters and buffers; quantized weights at their packed size.", "",
+             "| teacher | quantization | dtype | params (M) | in memory (MB) |", "|---|---|---|---|---|"]
+    for name, row in memory["teachers"].items():
+        lines.append(f"| {name} | {row.get('quantization') or '-'} | {row.get('dtype') or '-'} | {_cell(row['params'] / 1e6)} | "
+                     f"{_cell(row['mb'])} |")
+    lines.append(f"| total ({len(memory['teachers'])} teachers) | | | | {_cell(memory['total_mb'])} |")
+    return lines
 
 
 def exports_markdown(report: dict[str, Any]) -> list[str]:

@@ -20,13 +20,13 @@ from litdistill.evaluation import agreement_rate, cpu_speeds, predict, score
 from litdistill.export import export_student, weights_on_disk_mb
 from litdistill.export_formats import export_configured
 from litdistill.fault_tolerance import resume_checkpoint
-from litdistill.finetune import finetuned_teacher
+from litdistill.finetune import check_layer_maps, finetuned_teacher
 from litdistill.io import atomic_write_text
 from litdistill.losses import DistillationLoss, HardCE
 from litdistill.models import count_parameters, load_tokenizer, memory_footprint
 from litdistill.module import DistillationModule
 from litdistill.plots import report_figures
-from litdistill.report import summarize, to_markdown, write_report
+from litdistill.report import multi_teacher_memory, summarize, to_markdown, write_report
 from litdistill.safe_logger import guard_logger
 from litdistill.strategies import (configure_strategy, enable_gradient_checkpointing, gather_full_student,
                                    leave_process_group, pin_hydra_run_dir, unsharded_models, validate_scaling)
@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
     teacher = instantiate(cfg.teacher) if loads_teacher else None
     if teacher is not None and cfg.get("teacher_finetune"):
+        check_layer_maps(cfg, losses, teacher)  # a bad layer map fails before the fine-tuning steps
         finetune = finetune_members if isinstance(teacher, MultiTeacher) else finetuned_teacher
         teacher = finetune(cfg, teacher, datamodule, trainer_factory)
     if cache is not None:  # builds the store when this run loaded the teacher for it; training then reads it
@@ -156,7 +157,8 @@ def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningD
     if "teacher" in preds and "baseline" in preds:
         rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)
     majority = float(torch.bincount(labels[labels != -100]).max() / (labels != -100).sum()) if task == "classification" else None
-    return summarize(rows, cfg.report.metric, agreement, threads, {"majority_class_rate": majority, "task": task})
+    return summarize(rows, cfg.report.metric, agreement, threads, {"majority_class_rate": majority, "task": task,
+                                                                    **multi_teacher_memory(models.get("teacher"))})
 
 
 def llm_labels_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> torch.nn.Module | None:

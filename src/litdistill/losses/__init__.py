@@ -15,7 +15,7 @@ from litdistill.losses.chunked import ChunkedDivergence, FusedLinearKD, lm_head_
 from litdistill.losses.features import FeatureLoss, HiddenStateLoss
 from litdistill.losses.attention import AttentionLoss
 
-__all__ = ["LOSSES", "DistillationLoss", "HardCE", "SoftTargetKL", "build_loss", "masked_mean", "rows_and_mask"]
+__all__ = ["LOSSES", "DistillationLoss", "HardCE", "SoftTargetKL", "build_loss", "masked_mean", "rows_and_mask", "token_mean", "token_scale"]
 __all__ += [
     "ChunkedDivergence",
     "ForwardKL",
