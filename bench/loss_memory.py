@@ -131,7 +131,7 @@ def _step(variant: str, x: dict, chunk_size: int | None, fused_chunk_size: int |
     if kind == "fused":
         n = x["hidden"].shape[0]
         loss = FusedLinearKD("forward_kl", chunk_size=fused_chunk_size)(
-            ModelOutputs(hidden_states=(x["hidden"][None],), features={"lm_head_weight": x["weight"]}),
+            ModelOutputs(features={"lm_head_input": x["hidden"][None], "lm_head_weight": x["weight"]}),
             ModelOutputs(logits=x["teacher"][None]),
             {"token_mask": x["hidden"].new_ones(1, n, dtype=bool)},
         )

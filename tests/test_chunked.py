@@ -149,7 +149,7 @@ def test_fused_equals_plain_values_and_gradients(name, chunk_size):
 
     h2, w2, b2 = _leaves(hidden, weight, bias)
     fused = FusedLinearKD(name, chunk_size=chunk_size, ce_weight=0.5, temperature=2.0, **kw)(
-        ModelOutputs(hidden_states=(h2 * 0, h2), features={"lm_head_weight": w2, "lm_head_bias": b2}),
+        ModelOutputs(hidden_states=(h2 * 0,), features={"lm_head_input": h2, "lm_head_weight": w2, "lm_head_bias": b2}),
         ModelOutputs(logits=teacher),
         batch,
     )
@@ -169,8 +169,8 @@ def test_fused_with_teacher_hidden_states_and_head_and_no_bias():
     g_plain = _grads(plain, params)
     h2, w2 = _leaves(hidden, weight)
     fused = FusedLinearKD("reverse_kl", chunk_size=3, temperature=2.0)(
-        ModelOutputs(hidden_states=(h2,), features={"lm_head_weight": w2}),
-        ModelOutputs(hidden_states=(t_hidden,), features={"lm_head_weight": t_weight}),
+        ModelOutputs(features={"lm_head_input": h2, "lm_head_weight": w2}),
+        ModelOutputs(features={"lm_head_input": t_hidden, "lm_head_weight": t_weight}),
         batch,
     )
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
@@ -186,7 +186,7 @@ def test_fused_masked_positions_change_nothing_and_get_zero_gradient():
         h_in = h_in.clone().requires_grad_()
         w_in = weight.clone().requires_grad_()
         out = FusedLinearKD("jsd", chunk_size=4, beta=0.5)(
-            ModelOutputs(hidden_states=(h_in,), features={"lm_head_weight": w_in, "lm_head_bias": bias}),
+            ModelOutputs(features={"lm_head_input": h_in, "lm_head_weight": w_in, "lm_head_bias": bias}),
             ModelOutputs(logits=t_in),
             batch,
         )
@@ -221,8 +221,10 @@ def test_fused_on_a_tiny_hugging_face_model_matches_plain_through_the_model():
     out = model(input_ids=ids, output_hidden_states=True)
     plain = ForwardKL()(ModelOutputs(logits=out.logits[:, :-1]), teacher, batch)
     g_plain = torch.autograd.grad(plain, list(model.parameters()))
-    out = model(input_ids=ids, output_hidden_states=True)
-    student = ModelOutputs(hidden_states=out.hidden_states, features=lm_head_features(model))
+    from litdistill.forward import run_model
+
+    student = run_model(model, {"input_ids": ids}, FusedLinearKD.needs, "causal_lm")  # the module's own forward
+    assert student.logits is None and student.hidden_states is None
     fused = FusedLinearKD(chunk_size=4)(student, teacher, batch)
     g_fused = torch.autograd.grad(fused, list(model.parameters()))
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
@@ -280,7 +282,7 @@ def test_second_backward_with_retain_graph_recomputes_the_same_gradient():
     (2 * loss).backward()
     assert torch.allclose(first, s.grad)
     h, w = _leaves(hidden, weight)
-    fused = FusedLinearKD(chunk_size=3)(ModelOutputs(hidden_states=(h,), features={"lm_head_weight": w}), ModelOutputs(logits=teacher), batch)
+    fused = FusedLinearKD(chunk_size=3)(ModelOutputs(features={"lm_head_input": h, "lm_head_weight": w}), ModelOutputs(logits=teacher), batch)
     fused.backward(retain_graph=True)
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
@@ -307,7 +309,7 @@ def test_step_token_count_is_honoured_like_the_plain_loss():
     plain = ForwardKL()(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), step)
     chunked = ChunkedDivergence(chunk_size=3)(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), step)
     fused = FusedLinearKD(chunk_size=3)(
-        ModelOutputs(hidden_states=(hidden,), features={"lm_head_weight": weight, "lm_head_bias": bias}),
+        ModelOutputs(features={"lm_head_input": hidden, "lm_head_weight": weight, "lm_head_bias": bias}),
         ModelOutputs(logits=teacher), step,
     )
     by_hand = ForwardKL()(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), batch) * batch["token_mask"].sum() * 2 / 40
@@ -343,10 +345,10 @@ def test_invalid_construction(factory, error, pattern):
 
 def test_fused_explains_a_missing_head_weight_and_registration():
     assert LOSSES["chunked"] is ChunkedDivergence and LOSSES["fused_kd"] is FusedLinearKD
-    assert FusedLinearKD.needs == frozenset({"hidden_states", "lm_head"})  # no "logits": the module skips them
+    assert FusedLinearKD.needs == frozenset({"lm_head"})  # no "logits": the module skips them
     hidden, _, _, teacher, batch = _data()
     with pytest.raises(KeyError, match="lm_head_weight"):
-        FusedLinearKD()(ModelOutputs(hidden_states=(hidden,)), ModelOutputs(logits=teacher), batch)
+        FusedLinearKD()(ModelOutputs(features={"lm_head_input": hidden}), ModelOutputs(logits=teacher), batch)
 
 
 def test_shipped_loss_configs_instantiate():

@@ -38,12 +38,18 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
-    assert "temperature: 3" in (run / "config.yaml").read_text()
+    config = (run / "config.yaml").read_text()
+    assert "temperature: 3" in config and "${" not in config and f"output_dir: {run}" in config  # resolved
     assert (run / "checkpoints" / "last.ckpt").is_file()
     # size on disk, measured for every row: the student's is exactly its exported weights file
     disk = {name: row["disk_mb"] for name, row in report["models"].items()}
     assert disk["student"] == pytest.approx((run / "student" / "model.safetensors").stat().st_size / 2**20)
-    assert disk["teacher"] > 1.5 * disk["student"] and disk["baseline"] == pytest.approx(disk["student"], rel=0.01)
+    assert disk["baseline"] == pytest.approx(disk["student"], rel=0.01)
+    # float32 weights: 4 bytes a parameter plus a small safetensors header, for the teacher (4 layers) and
+    # the 2-layer student alike (the 30k-row embedding dominates both, so they differ by the dropped blocks)
+    for name in ("teacher", "student"):
+        assert disk[name] == pytest.approx(report["models"][name]["params_m"] * 4e6 / 2**20, rel=0.01)
+    assert disk["teacher"] > disk["student"]
     assert "on disk (MB)" in (run / "report.md").read_text() and not list(run.glob(".disk-size-*"))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
@@ -67,6 +73,7 @@ def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bar
     assert "loss_curves.png" in (run / "report.md").read_text()
     assert "Epoch 0" in proc.stdout  # Lightning's training bar (rich, on stdout)
     assert "exporting the student" in proc.stderr  # the export bar (tqdm, on stderr)
+    assert "evaluating on the test split" in proc.stderr  # and the final evaluation of every model
 
 
 def test_python_dash_m_and_multirun(tmp_path):

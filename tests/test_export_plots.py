@@ -54,6 +54,7 @@ def test_export_reports_every_format_checked_and_timed(exported_bert):
     formats = exports["formats"]
     assert list(formats) == ["pytorch", "onnx", "int8"] and exports["threads"] == 1 and exports["batch_size"] == 1
     assert all(row["latency_ms"] > 0 and row["size_mb"] > 0 for row in formats.values())
+    assert formats["pytorch"]["agreement"] == 1.0 and formats["pytorch"]["max_abs_diff"] < 1e-5  # the HF folder, reloaded
     assert formats["onnx"] == pytest.approx({**formats["onnx"], "agreement": 1.0})
     assert formats["onnx"]["max_abs_diff"] < 1e-4
     assert formats["int8"]["agreement"] == 1.0 and formats["int8"]["max_abs_diff"] < 0.05

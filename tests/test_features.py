@@ -251,7 +251,7 @@ def test_feature_loss_on_named_hf_submodules():
 
 
 def test_unknown_submodule_name_is_refused_at_setup_with_similar_names():
-    with pytest.raises(KeyError, match=r"no submodule named 'bert.encoder.layer.1.outptu'"):
+    with pytest.raises(KeyError, match=r"no submodule named 'bert.encoder.layer.1.outptu'.*similar names: \['bert.encoder.layer.1.output'"):
         DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert(), {"f": FeatureLoss("bert.encoder.layer.1.outptu", "bert.pooler")})
 
 

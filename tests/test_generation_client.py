@@ -6,7 +6,9 @@ and the API key sent only as the Authorization header. Also the prompt templates
 chat-completions protocol with a deterministic responder. Markers in the last user message choose faults:
 ``[429xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[dropxN]`` fail the first N attempts (429 with Retry-After,
 HTTP 500, a response slower than the client's timeout, a closed connection); ``[badjson]`` and
-``[nochoices]`` always answer malformed bodies; ``[401]`` answers 401 echoing the Authorization header.
+``[nochoices]`` always answer malformed bodies, ``[badusage]`` a body whose token counts are infinite and
+negative, ``[hugelogprob]`` (label prompts) a "log-probability" of 1000; ``[401]`` answers 401 echoing the
+Authorization header, ``[401long]`` the same after padding that puts the key across the 300-byte cut.
 """
 
 from __future__ import annotations
@@ -148,9 +150,14 @@ class FakeChatServer:
             if "[nochoices]" in prompt:
                 usage = {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": 0}
                 return self._send(h, 200, json.dumps({"id": "x", "object": "chat.completion", "usage": usage}).encode())
-            if "[401]" in prompt:
-                echo = json.dumps({"error": {"message": f"Incorrect API key provided: {h.headers.get('Authorization')}"}})
+            if "[401]" in prompt or "[401long]" in prompt:  # long: the echo starts past any cut of the error text
+                pad = "x" * 230 if "[401long]" in prompt else ""
+                echo = json.dumps({"error": {"message": f"{pad}Incorrect API key provided: {h.headers.get('Authorization')}"}})
                 return self._send(h, 401, echo.encode())
+            if "[badusage]" in prompt:  # JSON's 1e999 reads as float infinity
+                out = ('{"choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}}], '
+                       '"usage": {"prompt_tokens": 1e999, "completion_tokens": -5}}')
+                return self._send(h, 200, out.encode())
         content = answer(prompt)
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         if body.get("logprobs"):
@@ -172,6 +179,8 @@ class FakeChatServer:
                 (" no" if ade else " yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
                 ("No" if ade else "Yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
                 ("Maybe", math.log(0.001))][:k]
+        if "[hugelogprob]" in prompt:  # not a log-probability at all: exp(1000) overflows
+            alts = [(alts[0][0], 1000.0), *alts[1:]]
         first = {"token": alts[0][0], "logprob": alts[0][1], "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
         return ("Yes" if ade else "No"), {"content": [first]}
 
@@ -296,6 +305,20 @@ def test_api_key_is_sent_only_as_the_authorization_header_and_never_echoed(serve
     assert not rejected.ok and rejected.attempts == 1 and "HTTP 401" in rejected.error  # not retried
     assert SECRET not in rejected.error and "***" in rejected.error  # the server's echo is scrubbed
     assert SECRET not in repr(client)
+
+
+def test_an_echo_past_the_error_cut_leaves_no_prefix_of_the_key(server, key_env):
+    rejected = run_all(make_client(server), ["bad key [401long]"])["bad key [401long]"]
+    assert not rejected.ok and "HTTP 401" in rejected.error
+    assert SECRET[:8] not in rejected.error  # scrubbed before it was cut, so no piece of the key survives
+
+
+def test_infinite_or_negative_token_counts_are_a_response_not_a_crash(server, key_env):
+    client = make_client(server)
+    results = run_all(client, ["odd usage [badusage]", "plain"])
+    assert results["plain"].ok and results["odd usage [badusage]"].ok
+    assert results["odd usage [badusage]"].content == "fine"
+    assert client.stats.usage.prompt_tokens == prompt_tokens("plain")  # the unusable counts count as 0
 
 
 def test_missing_key_variable_is_named(monkeypatch):

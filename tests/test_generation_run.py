@@ -191,6 +191,26 @@ def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
     assert dataset[0]["label"] == 1 and dataset[0]["text"].startswith("Lithium")
 
 
+def test_odd_server_values_fail_one_prompt_and_never_the_run(server, tmp_path):
+    """A "log-probability" of 1000 (exp overflows), infinite token counts and a key echoed past the cut
+    of the error text: each prompt ends with one record, the run completes, no piece of the key is kept."""
+    sentences = tmp_path / "ade.csv"
+    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism [hugelogprob].\n"
+                         "s2,Aspirin was given [badusage].\ns3,Drug-induced rash [401long].\ns4,Lithium-induced tremor.\n")
+    out = tmp_path / "ade"
+    generate(compose_generate(api_overrides(server, out, sentences, prompt="ade_label", **{"input.field": "text",
+                                                                                             "input.id_field": "sentence_id"})))
+    by_id = {r["id"]: r for r in store_lines(out)}
+    assert sorted(by_id) == ["s1", "s2", "s3", "s4"]
+    assert by_id["s1"]["status"] == "ok" and by_id["s1"]["label"] == 1 and by_id["s1"]["soft_label"][1] > 0.9
+    assert by_id["s2"]["status"] == "failed" and "could not parse a label" in by_id["s2"]["error"]  # "fine" is no label
+    assert by_id["s3"]["status"] == "failed" and "HTTP 401" in by_id["s3"]["error"]
+    assert by_id["s4"]["status"] == "ok" and by_id["s4"]["label"] == 1
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete_with_failures"
+    leaked = [p for p in out.rglob("*") if p.is_file() and SECRET[:8].encode() in p.read_bytes()]
+    assert not leaked, leaked
+
+
 # -- crash safety ----------------------------------------------------------------------------------------------
 def _spawn(overrides: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, KEY_ENV: SECRET, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}

@@ -200,6 +200,47 @@ def test_8bit_teacher_in_a_multi_teacher_on_cpu(tmp_path):
     assert teachers_memory({"x": fp32})["total_bytes"] == memory_footprint(fp32)
 
 
+def test_a_student_is_never_cut_from_quantized_weights(tmp_path):
+    from litdistill.layer_subset import student_from_teacher
+
+    pytest.importorskip("bitsandbytes")
+    tiny_bert(hidden=64).save_pretrained(tmp_path / "t")
+    int8 = load_pretrained(str(tmp_path / "t"), quantization="8bit")
+    with pytest.raises(ValueError, match=r"teacher is quantized \(8bit\).*teacher.quantization=null.*student=scaled"):
+        student_from_teacher(int8, every=2)
+    assert student_from_teacher(load_pretrained(str(tmp_path / "t")), every=2).config.num_hidden_layers == 2
+
+
+def _run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "litdistill", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_quantized_primary_with_a_from_teacher_student_is_refused_before_fine_tuning(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    proc = _run_cli(["experiment=tiny", "teacher=minilm", "teacher.quantization=8bit", "report.plots=false"], tmp_path)
+    assert proc.returncode != 0
+    assert "teacher is quantized (8bit)" in proc.stderr and "teacher.quantization=null" in proc.stderr
+    assert not (tmp_path / "cache" / "teachers").exists()  # refused before any fine-tuning step
+
+
+def test_cli_multi_teacher_with_an_8bit_member_reports_its_packed_memory(tmp_path):
+    """The docs' command: MiniLM loaded 8-bit beside a float tiny BERT that is the primary (the student's source)."""
+    pytest.importorskip("bitsandbytes")
+    proc = _run_cli(["experiment=tiny", "debug=fast", "baseline=false", "teacher=multi", "teacher.teachers.minilm.quantization=8bit",
+                     "teacher.primary=tiny", "teacher_finetune.max_steps=2", "trainer.limit_train_batches=2", "report.plots=false",
+                     "report.speed=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(next((tmp_path / "outputs").glob("*/runs/*/report.json")).read_text())
+    memory = report["teachers_memory"]["teachers"]
+    assert memory["minilm"]["quantization"] == "8bit" and memory["tiny"]["quantization"] is None
+    fp32_mb = memory["minilm"]["params"] * 4 / 2**20
+    assert memory["minilm"]["mb"] < 0.75 * fp32_mb  # linear weights packed to 1 byte (embeddings stay float32)
+    assert report["models"]["student"]["params_m"] < memory["tiny"]["params"] / 1e6  # cut from the float primary
+
+
 def test_teachers_memory_is_the_sum_of_each_teachers_footprint():
     from litdistill.models import count_parameters
 

@@ -167,6 +167,10 @@ def test_wandb_offline_run_holds_metrics_config_report_and_student(offline_run):
     assert table["columns"][0] == "model" and "f1" in table["columns"]
     assert [row[0] for row in table["data"]][:3] == ["teacher", "student", "baseline"]
     assert {"student (onnx)", "student (int8)"} <= {row[0] for row in table["data"]}
+    report = json.loads((offline_run["run"] / "report.json").read_text())
+    agreement = {row[0]: row[table["columns"].index("agreement")] for row in table["data"]}
+    assert agreement["student"] == pytest.approx(report["agreement"])
+    assert agreement["baseline"] == pytest.approx(report["models"]["baseline"]["agreement"])
     assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 2
 
 

@@ -207,6 +207,11 @@ def export_formats(student: nn.Module, batches: list[dict[str, Tensor]], out_dir
             weights = sorted(Path(hf_dir).glob("*.safetensors")) if hf_dir else []
             row: dict[str, Any] = {"file": str(Path(hf_dir).name) + "/" if hf_dir else None,
                                    "size_mb": file_size_mb(*weights) if weights else None}
+            if hf_dir:  # the folder a user deploys, loaded back as plain transformers would
+                from litdistill.models import auto_class
+
+                reloaded = auto_class(task).from_pretrained(str(hf_dir)).eval()
+                row.update(compare_logits(reference, lambda b: torch_logits(reloaded, b, task), batches, task))
             if speed:
                 row["latency_ms"] = median_ms(lambda: torch_logits(student, one, task), repeats)
             formats["pytorch"] = row

@@ -60,23 +60,38 @@ def check_layer_maps(cfg: DictConfig, losses: dict[str, Any], teacher: Any) -> N
 
 def finetuned_teacher(cfg: DictConfig, teacher: PreTrainedModel, datamodule: L.LightningDataModule,
                       trainer_factory: Any) -> PreTrainedModel:
-    """Return the cached fine-tuned teacher, or fine-tune ``teacher`` on the labels and cache it."""
+    """Return the cached fine-tuned teacher, or fine-tune ``teacher`` on the labels and cache it.
+
+    Packed 8-bit/4-bit weights cannot be trained: a quantized teacher (``teacher.quantization``) is
+    fine-tuned as a float copy loaded from the same source, cached in float, and quantized as it is
+    loaded back, so the distillation runs against the quantized model the config asked for.
+    """
     spec = cfg.teacher_finetune
     cache = Path(cfg.paths.cache_dir) / "teachers" / finetune_key(cfg)
-    if (cache / "config.json").is_file():
-        log.info("loading fine-tuned teacher from %s", cache)
-        return load_pretrained(str(cache), task=cfg.task, dtype=cfg.teacher.get("dtype", "float32"))
-    log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", spec.max_steps, cache)
-    module = DistillationModule(
-        teacher, None, {"ce": HardCE()},
-        optimizer=adamw(spec.lr),
-        scheduler=partial(warmup_decay, warmup_ratio=spec.get("warmup_ratio", 0.1)),
-        task=cfg.task,
-    )
-    trainer = trainer_factory(max_steps=spec.max_steps, max_epochs=-1, enable_checkpointing=False, logger=False,
-                              callbacks=[], num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, datamodule=datamodule)
-    if trainer.is_global_zero:
-        export_student(teacher, datamodule.tokenizer, cache)
-    teacher.requires_grad_(False)
-    return teacher.eval()
+    quantization = cfg.teacher.get("quantization")
+    if not (cache / "config.json").is_file():
+        if quantization:
+            from hydra.utils import instantiate
+
+            del teacher
+            teacher = instantiate(cfg.teacher, quantization=None)
+        log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", spec.max_steps, cache)
+        module = DistillationModule(
+            teacher, None, {"ce": HardCE()},
+            optimizer=adamw(spec.lr),
+            scheduler=partial(warmup_decay, warmup_ratio=spec.get("warmup_ratio", 0.1)),
+            task=cfg.task,
+        )
+        trainer = trainer_factory(max_steps=spec.max_steps, max_epochs=-1, enable_checkpointing=False, logger=False,
+                                  callbacks=[], num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.is_global_zero:
+            export_student(teacher, datamodule.tokenizer, cache)
+        trainer.strategy.barrier()  # every rank may read the cache next
+        if not quantization:
+            teacher.requires_grad_(False)
+            return teacher.eval()
+    log.info("loading fine-tuned teacher from %s", cache)
+    model = load_pretrained(str(cache), task=cfg.task, dtype=cfg.teacher.get("dtype", "float32"), quantization=quantization)
+    model.requires_grad_(False)
+    return model.eval()

@@ -28,8 +28,10 @@ def run_model(
     Models that are not plain Hugging Face models (several teachers, a cache reader) may define
     ``distill_forward(batch, needs, task) -> ModelOutputs`` and are called through it instead.
 
-    ``"lm_head"`` in ``needs`` (a head-fused loss) adds the LM head's parameters to ``features``; a
-    causal LM then skips its full logits (``logits_to_keep=1``) unless ``"logits"`` is needed too.
+    ``"lm_head"`` in ``needs`` (a head-fused loss) adds the LM head's parameters to ``features``,
+    and ``features["lm_head_input"]``, the hidden states the head is applied to (after the final
+    norm); a causal LM then skips its full logits (``logits_to_keep=1``) unless ``"logits"`` is
+    needed too.
 
     ``hidden_states[i]`` is block i's output for every family: pre-norm decoders (Llama, GPT-2,
     GPT-NeoX) put their final norm into the last entry only, so a student cut from a teacher's
@@ -42,7 +44,7 @@ def run_model(
         return model.distill_forward(batch, needs, task)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     flags = {}
-    if "hidden_states" in needs:
+    if needs & {"hidden_states", "lm_head"}:
         flags["output_hidden_states"] = True
     if "attentions" in needs:
         flags["output_attentions"] = True
@@ -54,13 +56,16 @@ def run_model(
     with capture_features(model, names) as features:
         out = model(**inputs, **flags)
     hidden_states = getattr(out, "hidden_states", None)
+    head = {}
+    if "lm_head" in needs:
+        head = {**lm_head_features(model), "lm_head_input": hidden_states[-1]}  # HF's last entry: after the final norm
+        hidden_states = hidden_states if "hidden_states" in needs else None
     if last_block and hidden_states:
         last = features[last_block] if last_block in feature_names else features.pop(last_block)
         hidden_states = (*hidden_states[:-1], last)
     logits = None if skip_logits else out.logits
     if task == "causal_lm" and logits is not None:
         logits = logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
-    head = lm_head_features(model) if "lm_head" in needs else {}
     return ModelOutputs(
         logits=logits,
         hidden_states=hidden_states,

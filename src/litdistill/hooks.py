@@ -6,6 +6,7 @@ a non-HF model's block) without changing the model code.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -34,7 +35,7 @@ def capture_features(model: nn.Module, names: Sequence[str]) -> Iterator[dict[st
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules:
-            close = [n for n in modules if n.endswith(name.split(".")[-1])][:5]
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.6)
             raise KeyError(f"no submodule named {name!r} in {type(model).__name__}; similar names: {close}")
 
         def hook(_module: nn.Module, _inputs: tuple, output: object, name: str = name) -> None:

@@ -58,6 +58,7 @@ def student_from_teacher(
     """
     if teacher is None:
         raise ValueError("student=from_teacher needs a teacher; set teacher= to a model config")
+    refuse_quantized_source(teacher)
     path, stack = layer_stack(teacher)
     if layers is None and every is None:
         every = DEFAULT_EVERY
@@ -79,3 +80,18 @@ def student_from_teacher(
     student.requires_grad_(True)
     student.litdistill_source = {"from_teacher_layers": chosen}
     return student
+
+
+def refuse_quantized_source(teacher: nn.Module) -> None:
+    """A student cannot be cut from 8-bit or 4-bit weights: they are packed integers, not trainable
+    floats. Raised before any copy (and, from the CLI, before the teacher is fine-tuned)."""
+    method = getattr(getattr(teacher, "config", None), "quantization_config", None)
+    if getattr(teacher, "is_quantized", False) or method is not None:
+        source = (getattr(teacher, "litdistill_source", None) or {}).get("quantization") or "bitsandbytes"
+        raise ValueError(
+            f"student=from_teacher copies the teacher's layers, but the teacher is quantized ({source}): its "
+            "weights cannot be copied into a trainable student. Load the teacher unquantized "
+            "(teacher.quantization=null), or with teacher=multi quantize a member that is not the primary "
+            "(teacher.primary=<unquantized member>), or build the student another way (student=scaled, "
+            "student=pretrained)"
+        )

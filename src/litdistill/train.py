@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from litdistill.cache.run import teacher_cache
 from litdistill.checkpointing import AtomicCheckpointIO
@@ -22,6 +23,7 @@ from litdistill.export_formats import export_configured
 from litdistill.fault_tolerance import resume_checkpoint
 from litdistill.finetune import check_layer_maps, finetuned_teacher
 from litdistill.io import atomic_write_text
+from litdistill.layer_subset import refuse_quantized_source
 from litdistill.losses import DistillationLoss, HardCE
 from litdistill.models import count_parameters, load_tokenizer, memory_footprint
 from litdistill.module import DistillationModule
@@ -71,6 +73,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if loads_teacher and cfg.teacher.get("name_or_path"):  # a vocabulary mismatch fails before any model loads
         check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
     teacher = instantiate(cfg.teacher) if loads_teacher else None
+    if teacher is not None and _cuts_teacher_layers(cfg.get("student")):  # before any fine-tuning step
+        refuse_quantized_source(getattr(teacher, "primary_model", teacher))
     if teacher is not None and cfg.get("teacher_finetune"):
         check_layer_maps(cfg, losses, teacher)  # a bad layer map fails before the fine-tuning steps
         finetune = finetune_members if isinstance(teacher, MultiTeacher) else finetuned_teacher
@@ -124,10 +128,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if (cfg.get("report") or {}).get("plots", True):
         report["figures"] = report_figures(report, out_dir, trainer)
     write_report(report, out_dir)
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    # resolved: the teacher's real path, the run's real directories (Hydra's .hydra/config.yaml keeps the ${...})
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)))
     print(to_markdown(report))
     log_run(trainer, cfg, report, out_dir)  # W&B: config, report table, figures, student artifact
     return report
+
+
+def _cuts_teacher_layers(student_cfg: DictConfig | None) -> bool:
+    return bool(student_cfg) and str(student_cfg.get("_target_", "")).endswith("student_from_teacher")
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningDataModule, cfg: DictConfig) -> dict[str, Any]:
@@ -137,7 +146,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], datamodule: L.LightningD
     example = next(iter(loader))
     rows, preds = {}, {}
     labels = None
-    for name, model in models.items():
+    for name, model in tqdm(models.items(), desc="evaluating on the test split", unit="model"):
         preds[name], labels, mean_nll = predict(model, loader, task)
         num_labels = model.config.num_labels if task == "classification" else model.config.vocab_size
         row = {"params_m": count_parameters(model) / 1e6, "size_mb": memory_footprint(model) / 2**20,

@@ -85,7 +85,7 @@ class Usage:
 def _as_int(value: Any) -> int:
     try:
         return max(int(value), 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a float infinity from JSON's 1e999 included
         return 0
 
 
@@ -251,7 +251,8 @@ class ChatClient:
         except urllib.error.HTTPError as err:
             status = err.code
             try:
-                detail = err.read()[:300].decode("utf-8", "replace")
+                # scrubbed before it is cut: a cut could otherwise leave a prefix of an echoed key
+                detail = self.redact(err.read(65536).decode("utf-8", "replace"))[:300]
             except Exception:  # noqa: BLE001
                 detail = ""
             finally:
@@ -268,7 +269,8 @@ class ChatClient:
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise _Fatal(f"malformed response: invalid JSON ({len(raw)} bytes: {raw[:80]!r})", status) from None
+            start = self.redact(raw[:65536].decode("utf-8", "replace"))[:80]
+            raise _Fatal(f"malformed response: invalid JSON ({len(raw)} bytes: {start!r})", status) from None
         if not isinstance(data, dict):
             raise _Fatal(f"malformed response: JSON {type(data).__name__}, not an object", status)
         return data, status
@@ -307,7 +309,10 @@ class ChatClient:
                 return self._failed(self.redact(err.reason), attempts, err.status, start)
             except Exception as err:  # noqa: BLE001  (a bug or an odd transport error must not end the run)
                 return self._failed(self.redact(f"unexpected error: {type(err).__name__}: {err}"), attempts, None, start)
-            return self._parse(data, attempts, status, start)
+            try:
+                return self._parse(data, attempts, status, start)
+            except Exception as err:  # noqa: BLE001  (odd field values are the server's fault, not a reason to stop)
+                return self._failed(self.redact(f"malformed response: {type(err).__name__}: {err}"), attempts, status, start)
         return self._failed(f"gave up after {attempts} attempt(s): {last}", attempts, status, start)
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:

@@ -340,6 +340,8 @@ def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: s
         parsed = template.parse(result.content, result.logprobs, result.soft_label)
     except ParseError as err:
         return {**base, "status": "failed", "response": result.content, "error": f"parse error: {err}"}
+    except Exception as err:  # noqa: BLE001  (odd logprobs or fields: this prompt fails, the run goes on)
+        return {**base, "status": "failed", "response": result.content, "error": f"parse error: {type(err).__name__}: {err}"}
     out = {**base, "status": "ok", **parsed}
     if result.finish_reason is not None:
         out["finish_reason"] = result.finish_reason

@@ -197,8 +197,8 @@ class PromptTemplate:
         mass = [0.0] * len(self.labels)
         for token, logprob in top:
             label = self.label_of_word(token)
-            if label is not None and logprob is not None and math.isfinite(logprob):
-                mass[label] += math.exp(logprob)
+            if label is not None and isinstance(logprob, (int, float)) and math.isfinite(logprob):
+                mass[label] += math.exp(min(logprob, 0.0))  # a log-probability is <= 0; a server's 1000 is clamped
         total = sum(mass)
         return [m / total for m in mass] if total > 0 else None
 

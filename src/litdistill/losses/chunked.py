@@ -468,15 +468,16 @@ class FusedLinearKD(_ChunkedBase):
 
     Contract with the module (the loss cannot find the head itself):
 
-    * ``student.hidden_states[-1]`` [B, T, H]: the hidden states the LM head is applied to (after
-      the final norm, as Hugging Face returns them). If T is one more than
+    * ``student.features["lm_head_input"]`` [B, T, H]: the hidden states the LM head is applied to
+      (after the final norm; ``run_model`` puts Hugging Face's last ``hidden_states`` entry there,
+      since ``hidden_states[-1]`` itself is the last block's un-normed output). If T is one more than
       ``batch["token_mask"].shape[1]`` (causal LM: logits shifted, hidden states not), the last
       position is dropped; if equal, they are used as aligned.
     * ``student.features["lm_head_weight"]`` [V, H] and optionally ``["lm_head_bias"]`` [V]: the
       head's parameters themselves (``lm_head_features(model)``), so gradients reach them. The
       fused loss assumes ``logits = h @ W.T + b`` (no logit soft-capping or scaling).
     * Teacher: ``teacher.logits`` [B, T-1, V] (shifted, as the module already gives) if present,
-      else ``teacher.hidden_states[-1]`` with ``teacher.features["lm_head_weight"]`` (+ bias).
+      else ``teacher.features["lm_head_input"]`` with ``teacher.features["lm_head_weight"]`` (+ bias).
 
     To save memory the module should not also compute the student's full logits (e.g. call the
     HF model with ``logits_to_keep=1``) unless another loss needs them; ``ce_weight`` gives the
@@ -484,7 +485,7 @@ class FusedLinearKD(_ChunkedBase):
     """
 
     name = "fused_kd"
-    needs = frozenset({"hidden_states", "lm_head"})  # without "logits" the module skips the full logits
+    needs = frozenset({"lm_head"})  # without "logits" the module skips the full logits
 
     @staticmethod
     def _aligned(hidden: Tensor, mask: Tensor, who: str) -> Tensor:
@@ -499,25 +500,23 @@ class FusedLinearKD(_ChunkedBase):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if "token_mask" not in batch:
             raise KeyError("fused_kd is a causal-LM loss: it needs batch['token_mask']")
-        if not student.hidden_states:
-            raise ValueError("fused_kd needs student.hidden_states (needs={'hidden_states'})")
-        if "lm_head_weight" not in student.features:
+        if not {"lm_head_input", "lm_head_weight"} <= student.features.keys():
             raise KeyError(
-                "fused_kd needs the student's LM head weight in student.features['lm_head_weight'] "
-                "(see litdistill.losses.chunked.lm_head_features)"
+                "fused_kd needs the student's LM head input and weight in student.features['lm_head_input'] and "
+                "['lm_head_weight'] (run_model adds them for needs={'lm_head'}; see litdistill.losses.chunked.lm_head_features)"
             )
         mask = batch["token_mask"].bool()
-        h = self._aligned(student.hidden_states[-1], mask, "student")
+        h = self._aligned(student.features["lm_head_input"], mask, "student")
         kwargs: dict[str, Any] = {}
         if teacher.logits is not None:
             kwargs["teacher_logits"] = teacher_logits(teacher, self.divergence.temperature)
         else:
-            if not teacher.hidden_states or "lm_head_weight" not in teacher.features:
+            if not {"lm_head_input", "lm_head_weight"} <= teacher.features.keys():
                 raise KeyError(
-                    "fused_kd needs dense teacher.logits, or teacher.hidden_states with teacher.features['lm_head_weight'] "
+                    "fused_kd needs dense teacher.logits, or teacher.features['lm_head_input'] and ['lm_head_weight'] "
                     "(a top-k teacher cache works with the plain divergences only)"
                 )
-            kwargs["teacher_hidden"] = self._aligned(teacher.hidden_states[-1], mask, "teacher")
+            kwargs["teacher_hidden"] = self._aligned(teacher.features["lm_head_input"], mask, "teacher")
             kwargs["teacher_weight"] = teacher.features["lm_head_weight"]
             kwargs["teacher_bias"] = teacher.features.get("lm_head_bias")
         total = fused_linear_divergence_sum(
