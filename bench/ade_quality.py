@@ -16,15 +16,14 @@ leakage with a fixed seed), in a subprocess, and reads its ``report.json``:
 All three are scored on the held-out test split (F1 of the positive class, accuracy), with the
 majority-class rate, the student's retained % of the teacher's F1, and the CPU speed-up at batch 1
 (``litdistill.evaluation`` timing: the median-length test sentence unpadded, same threads, repetitions interleaved across the
-models). If ``litdistill.losses`` has ``HiddenStateLoss``, a second run adds a hidden-state cosine term
-to the same recipe (the teacher comes from the cache), for the "logits only vs logits + hidden"
-rows at equal steps.
+models). Two more runs add a feature term to the same recipe at equal steps (the teacher comes from
+the cache): a hidden-state cosine (``loss=[kd_ce,hidden_cosine]``) and an attention KL
+(``loss=[kd_ce,attention_kl]``), for the "logits only vs logits + features" rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shlex
@@ -68,22 +67,11 @@ def cache_dir(mode: str) -> Path:
     return Path(base) / "bench" / mode
 
 
-def hidden_state_loss() -> tuple[str, dict[str, Any]] | None:
-    """``(_target_, kwargs)`` of a cosine hidden-state term if litdistill ships ``HiddenStateLoss``."""
-    try:
-        from litdistill import losses
-    except ImportError:
-        return None
-    cls = getattr(losses, "HiddenStateLoss", None)
-    if cls is None:
-        return None
-    params = inspect.signature(cls.__init__).parameters
-    kwargs: dict[str, Any] = {"weight": 1.0}
-    for key in ("distance", "metric", "kind", "loss", "criterion"):
-        if key in params:
-            kwargs[key] = "cosine"
-            break
-    return f"{cls.__module__.rsplit('.', 1)[0] if cls.__module__.startswith('litdistill.losses') else cls.__module__}.HiddenStateLoss", kwargs
+# Feature-transfer rows: the same recipe plus one feature term, at equal steps (teacher from the cache).
+FEATURE_RUNS = {
+    "logits + hidden cosine": ["baseline=false", "loss=[kd_ce,hidden_cosine]"],
+    "logits + attention KL": ["baseline=false", "loss=[kd_ce,attention_kl]"],
+}
 
 
 def overrides(sizes: dict[str, Any], corpus_ok: bool, extra: list[str] | None = None) -> list[str]:
@@ -174,28 +162,20 @@ def run(mode: str = "full", results_dir=None, work_dir: Path | None = None) -> d
             "student_minus_baseline_f1": s_f1 - b_f1 if s_f1 is not None and b_f1 is not None else None,
         }
         runs = {"main": info}
-        hidden = hidden_state_loss()
-        feature_rows: dict[str, Any] = {}
+        feature_rows: dict[str, Any] = {"logits only (kd + ce)": rows["student"]}
         skipped = None
-        if hidden is None:
-            skipped = "litdistill.losses has no HiddenStateLoss yet"
-        elif mode == "smoke":
-            skipped = "skipped in smoke mode (a second CLI run; quick and full modes run it)"
-        else:
-            target, kwargs = hidden
-            if (ROOT / "conf" / "loss" / "hidden_cosine.yaml").is_file():  # the shipped config: kd + ce + hidden cosine
-                extra = ["baseline=false", "loss=[kd_ce,hidden_cosine]"]
-            else:
-                extra = ["baseline=false", f"+loss.hidden._target_={target}"] + [f"+loss.hidden.{k}={v}" for k, v in kwargs.items()]
+        if mode == "smoke":
+            feature_rows, skipped = {}, "skipped in smoke mode (more CLI runs; quick and full modes run them)"
+        for label, extra in ({} if mode == "smoke" else FEATURE_RUNS).items():
+            tag = label.split(" + ")[1].replace(" ", "_").lower()
             try:
-                report_h, info_h = run_cli(main_args + extra, Path(work_dir), "hidden", mode)
-                runs["hidden"] = info_h
-                feature_rows = {"logits only (kd + ce)": rows["student"],
-                                "logits + hidden cosine": _row(report_h, "student")}
-                for row in feature_rows.values():
-                    row["retained_pct"] = 100.0 * row["f1"] / t_f1 if t_f1 and row["f1"] is not None else None
+                report_f, runs[tag] = run_cli(main_args + extra, Path(work_dir), tag, mode)
+                feature_rows[label] = _row(report_f, "student")
             except Exception as exc:  # noqa: BLE001  (reported, the rest of the benchmark stands)
-                skipped = f"hidden-state run failed: {str(exc)[-600:]}"
+                skipped = f"{label} run failed: {str(exc)[-600:]}"
+        for row in feature_rows.values():
+            row["retained_pct"] = 100.0 * row["f1"] / t_f1 if t_f1 and row["f1"] is not None else None
+            row["minus_logits_only_f1"] = row["f1"] - s_f1 if row["f1"] is not None and s_f1 is not None else None
         result = {
             "benchmark": NAME, "mode": mode, "sizes": sizes,
             "data": "ADE corpus v2 (raw files)" if corpus_ok else f"synthetic drug-event sentences (no ADE corpus at {corpus_dir()})",

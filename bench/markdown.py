@@ -190,10 +190,14 @@ def ade_section(r: dict[str, Any]) -> list[str]:
     lines += ["", f"Majority-class rate (accuracy of always predicting 'no ADE'): {fmt(s.get('majority_class_rate'))}."]
     if r.get("feature_rows"):
         lines += ["", "**Feature terms** (same student, steps and seed; the teacher from the same cache):", ""]
-        lines += table(["loss terms", "F1", "accuracy", "% of teacher F1", "agreement w/ teacher"],
-                       [[k, v["f1"], v["acc"], v.get("retained_pct"), v.get("agreement")] for k, v in r["feature_rows"].items()])
-    elif r.get("feature_rows_skipped"):
-        lines += ["", f"Feature terms (logits only vs logits + hidden cosine): not run: {r['feature_rows_skipped']}."]
+        lines += table(["loss terms", "F1", "F1 vs logits only", "accuracy", "% of teacher F1", "agreement w/ teacher"],
+                       [[k, v["f1"], v.get("minus_logits_only_f1"), v["acc"], v.get("retained_pct"), v.get("agreement")]
+                        for k, v in r["feature_rows"].items()])
+        lines += ["", "One seed per row: a difference of about a point of F1 or less is within what a change of "
+                  "seed or of step count has moved this recipe's F1 (see the history of settings above), so it "
+                  "does not show that a term helps."]
+    if r.get("feature_rows_skipped"):
+        lines += ["", f"Feature terms: not all run: {r['feature_rows_skipped']}."]
     lines += ["", "Runs (`LITDISTILL_OUTPUTS`/`LITDISTILL_CACHE` pointed at scratch and cache folders, "
               "`ADE_CORPUS_DIR` at the corpus):", "", "```bash"] + [info["command"] for info in r["runs"].values()] + ["```"]
     return lines

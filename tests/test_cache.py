@@ -284,6 +284,39 @@ def test_corrupted_shard_is_named_and_a_build_repairs_it(tmp_path):
     assert store_files(store.path) == good
 
 
+def mapped_files() -> set[str]:
+    """Files this process has memory-mapped (Linux /proc/self/maps)."""
+    return {line.split(maxsplit=5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split()) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_reader_maps_shards_hashes_each_once_and_reads_raw_and_packed_alike(tmp_path, monkeypatch):
+    import litdistill.cache.store as store_module
+
+    hashed: list[str] = []
+    real_hash = store_module.file_sha256
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real_hash(path))
+    readers = {}
+    for codec in ("raw", "packed"):
+        teacher, sources, spec, key = causal_store_inputs(k=16, codec=codec, shard_size=4)
+        store = TeacherStore(tmp_path / codec, key)
+        build_store(store, teacher, sources, spec, batch_size=4, progress=False)
+        readers[codec] = store.reader("train", max_shards=1)
+    hashed.clear()
+    raw, packed = readers["raw"], readers["packed"]
+    order = [0, 5, 1, 6, 2, 9, 0, 5]  # shards 0, 1, 0, 1, 0, 2, 0, 1: reopened after every eviction
+    for idx in order:
+        a, b = raw.example(idx), packed.example(idx)
+        assert len(raw._cache) == 1 and len(packed._cache) == 1  # bounded: max_shards
+        for r in range(a.ids.shape[0]):  # packed keeps raw's entries (ids sorted) to 1/32 nat + float16
+            kept = b.ids[r] >= 0
+            stored = dict(zip(a.ids[r].tolist(), a.logprobs[r].float().tolist()))
+            for i, lp in zip(b.ids[r][kept].tolist(), b.logprobs[r][kept].tolist()):
+                assert abs(stored[i] - lp) <= 1 / 32 + 1e-2
+    assert sorted(hashed) == sorted(["00000.safetensors", "00001.safetensors", "00002.safetensors"] * 2)  # once each
+    assert str(raw.root / raw.shards[1]["file"]) in mapped_files()  # the open shard is mapped, not read
+
+
 KILL_SCRIPT = """
 import sys, time, torch
 torch.set_num_threads(1)
@@ -401,29 +434,70 @@ main(sys.argv[1:])
 """
 
 
-def test_cli_build_then_use_never_loads_the_teacher(tmp_path):
+def recording_cli(tmp_path: Path, common: list[str]):
+    """Run the real CLI (with ``common`` overrides) in a subprocess that logs every model it builds to
+    ``tmp_path/models.jsonl``: the teacher is the only 64-wide model of experiment=tiny."""
     script = tmp_path / "cli.py"
     script.write_text(RECORDING_CLI)
     env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "MODEL_LOG": str(tmp_path / "models.jsonl")}
-    common = ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false", "cache.shard_size=64"]
 
     def cli(*args: str) -> subprocess.CompletedProcess:
+        (tmp_path / "models.jsonl").unlink(missing_ok=True)
         proc = subprocess.run([sys.executable, str(script), *common, *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc
 
+    return cli
+
+
+def built_widths(tmp_path: Path) -> list[int]:
+    """hidden_size of every model the last recorded CLI run built (64: the teacher; 32: tiny_bert)."""
+    return [json.loads(line)["hidden_size"] for line in (tmp_path / "models.jsonl").read_text().splitlines()]
+
+
+def test_cli_build_then_use_never_loads_the_teacher(tmp_path):
+    cli = recording_cli(tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
+                                   "cache.shard_size=64"])
     build = cli("cache=build")
     assert "bytes/example" in build.stdout + build.stderr
     assert "teacher cache" in build.stderr  # the tqdm bar while the teacher runs over the data
     assert not list((tmp_path / "outputs").rglob("report.json"))  # build only: nothing trained
-    assert any(json.loads(line)["hidden_size"] == 64 for line in (tmp_path / "models.jsonl").read_text().splitlines())
-    (tmp_path / "models.jsonl").unlink()
+    assert 64 in built_widths(tmp_path)
     use = cli("cache=use", "student=tiny_bert")
     assert "the teacher is not loaded" in use.stdout + use.stderr
-    built = [json.loads(line) for line in (tmp_path / "models.jsonl").read_text().splitlines()]
-    assert built and all(b["hidden_size"] == 32 for b in built)  # only the tiny_bert student (the teacher: 64)
+    widths = built_widths(tmp_path)
+    assert widths and all(w == 32 for w in widths)  # only the tiny_bert student (the teacher: 64)
     run = next((tmp_path / "outputs").rglob("report.json")).parent
     header = next(run.rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train/loss/kd" in header and "val/agreement" in header  # validation batches carry the cached teacher
+
+
+def test_cli_auto_builds_once_reuses_across_student_settings_and_rebuilds_for_new_teacher_outputs(tmp_path):
+    cli = recording_cli(tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
+                                   "cache=auto", "student=tiny_bert", "cache.shard_size=64", "trainer.limit_train_batches=2"])
+    root = tmp_path / "cache" / "teacher_outputs"
+
+    def store_read(proc: subprocess.CompletedProcess) -> str:
+        line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "cache=auto: reading teacher outputs from" in x)
+        return line.split("reading teacher outputs from ")[1].split(" (")[0]
+
+    first = cli()
+    assert "the teacher was loaded only to build it" in first.stdout + first.stderr
+    assert 64 in built_widths(tmp_path)  # no store yet: the teacher is loaded to build it
+    stores = sorted(root.iterdir())
+    assert len(stores) == 1 and (stores[0] / "manifest.json").is_file() and store_read(first) == str(stores[0])
+    built = store_files(stores[0])
+
+    second = cli("loss.kd.temperature=4", "optimizer.lr=5e-5")  # student-side settings: same teacher outputs
+    assert "the teacher is not loaded" in second.stdout + second.stderr
+    widths = built_widths(tmp_path)
+    assert widths and all(w == 32 for w in widths)  # the student alone: the teacher (64) was never built
+    assert sorted(root.iterdir()) == stores and store_read(second) == str(stores[0])
+    assert store_files(stores[0]) == built  # read, not rewritten
+
+    third = cli("data.max_length=24")  # other tokenised inputs: other teacher outputs, a second store
+    assert 64 in built_widths(tmp_path)
+    assert len(list(root.iterdir())) == 2 and store_read(third) != str(stores[0])
+    assert store_files(stores[0]) == built

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from litdistill.config import config_dir
 
@@ -21,14 +22,24 @@ def _options() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("group", "option"), _options())
-def test_every_config_option_composes(group, option, compose_train):
+def test_every_config_option_composes_and_resolves(group, option, compose_train):
+    """Every interpolation resolves (``???`` values the user must set are allowed); compose_train
+    registers the HydraConfig, so ``${hydra:...}`` resolves as in a real run."""
     primary = PRIMARY_OF_GROUP.get(group, "train")
     if primary not in PRIMARIES:
         pytest.skip(f"{primary}.yaml not shipped yet")
     cfg = compose_train([f"{group}={option}"], config_name=primary)
-    assert cfg is not None
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     if primary == "train":
-        assert cfg.task in ("classification", "causal_lm")
+        assert resolved["task"] in ("classification", "causal_lm")
+
+
+def test_models_take_num_labels_from_the_data_and_none_from_sft_data(compose_train):
+    """SFT data has no labels: the classification teacher/student configs resolve num_labels to null."""
+    cfg = compose_train(["data=files", "data.num_labels=3", "student=tiny_bert"])
+    assert (cfg.teacher.num_labels, cfg.student.num_labels) == (3, 3)
+    cfg = compose_train(["data=sft_files", "student=tiny_bert"])
+    assert cfg.teacher.num_labels is None and cfg.student.num_labels is None and cfg.teacher.label_names is None
 
 
 @pytest.mark.parametrize("primary", PRIMARIES)

@@ -44,9 +44,33 @@ def test_local_files_load_tokenize_and_batch(fmt, tmp_path, tokenizer_dir):
     assert len(dm.splits["test"]) == 8
 
 
-def test_missing_column_names_the_columns_present(tmp_path, tokenizer_dir):
-    dm = TextClassificationDataModule(tokenizer_dir, data_files=_write(tmp_path, "csv"), text_column="text", label_column="y")
-    with pytest.raises(ValueError, match=r"column\(s\) \['text'\] not in the data; columns present: \['sentence', 'y'\]"):
+@pytest.mark.parametrize(("columns", "missing"), [({"text_column": "text", "label_column": "y"}, "text"),
+                                                ({"text_column": "sentence", "label_column": "label"}, "label")])
+def test_missing_column_names_the_columns_present(columns, missing, tmp_path, tokenizer_dir):
+    dm = TextClassificationDataModule(tokenizer_dir, data_files=_write(tmp_path, "csv"), **columns)
+    with pytest.raises(ValueError, match=rf"column\(s\) \['{missing}'\] not in the data \('train' split\); "
+                                         r"columns present: \['sentence', 'y'\]"):
+        dm.setup("fit")
+
+
+def test_a_column_missing_from_one_local_file_names_that_split(tmp_path, tokenizer_dir):
+    """Files of one format are loaded with shared columns: the column a split's file lacks comes back all null."""
+    files = _write(tmp_path, "csv")
+    pd.DataFrame(ROWS[24:32]).drop(columns="y").to_csv(files["validation"], index=False)
+    dm = TextClassificationDataModule(tokenizer_dir, data_files=files, text_column="sentence", label_column="y")
+    with pytest.raises(ValueError, match=r"\['y'\] not in the data \('validation' split\); columns present: \['sentence'\]"):
+        dm.setup("fit")
+
+
+def test_a_column_missing_from_one_hub_split_names_that_split(monkeypatch, tokenizer_dir):
+    """Hub datasets may give each split its own columns (e.g. a test split without labels)."""
+    from datasets import Dataset, DatasetDict
+
+    splits = DatasetDict(train=Dataset.from_list(ROWS[:24]), validation=Dataset.from_list(ROWS[24:32]),
+                         test=Dataset.from_list([{"sentence": r["sentence"]} for r in ROWS[32:]]))
+    monkeypatch.setattr("litdistill.data.classification.load_splits", lambda *args: splits)
+    dm = TextClassificationDataModule(tokenizer_dir, dataset="some/hub-dataset", text_column="sentence", label_column="y")
+    with pytest.raises(ValueError, match=r"\['y'\] not in the data \('test' split\); columns present: \['sentence'\]"):
         dm.setup("fit")
 
 

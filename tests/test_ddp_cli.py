@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,13 +18,19 @@ COMMON = ["experiment=tiny", "baseline=false", "teacher_finetune=null", "report.
           "+teacher.config.attention_probs_dropout_prob=0.0"]
 
 
-def litdistill(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Outputs and caches under ``tmp_path``, offline, one thread per rank; never a launcher's child."""
     env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores
-    env.pop("LOCAL_RANK", None)
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(key, None)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["litdistill", *COMMON, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return env
+
+
+def litdistill(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    proc = subprocess.run(["litdistill", *COMMON, *args], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = sorted((tmp_path / "outputs").glob("*/runs/*"))
     assert len(runs) == 1, runs  # one run dir, whatever the number of processes
@@ -41,3 +49,22 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     one, two = (load_file(run / "student" / "model.safetensors") for run in (single, ddp))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
     assert diff < 1e-5, diff  # same data order and global batch; a different order moves weights ~4e-4
+
+
+def test_a_ddp_multirun_starts_fresh_ranks_for_every_job(tmp_path):
+    """Lightning leaves LOCAL_RANK, WORLD_SIZE, MASTER_PORT... set in the process that launched job 1's ranks;
+    job 2 in that process must still start its own ranks (it used to wait for them forever)."""
+    args = ["-m", "trainer=ddp_cpu", "experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
+            "teacher_finetune=null", "+trainer.enable_progress_bar=false", "loss.kd.temperature=1,2"]
+    try:
+        proc = subprocess.run(["litdistill", *args], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
+                              text=True, timeout=420)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the multirun hung (job 2 waiting for ranks it never started):\n{(hung.stderr or b'')[-3000:].decode(errors='replace')}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/"))
+    assert [job.name for job in jobs] == ["0", "1"], jobs
+    for job in jobs:
+        assert (job / "report.json").is_file(), sorted(p.name for p in job.iterdir())
+        assert (job / "train_ddp_process_1.log").is_file()  # each job ran its own rank 1, in its own dir
+    assert proc.stdout.count("| student |") == 2  # rank 0 reported once per job

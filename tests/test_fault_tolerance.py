@@ -9,8 +9,9 @@ import signal
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
 
 import litdistill.io
 from litdistill import DistillationModule
@@ -19,6 +20,7 @@ from litdistill.data.resumable import ResumableSampler
 from litdistill.export import export_student
 from litdistill.fault_tolerance import FaultTolerance
 from litdistill.safe_logger import guard_logger
+from litdistill.tracking import log_run
 from tests.conftest import tiny_bert
 from tests.killer import KillAt
 
@@ -160,3 +162,54 @@ def test_a_failing_logger_is_reported_and_training_goes_on(tmp_path, tiny_data, 
     assert any("UnreachableLogger.log_metrics failed (OSError" in m and "training continues" in m for m in messages)
     assert sum("log_metrics failed" in m for m in messages) == 1  # reported once, not every step
     assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+
+
+REPORT = {"models": {"student": {"params_m": 1.0, "metrics": {"f1": 0.5}}}, "agreement": 0.9}
+WANDB_CFG = OmegaConf.create({"task": "classification", "logger": {"wandb": {"log_model": False}}})
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B kept on this machine: offline, its files under tmp_path."""
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(key, value)
+    import wandb
+
+    return wandb
+
+
+def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_raise(tmp_path, tiny_data, caplog,
+                                                                                    monkeypatch, offline_wandb):
+    attempts = []
+
+    def unreachable(**kwargs):
+        attempts.append(kwargs)
+        raise offline_wandb.errors.CommError("Run initialization has timed out after 90.0 sec.")
+
+    monkeypatch.setattr(offline_wandb, "init", unreachable)
+    wb = guard_logger(WandbLogger(project="litdistill-test", save_dir=str(tmp_path)))
+    csv = guard_logger(CSVLogger(tmp_path, name="csv"))
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=1, log_every_n_steps=1,
+                        enable_progress_bar=False, logger=[wb, csv], enable_checkpointing=False,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="litdistill"):
+        trainer.fit(DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert()), datamodule=tiny_data)
+        assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 0  # the report is written: W&B must not fail it
+    assert trainer.global_step == 4
+    assert len(attempts) == 1  # not once per log call (each can block ~90 s), nor again in log_run
+    failures = [r.getMessage() for r in caplog.records if "WandbLogger" in r.getMessage()]
+    assert len(failures) == 1 and "CommError" in failures[0] and "switched off" in failures[0], failures
+    assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()  # the others log on
+
+
+def test_a_failing_wandb_finish_does_not_fail_the_run(tmp_path, caplog, monkeypatch, offline_wandb):
+    run = WandbLogger(project="litdistill-test", save_dir=str(tmp_path))
+    trainer = L.Trainer(accelerator="cpu", logger=run, enable_progress_bar=False, default_root_dir=tmp_path)
+    finish = offline_wandb.finish
+    monkeypatch.setattr(offline_wandb, "finish", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("unreachable")))
+    try:
+        with caplog.at_level(logging.WARNING, logger="litdistill"):
+            assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 1  # logged; only the upload at the end failed
+    finally:
+        finish()
+    assert any("could not finish the W&B run (ConnectionError" in r.getMessage() for r in caplog.records)

@@ -288,6 +288,71 @@ def test_feature_loss_hooks_a_plain_nn_module():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+# ---- several teachers --------------------------------------------------------------------------------
+def _two_teachers() -> tuple[nn.Module, nn.Module]:
+    """Two teachers of different shapes (a: 4 layers x 32, b: 2 layers x 16), so a test can tell them apart."""
+    return tiny_bert(layers=4, hidden=32, seed=0, dropout=0.0), tiny_bert(layers=2, hidden=16, seed=5, dropout=0.0)
+
+
+def _terms_alone(student: nn.Module, teacher: nn.Module, loss: nn.Module, like: nn.Module, batch: dict) -> torch.Tensor:
+    """The term of ``loss`` distilling from ``teacher`` alone, with the projection weights of ``like``."""
+    module = DistillationModule(student, teacher, {"x": loss})
+    module.losses["x"].load_state_dict(like.state_dict())  # the same (random) projection on both sides
+    return module.loss_terms(batch)[1]["x"]
+
+
+def test_averaging_multi_teacher_feature_loss_named_teacher_matches_that_teacher_alone():
+    from litdistill.teachers import MultiTeacher
+
+    a, b = _two_teachers()
+    student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
+    multi = MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7])
+    losses = {name: FeatureLoss("bert.encoder.layer.1.output", module, metric="mse", teacher=name)
+              for name, module in (("a", "bert.encoder.layer.3.output"), ("b", "bert.encoder.layer.1.output"))}
+    module = DistillationModule(student, multi, losses)
+    assert module.losses["a"].projection.weight.shape == (32, 16) and module.losses["b"].projection is None
+    batch = _batch()
+    _, terms, _ = module.loss_terms(batch)
+    for name, teacher in (("a", a), ("b", b)):
+        alone = _terms_alone(student, teacher, FeatureLoss("bert.encoder.layer.1.output", losses[name].teacher_module,
+                                                           metric="mse"), module.losses[name], batch)
+        torch.testing.assert_close(terms[name], alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(terms["a"], terms["b"])  # the two teachers give different terms
+
+
+def test_averaging_multi_teacher_hidden_state_loss_named_teacher_matches_that_teacher_alone():
+    from litdistill.teachers import MultiTeacher
+
+    a, b = _two_teachers()
+    student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
+    module = DistillationModule(student, MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7]),
+                                {"a": HiddenStateLoss(metric="cosine", teacher="a"), "b": HiddenStateLoss(metric="cosine", teacher="b")})
+    assert module.losses["a"].pairs == [(1, 2), (2, 4)] and module.losses["b"].pairs == [(1, 1), (2, 2)]
+    batch = _batch()
+    _, terms, _ = module.loss_terms(batch)
+    for name, teacher in (("a", a), ("b", b)):
+        alone = _terms_alone(student, teacher, HiddenStateLoss(metric="cosine"), module.losses[name], batch)
+        torch.testing.assert_close(terms[name], alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(terms["a"], terms["b"])
+
+
+def test_routed_teachers_of_different_shapes_need_a_named_feature_loss():
+    from litdistill.teachers import MultiTeacher
+
+    a, b = _two_teachers()
+    student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
+    routed = MultiTeacher({"a": a, "b": b}, route_field="teacher_id")
+    batch = {**_batch(), "teacher_id": torch.tensor([0, 1, 1])}
+    module = DistillationModule(student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output")})
+    with pytest.raises(ValueError, match=r"per-example shapes \{'a': \(7, 32\), 'b': \(7, 16\)\}.*Set `teacher: <name>` on the loss "
+                                         r"\(one of \['a', 'b'\]"):
+        module.loss_terms(batch)
+    named = DistillationModule(student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output",
+                                                                  teacher="b")})
+    _, terms, _ = named.loss_terms(batch)  # named: b's examples only, no error
+    assert torch.isfinite(terms["f"])
+
+
 # ---- the CLI recipe --------------------------------------------------------------------------------
 def test_experiment_distilbert_minilm_composes(compose_train):
     cfg = compose_train(["experiment=distilbert_minilm"])
@@ -310,3 +375,24 @@ def test_cli_loss_distilbert_end_to_end(tmp_path):
     for key in ("train/loss/kd", "train/loss/ce", "train/loss/cos"):
         assert key in header
     assert (run / "student" / "model.safetensors").is_file()
+
+
+def test_cli_experiment_distilbert_minilm_smoke(tmp_path):
+    """The recipe end to end on the packaged MiniLM teacher, a few steps on the test-size data (~30 s)."""
+    from omegaconf import OmegaConf
+
+    from tests.test_cli import only_run_dir, run_cli
+
+    run_cli(["experiment=distilbert_minilm", "data=drug_events_tiny", "debug=fast", "teacher_finetune.max_steps=2",
+             "trainer.max_steps=2", "baseline=false", "report.plots=false"], tmp_path)
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student"}
+    header = next((run / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
+    terms = set(OmegaConf.load(REPO / "conf" / "loss" / "distilbert.yaml"))
+    assert terms == {"kd", "ce", "cos"}
+    for term in terms:
+        assert f"train/loss/{term}" in header
+    config = json.loads((run / "student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3 and config["litdistill_teacher_layers"] == [0, 2, 4]  # every other of 6
+

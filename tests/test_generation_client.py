@@ -4,8 +4,10 @@ and the API key sent only as the Authorization header. Also the prompt templates
 
 :class:`FakeChatServer` (used by test_generation_run.py too) is a ThreadingHTTPServer speaking the
 chat-completions protocol with a deterministic responder. Markers in the last user message choose faults:
-``[429xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[dropxN]`` fail the first N attempts (429 with Retry-After,
-HTTP 500, a response slower than the client's timeout, a closed connection); ``[badjson]`` and
+``[429xN]`` / ``[503xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[tricklexN]`` / ``[dropxN]`` fail the first N
+attempts (429 or 503 with Retry-After, HTTP 500, a response slower than the client's timeout, a body
+trickled a byte every ``trickle_interval`` seconds - each read well within the timeout, the whole far
+beyond it - and a closed connection); ``[badjson]`` and
 ``[nochoices]`` always answer malformed bodies, ``[badusage]`` a body whose token counts are infinite and
 negative, ``[hugelogprob]`` (label prompts) a "log-probability" of 1000; ``[401]`` answers 401 echoing the
 Authorization header, ``[401long]`` the same after padding that puts the key across the 300-byte cut.
@@ -42,8 +44,10 @@ def answer(prompt: str) -> str:
 class FakeChatServer:
     """A chat-completions server on a random free port; counts every request per prompt."""
 
-    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0, retry_after: str = "0") -> None:
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0, retry_after: str = "0",
+                 trickle_interval: float = 0.05) -> None:
         self.delay, self.slow_seconds, self.retry_after = delay, slow_seconds, retry_after
+        self.trickle_interval = trickle_interval
         self.lock = threading.Lock()
         self.attempts: Counter = Counter()  # prompt -> requests received
         self.bodies: list[dict] = []
@@ -117,6 +121,16 @@ class FakeChatServer:
         h.end_headers()
         h.wfile.write(body)
 
+    def _trickle(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        """Headers at once, then the body a byte at a time until it ends or the client hangs up."""
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for i in range(len(body)):
+            time.sleep(self.trickle_interval)
+            h.wfile.write(body[i:i + 1])
+
     def handle(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         if h.path != "/v1/chat/completions":
             return self._send(h, 404, b'{"error": {"message": "not found"}}')
@@ -131,11 +145,13 @@ class FakeChatServer:
         if self.delay:
             time.sleep(self.delay)
         if not self.healthy:
-            for kind, times in re.findall(r"\[(429|500|slow|drop)x(\d+)\]", prompt):
+            for kind, times in re.findall(r"\[(429|503|500|slow|trickle|drop)x(\d+)\]", prompt):
                 if n > int(times):
                     continue
-                if kind == "429":
-                    return self._send(h, 429, b'{"error": {"message": "rate limited"}}', {"Retry-After": self.retry_after})
+                if kind in ("429", "503"):
+                    return self._send(h, int(kind), b'{"error": {"message": "busy"}}', {"Retry-After": self.retry_after})
+                if kind == "trickle":
+                    return self._trickle(h, json.dumps({"choices": [], "pad": "x" * 400}).encode())
                 if kind == "500":
                     return self._send(h, 500, b'{"error": {"message": "internal"}}')
                 if kind == "slow":
@@ -255,6 +271,40 @@ def test_retry_after_is_honoured(key_env):
         elapsed = time.monotonic() - start
     assert result.ok and result.attempts == 2
     assert client.stats.sleeps == [pytest.approx(0.4)] and elapsed >= 0.4
+
+
+def test_retry_after_longer_than_retry_after_max_waits_the_cap(key_env):
+    with FakeChatServer(retry_after="30") as server:
+        client = make_client(server, backoff_base=0.001, backoff_max=0.001, retry_after_max=0.3)
+        start = time.monotonic()
+        result = client.chat([{"role": "user", "content": "wait long [429x1]"}])
+        elapsed = time.monotonic() - start
+    assert result.ok and result.attempts == 2
+    assert client.stats.sleeps == [pytest.approx(0.3)] and 0.3 <= elapsed < 5
+
+
+def test_retry_after_on_a_503_is_honoured(key_env):
+    with FakeChatServer(retry_after="0.4") as server:
+        client = make_client(server, backoff_base=0.001, backoff_max=0.001)
+        start = time.monotonic()
+        result = client.chat([{"role": "user", "content": "overloaded [503x1]"}])
+        elapsed = time.monotonic() - start
+    assert result.ok and result.attempts == 2 and server.count("[503x1]") == 2
+    assert client.stats.reasons["HTTP 503"] == 1
+    assert client.stats.sleeps == [pytest.approx(0.4)] and elapsed >= 0.4
+
+
+def test_a_trickled_body_is_cut_at_the_timeout_and_retried(key_env):
+    """Each byte comes well within the socket timeout (0.05 s apart), the whole body would take 20 s:
+    the attempt ends at its deadline, as a timeout, and the retry gets the answer."""
+    with FakeChatServer(trickle_interval=0.05) as server:
+        client = make_client(server, timeout=0.5)
+        start = time.monotonic()
+        result = client.chat([{"role": "user", "content": "dribble [tricklex1]"}])
+        elapsed = time.monotonic() - start
+    assert result.ok and result.attempts == 2 and result.content == answer("dribble [tricklex1]")
+    assert client.stats.reasons["timeout"] == 1
+    assert 0.5 <= elapsed < 1.5, elapsed  # cut at about the timeout, not after the 20 s body
 
 
 def test_full_jitter_backoff_is_bounded_and_exponential(server, key_env):

@@ -1,5 +1,5 @@
 """`litdistill generate` end to end: the Hydra config, a real HTTP teacher on 127.0.0.1 with injected
-faults, the resumable store (SIGKILL and Ctrl-C mid-run, then a rerun), the manifest, secrets, the
+faults, the resumable store (SIGKILL, Ctrl-C and SIGTERM mid-run, then a rerun), the manifest, secrets, the
 training-stage readers, clear config errors before any request, and a tiny local Hugging Face teacher."""
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path)
     assert manifest["usage"] == {"prompt_tokens": tokens_in, "completion_tokens": COMPLETION_TOKENS * 5,
                                  "total_tokens": tokens_in + COMPLETION_TOKENS * 5}
     assert manifest["estimated_cost_usd"] == pytest.approx((tokens_in * 2.0 + COMPLETION_TOKENS * 5 * 8.0) / 1e6)
+    # every response billed so far: here the dataset's, each prompt having been answered once
+    assert manifest["spent"] == {**manifest["usage"], "estimated_cost_usd": manifest["estimated_cost_usd"]}
     assert manifest["last_run"]["requests"]["retries"] == 2 + 1 + 1 + 3
     dataset = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
     assert [r["id"] for r in dataset] == ["p0", "p1", "p2", "p3", "p7"]  # successes, in input order
@@ -150,9 +152,54 @@ def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path)
     assert sorted(r["id"] for r in lines) == [p["id"] for p in prompts] and all(r["status"] == "ok" for r in lines)
     manifest2 = json.loads((out / "manifest.json").read_text())
     assert manifest2["status"] == "complete" and manifest2["counts"]["ok"] == 8
+    # the dataset's usage counts each prompt's latest answer; the spend also keeps p5's first, billed
+    # response without choices, which its successful retry replaced in the store
+    p5_first = len(by_id["p5"]["prompt"].split())
+    tokens_in2 = sum(len(p["prompt"].split()) for p in prompts)
+    assert manifest2["usage"] == {"prompt_tokens": tokens_in2, "completion_tokens": COMPLETION_TOKENS * 8,
+                                  "total_tokens": tokens_in2 + COMPLETION_TOKENS * 8}
+    spent = manifest2["spent"]
+    assert spent == {"prompt_tokens": tokens_in2 + p5_first, "completion_tokens": COMPLETION_TOKENS * 8,
+                     "total_tokens": tokens_in2 + p5_first + COMPLETION_TOKENS * 8,
+                     "estimated_cost_usd": pytest.approx(manifest2["estimated_cost_usd"] + p5_first * 2.0 / 1e6)}
+    run1, run2 = manifest["last_run"], manifest2["last_run"]
+    assert spent["total_tokens"] == run1["usage"]["total_tokens"] + run2["usage"]["total_tokens"]
+    assert spent["estimated_cost_usd"] == pytest.approx(run1["estimated_cost_usd"] + run2["estimated_cost_usd"])
+    generate(compose_generate(api_overrides(server, out, inputs)))  # nothing left to request: nothing spent
+    assert json.loads((out / "manifest.json").read_text())["spent"] == spent
     assert manifest2["created"] == manifest["created"]
     assert len(load_generated(out)) == 8 and len(to_sft_records(out / "dataset.jsonl")) == 8
     assert_secret_nowhere(out)
+
+
+def test_progress_bar_counts_requests_and_shows_ok_failed_retries_and_cost(server, tmp_path, capsys):
+    out = tmp_path / "gen"
+    generate(compose_generate(api_overrides(server, out, progress=True, **{
+        "input.prompts": "['What is aspirin?','Flaky [500x1]','Broken [badjson]']"})))
+    err = capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    cost = manifest["last_run"]["estimated_cost_usd"]
+    assert cost > 0
+    assert "3/3 [" in err and f"cost=${cost:.4f}, failed=1, ok=2, retries=1]" in err, err[-1000:]  # tqdm sorts
+
+
+def test_inputs_repeating_a_prompt_are_requested_once_and_each_id_gets_the_result(server, tmp_path):
+    """Different ids, the same rendered prompt: one request, and every id is in dataset.jsonl (the
+    repeat marked ``duplicate_of``), so a dataset has a row for each input a user gave."""
+    inputs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "What is aspirin?"}, {"id": "b", "prompt": "Why?"},
+                                                {"id": "c", "prompt": "What is aspirin?", "source": "forum"}])
+    out = tmp_path / "gen"
+    for _ in range(2):  # the rerun requests nothing and writes the same dataset
+        generate(compose_generate(api_overrides(server, out, inputs)))
+        assert server.exact("What is aspirin?") == 1 and server.total == 2
+        dataset = read_jsonl(out / "dataset.jsonl")[0]
+        assert [r["id"] for r in dataset] == ["a", "b", "c"]
+        assert dataset[2]["response"] == dataset[0]["response"] == answer("What is aspirin?")
+        assert dataset[2]["duplicate_of"] == "a" and "duplicate_of" not in dataset[0]
+        assert [r["id"] for r in store_lines(out)] == ["a", "b"]  # the store: one line per request
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["input"]["count"] == 3 and manifest["input"]["duplicates"] == 1
+        assert manifest["counts"]["total"] == 2 and manifest["status"] == "complete"
 
 
 def test_sft_records_and_the_training_data_module_read_the_dataset(server, tmp_path, tokenizer_dir):
@@ -241,28 +288,32 @@ def _signal_after_lines(procs: dict[str, tuple[Path, subprocess.Popen, int]], n:
     assert not pending, f"no results were written in time by {list(pending)}"
 
 
-def test_sigkill_and_ctrl_c_mid_run_then_resume(tmp_path):
-    """Two runs at once against slow servers (each subprocess pays the import of torch once): one
-    SIGKILLed, one interrupted with SIGINT. Each rerun finishes the job with exactly one line per prompt,
+def test_sigkill_ctrl_c_and_sigterm_mid_run_then_resume(tmp_path):
+    """Three runs at once against slow servers: one SIGKILLed, one interrupted with SIGINT (Ctrl-C), one
+    with SIGTERM (a scheduler's kill). Each leaves complete lines only; SIGINT and SIGTERM stop cleanly
+    with a consistent store and manifest. Each rerun finishes the job with exactly one line per prompt,
     no duplicates, and never re-requests a prompt whose result was already stored."""
     n = 40
-    with FakeChatServer(delay=0.25) as killed_srv, FakeChatServer(delay=0.25) as int_srv:
+    signals = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
+    with FakeChatServer(delay=0.25) as kill_srv, FakeChatServer(delay=0.25) as int_srv, \
+            FakeChatServer(delay=0.25) as term_srv:
         jobs = {}
-        for name, srv in (("kill", killed_srv), ("int", int_srv)):
+        for name, srv in (("kill", kill_srv), ("int", int_srv), ("term", term_srv)):
             inputs = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": f"{name} question {i}"} for i in range(n)])
             out = tmp_path / name
             overrides = api_overrides(srv, out, inputs, **{"teacher_api.max_concurrency": 2, "teacher_api.timeout": 5})
             jobs[name] = (srv, out, overrides, _spawn(overrides, tmp_path))
-        _signal_after_lines({"kill": (jobs["kill"][1], jobs["kill"][3], signal.SIGKILL),
-                             "int": (jobs["int"][1], jobs["int"][3], signal.SIGINT)}, 4)
+        _signal_after_lines({name: (out, proc, signals[name]) for name, (_, out, _, proc) in jobs.items()}, 4)
         for name in jobs:
             srv, out, overrides, proc = jobs[name]
             _, stderr = proc.communicate(timeout=30)
             assert proc.returncode != 0, stderr[-2000:]
             assert SECRET not in stderr
-            if name == "int":  # Ctrl-C: a clean stop, the store and manifest consistent
-                assert proc.returncode == 1 or proc.returncode == -signal.SIGINT
+            if name in ("int", "term"):  # a clean stop, the store and manifest consistent
+                assert proc.returncode == 1 or proc.returncode == -signal.SIGINT, (name, proc.returncode)
                 assert "KeyboardInterrupt" in stderr and "interrupted" in stderr
+                if name == "term":
+                    assert f"KeyboardInterrupt: signal {int(signal.SIGTERM)}" in stderr
                 manifest = json.loads((out / "manifest.json").read_text())
                 assert manifest["status"] == "interrupted"
                 assert manifest["counts"]["ok"] == len(store_lines(out)) == len(read_jsonl(out / "dataset.jsonl")[0])
@@ -286,6 +337,27 @@ def test_sigkill_and_ctrl_c_mid_run_then_resume(tmp_path):
             assert all(r == kept[r["prompt"]] for r in final if r["prompt"] in kept)  # earlier results untouched
             assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
             assert_secret_nowhere(out)
+
+
+def test_ctrl_c_exits_without_waiting_for_requests_in_flight(tmp_path):
+    """Requests in flight when Ctrl-C comes are abandoned: the process exits at once, not when the
+    server answers or the teacher's timeout (300 s for vllm) runs out, and the manifest says so."""
+    with FakeChatServer(delay=20) as srv:
+        out = tmp_path / "gen"
+        proc = _spawn(api_overrides(srv, out, **{"input.prompts": "['one','two','three']", "teacher_api.timeout": 30,
+                                                 "teacher_api.max_concurrency": 2}), tmp_path)
+        deadline = time.monotonic() + 120
+        while srv.in_flight < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.in_flight == 2, proc.poll()
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        exit_s = time.monotonic() - sent
+    assert proc.returncode in (1, -signal.SIGINT) and "KeyboardInterrupt" in stderr, stderr[-2000:]
+    assert exit_s < 5, exit_s  # the server would answer after 20 s
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    assert store_lines(out) == []
 
 
 def test_truncated_last_line_is_dropped_and_repaired(tmp_path):
@@ -501,7 +573,10 @@ def test_ade_generate_command_in_the_docs_writes_where_the_experiment_reads(comp
     experiment = (REPO / "conf" / "experiment" / "ade_llm_labels.yaml").read_text()
     sources = {"docs/generation.md": (REPO / "docs" / "generation.md").read_text(),
                "conf/experiment/ade_llm_labels.yaml": experiment}
-    reads = compose_train(["experiment=ade_llm_labels"]).data.teacher_labels
+    train_cfg = compose_train(["experiment=ade_llm_labels"])
+    reads = train_cfg.data.teacher_labels
+    # the case study's student is the real PubMedBERT
+    assert train_cfg.student.name_or_path == "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
     checked = 0
     for name, text in sources.items():
         for command in _documented_commands(text, "litdistill generate"):
@@ -586,7 +661,11 @@ def test_local_hf_teacher_batches_with_left_padding_and_resumes(tiny_llama_dir, 
 
 
 def test_local_hf_teacher_soft_labels_from_logits(tiny_llama_dir, tmp_path):
-    from transformers import AutoTokenizer
+    """soft_label = softmax of the logits at the prompt's last position, over the classes' answer tokens
+    ("no" for not_ade, "yes" for ade: the template's only label words in this vocabulary), renormalised;
+    recomputed here from an unbatched forward pass, so a wrong token id or position would fail."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from litdistill.generation.local import LocalHFTeacher
     from litdistill.generation.templates import load_template
@@ -598,6 +677,17 @@ def test_local_hf_teacher_soft_labels_from_logits(tiny_llama_dir, tmp_path):
     for r in rows:
         assert len(r["soft_label"]) == 2 and sum(r["soft_label"]) == pytest.approx(1, abs=1e-5)
         assert r["label"] in (0, 1)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    class_ids = tok.convert_tokens_to_ids(["no", "yes"])
+    assert tok.unk_token_id not in class_ids
+    soft = {r["id"]: r["soft_label"] for r in rows}
+    for record in store_lines(out):
+        text = tok.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=False)
+        with torch.no_grad():
+            logits = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+        mass = torch.softmax(logits, -1)[class_ids]
+        assert soft[record["id"]] == pytest.approx((mass / mass.sum()).tolist(), abs=1e-4)
     # no chat template: the plain prompt text is generated from
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tok.chat_template = None

@@ -86,3 +86,43 @@ def test_registry_finds_builtins_and_user_losses_register_themselves():
     assert LOSSES["test_l1_logits"] is L1Logits
     with pytest.raises(TypeError, match="unknown entries"):
         type("BadNeeds", (DistillationLoss,), {"needs": frozenset({"telepathy"})})
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_set_after_construction_is_validated_like_weight(bad):
+    """Schedules and users set temperature mid-training; a bad value is refused and the old one kept."""
+    loss = SoftTargetKL(temperature=2.0)
+    with pytest.raises(ValueError, match=rf"SoftTargetKL: temperature must be a finite number > 0, got {bad}"):
+        loss.temperature = bad
+    assert loss.temperature == 2.0
+    loss.temperature = 0.5  # any positive value, as a schedule produces
+    assert loss.temperature == 0.5
+    assert not hasattr(HardCE(), "temperature")  # a loss without one still has none to schedule
+
+
+def test_a_user_loss_may_not_take_a_registered_name():
+    with pytest.raises(TypeError, match=r"loss name 'soft_kl' of \S*test_losses\.test_a_user_loss_may_not_take_a_registered_name"
+                                        r"\.<locals>\.Impostor is already registered by litdistill\.losses\.logits\.SoftTargetKL; "
+                                        r"give Impostor another name"):
+        class Impostor(DistillationLoss):
+            name = "soft_kl"
+
+    assert LOSSES["soft_kl"] is SoftTargetKL
+
+    class TweakedKD(SoftTargetKL):  # inherits the name: not registered, so no clash
+        pass
+
+    assert LOSSES["soft_kl"] is SoftTargetKL
+
+
+def test_the_same_loss_class_defined_again_replaces_itself():
+    """A reloaded module (or a test run twice) defines the same class again: not a clash."""
+
+    def define() -> type[DistillationLoss]:
+        class Reloaded(DistillationLoss):
+            name = "test_reloaded"
+
+        return Reloaded
+
+    first, second = define(), define()
+    assert first is not second and LOSSES["test_reloaded"] is second

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -73,10 +74,22 @@ def test_ddp_cpu_builds_a_two_process_gloo_trainer(compose_train):
     (["trainer=fsdp", "teacher_finetune=null"], "baseline=true under FSDP"),
     (["teacher_placement=everywhere"], "valid: ['shard', 'replicate']"),
     (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be >= 1"),
+    # a DeepSpeed config as a JSON file wins over `stage`, given in the config or by PL_DEEPSPEED_CONFIG_PATH
+    (["trainer=deepspeed", "+trainer.strategy.config={zero3}"], "DeepSpeed ZeRO-3 is refused"),
+    (["trainer=deepspeed", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"], "DeepSpeed ZeRO-3 is refused"),
+    (["+trainer.strategy=deepspeed_stage_2", "trainer.accelerator=gpu", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"],
+     "DeepSpeed ZeRO-3 is refused"),
+    (["trainer=deepspeed", "+trainer.strategy.config={zero3}.missing"], "must be a readable DeepSpeed JSON config"),
 ])
-def test_unsupported_combinations_are_refused_with_the_fix(overrides, message, compose_train):
+def test_unsupported_combinations_are_refused_with_the_fix(overrides, message, compose_train, tmp_path, monkeypatch):
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
+    monkeypatch.delenv("PL_DEEPSPEED_CONFIG_PATH", raising=False)
+    overrides = [o.format(zero3=zero3) for o in overrides]
+    for variable in (o[1:] for o in overrides if o.startswith("$")):  # "$NAME=value": an environment variable
+        monkeypatch.setenv(*variable.split("=", 1))
     with pytest.raises(ValueError) as error:
-        validate_scaling(compose_train(overrides))
+        validate_scaling(compose_train([o for o in overrides if not o.startswith("$")]))
     assert message in str(error.value)
 
 

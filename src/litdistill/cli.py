@@ -17,9 +17,11 @@ log = logging.getLogger("litdistill")
 
 
 def _train(cfg: DictConfig) -> None:
+    from litdistill.strategies import ddp_launch_scope
     from litdistill.train import train
 
-    train(cfg)
+    with ddp_launch_scope():  # a multirun runs its jobs in this process: each DDP job must start its own ranks
+        train(cfg)
 
 
 def _generate(cfg: DictConfig) -> None:

@@ -33,6 +33,8 @@ class LossParamSchedule(L.Callback):
         self.shape, self.warmup_steps, self.total_steps = shape, warmup_steps, total_steps
 
     def value_at(self, step: int, total: int) -> float:
+        """The value at optimizer step ``step`` of ``total``: a pure function, so a resumed run and a
+        test get the same value at the same step. ``end`` is reached at step ``total - 1``, then held."""
         if self.shape == "constant" or step < self.warmup_steps:
             return self.start
         progress = min(1.0, (step - self.warmup_steps) / max(1, total - 1 - self.warmup_steps))

@@ -2,17 +2,21 @@
 
 ``validate_scaling`` refuses what cannot work (a bad precision, DeepSpeed ZeRO-3 with a teacher, FSDP
 on CPU, ...) with a message naming the fix. ``pin_hydra_run_dir`` makes Lightning's DDP launcher start
-its child processes in this job's output directory. ``configure_strategy`` places the frozen teacher
+its child processes in this job's output directory; ``ddp_launch_scope`` undoes what that launcher
+leaves in the environment, so the next job of a multirun starts its own ranks. ``configure_strategy`` places the frozen teacher
 under FSDP (sharded like the student, or replicated on every rank).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,6 +28,10 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "bf16-true")
 PRECISION_ALIASES = {"32-true": "32"}
 TEACHER_PLACEMENTS = ("shard", "replicate")
+# What Lightning's _SubprocessScriptLauncher writes into the launching process's os.environ for good.
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# DeepSpeedStrategy reads its config from the JSON file this names when none is given.
+DEEPSPEED_CONFIG_ENV = "PL_DEEPSPEED_CONFIG_PATH"
 # Hydra overrides a DDP child must not repeat: it runs once, in this job's directory (Lightning adds those).
 _PARENT_ONLY = ("hydra.mode", "hydra.run.dir", "hydra.sweep", "hydra.launcher", "hydra/launcher", "hydra.sweeper",
                 "hydra/sweeper", "hydra.job.name", "hydra.output_subdir")
@@ -33,26 +41,65 @@ def strategy_kind(strategy: Any) -> tuple[str, int | None]:
     """``(kind, zero_stage)`` of a Trainer ``strategy`` given by name or as a ``_target_`` node.
 
     ``kind`` is one of ``auto``, ``ddp``, ``fsdp``, ``deepspeed`` or the lower-cased name itself;
-    ``zero_stage`` is set for DeepSpeed only (DeepSpeedStrategy's default stage is 2).
+    ``zero_stage`` is set for DeepSpeed only (DeepSpeedStrategy's default stage is 2; a DeepSpeed
+    config, as a mapping, a JSON file's path or ``PL_DEEPSPEED_CONFIG_PATH``, overrides it).
     """
     if strategy is None:
         return "auto", None
     if isinstance(strategy, str):
-        name = strategy.lower()
+        name, config = strategy.lower(), None
         stage = re.search(r"stage_(\d)", name)
-        zero = int(stage.group(1)) if stage else 2
+        default = int(stage.group(1)) if stage else 2
     elif isinstance(strategy, Mapping):
         name = str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
-        config = strategy.get("config") or {}
-        zero = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, Mapping) else None
-        zero = int(zero if zero is not None else strategy.get("stage", 2))
-    else:  # an instantiated Strategy object
-        name = type(strategy).__name__.lower()
-        zero = int((getattr(strategy, "config", None) or {}).get("zero_optimization", {}).get("stage", 2))
+        config, default = strategy.get("config"), int(strategy.get("stage", 2))
+    else:  # an instantiated Strategy object: its config is loaded already
+        name, config, default = type(strategy).__name__.lower(), getattr(strategy, "config", None) or {}, 2
     for kind in ("deepspeed", "fsdp", "ddp"):
         if kind in name:
-            return kind, zero if kind == "deepspeed" else None
+            return kind, _zero_stage(config, default) if kind == "deepspeed" else None
     return name or "auto", None
+
+
+def _zero_stage(config: Any, default: int) -> int:
+    """The ZeRO stage DeepSpeedStrategy will run: ``zero_optimization.stage`` of its config, else ``default``.
+
+    Read the way DeepSpeedStrategy reads it, so a ZeRO-3 config cannot slip past the refusal: a mapping,
+    a JSON file's path, or, when no config is given, the JSON file ``PL_DEEPSPEED_CONFIG_PATH`` names.
+    """
+    source = "trainer.strategy.config"
+    if config is None and os.environ.get(DEEPSPEED_CONFIG_ENV):
+        source, config = DEEPSPEED_CONFIG_ENV, os.environ[DEEPSPEED_CONFIG_ENV]
+    if isinstance(config, (str, Path)):
+        try:
+            config = json.loads(Path(config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{source}={str(config)!r} must be a readable DeepSpeed JSON config file (or a "
+                             f"mapping): {error}") from error
+    stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, Mapping) else None
+    return int(stage if stage is not None else default)
+
+
+@contextmanager
+def ddp_launch_scope() -> Iterator[None]:
+    """Run one job; afterwards put back the launch variables as they were before it, if this process is no
+    launcher's child.
+
+    Lightning's DDP launcher sets LOCAL_RANK=0, WORLD_SIZE, MASTER_PORT... in the process that starts the
+    ranks and never removes them. The next job of a Hydra multirun, in the same process, would then take
+    itself for a rank started from outside, start no ranks and wait for them forever. A process that
+    found LOCAL_RANK already set (a DDP child, torchrun, SLURM) keeps its environment untouched.
+    """
+    before = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
+    try:
+        yield
+    finally:
+        if before["LOCAL_RANK"] is None:
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def normalize_precision(precision: Any) -> str:

@@ -30,12 +30,27 @@ TABLE_COLUMNS = ["model", "params_m", "size_mb", "disk_mb", "latency_ms", "throu
 
 
 def wandb_runs(trainer: Any) -> list[Any]:
-    """The W&B runs behind the trainer's ``WandbLogger``s (none when W&B is not configured)."""
+    """The W&B runs behind the trainer's working ``WandbLogger``s (none when W&B is not configured).
+
+    A logger that failed during the fit is skipped, and one whose run cannot be started now is reported
+    and skipped: ``lg.experiment`` would call ``wandb.init`` (up to ~90 s each) and raise after the
+    report is already written.
+    """
     try:
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:  # pragma: no cover
         return []
-    return [lg.experiment for lg in (getattr(trainer, "loggers", None) or []) if isinstance(lg, WandbLogger)]
+    from litdistill.safe_logger import logger_failed
+
+    runs = []
+    for lg in getattr(trainer, "loggers", None) or []:
+        if not isinstance(lg, WandbLogger) or logger_failed(lg):
+            continue
+        try:
+            runs.append(lg.experiment)
+        except Exception as e:  # noqa: BLE001 - W&B trouble must not fail a finished run
+            log.warning("W&B is unreachable (%s: %s); the report is not logged to W&B", type(e).__name__, e)
+    return runs
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -95,7 +110,10 @@ def log_run(trainer: Any, cfg: DictConfig, report: dict[str, Any], out_dir: str 
             logged += 1
         except Exception as e:  # noqa: BLE001 - the report is written already; W&B trouble must not fail the run
             log.warning("could not log the report to W&B run %s: %s", getattr(run, "id", "?"), e)
-    wandb.finish()  # one run per train(): the next one in this process (multirun, sweeps) starts fresh
+    try:
+        wandb.finish()  # one run per train(): the next one in this process (multirun, sweeps) starts fresh
+    except Exception as e:  # noqa: BLE001 - uploading the last data failed; the report and export are written
+        log.warning("could not finish the W&B run (%s: %s); `wandb sync` its directory later", type(e).__name__, e)
     return logged
 
 

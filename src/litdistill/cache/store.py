@@ -24,8 +24,12 @@ Guarantees:
 * **Data parallel builds**: the shards of all splits, in order, are dealt to ranks as
   ``shards[rank::world]``; ranks write disjoint files, rank 0 writes the manifest once every
   sidecar exists, and every rank then reads the whole store.
-* **Checksums.** The manifest lists every shard's sha256; a reader checks a shard when it first
-  loads it and raises :class:`CorruptShardError` naming the file.
+* **Checksums.** The manifest lists every shard's sha256; a reader streams a shard through sha256
+  once, when it first opens it, and raises :class:`CorruptShardError` naming the file.
+* **Memory-mapped reads.** A reader maps shards (``safetensors.torch.load_file``) instead of
+  reading them into memory: pages come from the OS page cache as rows are used, and only a bounded
+  number of shards (``max_shards``, least recently used first) stay open. Raw top-k and logits rows
+  are converted per example; a ``packed`` shard is one zlib blob, decoded whole when opened.
 * **Keys.** A store whose ``key.json`` differs from the run's key is refused with
   :class:`CacheKeyMismatch` naming the differing field; it is never reused or overwritten.
 """
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import Tensor
 
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, KEY_FILE = "manifest.json", "key.json"
 STALE_TMP_SECONDS = 600
+HASH_CHUNK = 1 << 20  # bytes read at a time while checking a shard's sha256
 
 
 class CacheKeyMismatch(ValueError):
@@ -194,10 +199,10 @@ class TeacherStore:
         """Sidecar present and the shard's bytes hash to its sha256 (anything else is rebuilt)."""
         try:
             info = json.loads(self.sidecar_path(shard).read_text())
-            data = self.shard_path(shard).read_bytes()
+            digest = file_sha256(self.shard_path(shard))
         except (FileNotFoundError, json.JSONDecodeError):
             return False
-        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+        if digest != info.get("sha256"):
             log.warning("teacher cache shard %s does not match its checksum; rebuilding it", self.shard_path(shard))
             return False
         return True
@@ -274,9 +279,16 @@ class TeacherStore:
 
 
 class ShardReader:
-    """Rows of one split by example index, loading (and checking) shards on first use (LRU)."""
+    """Rows of one split by example index, from memory-mapped shards checked once each (bounded LRU).
+
+    Mapping rather than reading keeps a large store out of the process's memory: the OS pages in
+    the rows used and can drop them again. At most ``max_shards`` shards stay mapped; a shard is
+    hashed once per reader, however often it is reopened after eviction.
+    """
 
     def __init__(self, root: Path, manifest: Mapping[str, Any], split: str, verify: bool = True, max_shards: int = 256) -> None:
+        if max_shards < 1:
+            raise ValueError(f"cache.max_shards_in_memory must be >= 1, got {max_shards}")
         self.root, self.split, self.verify, self.max_shards = Path(root), split, verify, max_shards
         self.outputs, self.codec = manifest["outputs"], manifest.get("codec", "raw")
         self.k, self.num_outputs = manifest.get("k"), manifest["num_outputs"]
@@ -284,29 +296,32 @@ class ShardReader:
         self.shards = entry["shards"]
         self.examples = entry["examples"]
         self.shard_size = self.shards[0]["end"] - self.shards[0]["start"] if self.shards else 1
-        self._cache: OrderedDict[int, tuple[Tensor, Any]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[Tensor, dict[str, Tensor] | TopK]] = OrderedDict()
+        self._verified: set[int] = set()
 
     def __len__(self) -> int:
         return self.examples
 
-    def _shard(self, i: int) -> tuple[Tensor, Any]:
+    def _shard(self, i: int) -> tuple[Tensor, dict[str, Tensor] | TopK]:
+        """(offsets, payload) of shard ``i``: mapped tensors, or the decoded TopK of a packed shard."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
         info = self.shards[i]
         path = self.root / info["file"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptShardError(f"teacher cache shard {path} is missing; run cache=build to rebuild it") from None
-        if self.verify and hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise CorruptShardError(
-                f"teacher cache shard {path} is corrupted: its sha256 is not the manifest's ({info['sha256'][:16]}...). "
-                "Delete it and run cache=build again: only the missing shards are rebuilt."
-            )
-        tensors = st_load(data)
+        if not path.is_file():
+            raise CorruptShardError(f"teacher cache shard {path} is missing; run cache=build to rebuild it")
+        if self.verify and i not in self._verified:
+            if file_sha256(path) != info["sha256"]:
+                raise CorruptShardError(
+                    f"teacher cache shard {path} is corrupted: its sha256 is not the manifest's ({info['sha256'][:16]}...). "
+                    "Delete it and run cache=build again: only the missing shards are rebuilt."
+                )
+            self._verified.add(i)
+        tensors = st_load_file(path)  # memory-mapped: no copy of the file in this process
         offsets = tensors.pop("offsets").to(torch.int64)
-        payload = tensors["logits"] if self.outputs == "logits" else decode_topk(tensors, self.k, self.num_outputs, self.codec)
+        packed = self.outputs == "topk" and self.codec == "packed"
+        payload = decode_topk(tensors, self.k, self.num_outputs, self.codec) if packed else tensors
         self._cache[i] = (offsets, payload)
         if len(self._cache) > self.max_shards:
             self._cache.popitem(last=False)
@@ -322,11 +337,21 @@ class ShardReader:
         a, b = int(offsets[j]), int(offsets[j + 1])
         if isinstance(payload, TopK):
             return TopK(payload.logprobs[a:b], payload.ids[a:b], payload.log_tail[a:b])
-        return payload[a:b]
+        rows = {name: value[a:b] for name, value in payload.items()}
+        return rows["logits"] if self.outputs == "logits" else decode_topk(rows, self.k, self.num_outputs, self.codec)
 
     def verify_all(self) -> None:
         for i in range(len(self.shards)):
             self._shard(i)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed in chunks so a large shard is never held in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def manifest_summary(manifest: Mapping[str, Any]) -> str:

@@ -109,11 +109,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         """Untokenised train/validation/test, validated; what reports and caches fingerprint."""
         h = self.hparams
         raw = load_splits(h.dataset, h.data_files, h.subset, h.revision)
-        first = next(iter(raw.values()))
-        wanted = [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c]
-        missing = [c for c in wanted if c not in first.column_names]
-        if missing:
-            raise ValueError(f"column(s) {missing} not in the data; columns present: {first.column_names}")
+        check_columns(raw, [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c])
         if "validation" not in raw:
             raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed)
         raw = DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
@@ -186,6 +182,19 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def check_columns(raw: DatasetDict, wanted: list[str]) -> None:
+    """Refuse, naming the split, a split that lacks a configured column, before anything is tokenised.
+
+    Local files of one format are loaded with their columns unified, so a column absent from one
+    split's file comes back filled with nulls: a column with only nulls counts as missing too.
+    """
+    for split, ds in raw.items():
+        present = [c for c in ds.column_names if len(ds) == 0 or ds.data.column(c).null_count < len(ds)]
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            raise ValueError(f"column(s) {missing} not in the data ({split!r} split); columns present: {present}")
 
 
 def route_ids(column: str | None, values: list[Any] | None) -> Any:

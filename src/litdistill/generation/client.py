@@ -8,7 +8,9 @@ TGI's OpenAI route, LiteLLM, ...). Standard library only (``urllib``), thread-po
   jitter (``uniform(0, min(backoff_max, backoff_base * 2**retry))``), never less than the server's
   ``Retry-After`` (seconds or an HTTP date, capped at ``retry_after_max``); at most ``max_retries``
   retries per request;
-* ``timeout`` seconds per request (connect, and each read of the socket);
+* ``timeout`` seconds per attempt: the bound on connecting and on each wait for data, and a deadline
+  for the whole response, checked as the body arrives (a server that trickles bytes is cut off there and
+  the attempt is retried as a timeout);
 * a malformed response (not JSON, no ``choices``, no message content) or a non-retryable HTTP error
   is a failed :class:`ChatResult` with the reason; :meth:`ChatClient.chat` never raises for a
   request that went wrong;
@@ -20,12 +22,14 @@ The API key is read from the environment variable *named* by ``api_key_env`` and
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import ipaddress
 import json
 import logging
 import os
+import queue
 import random
 import re
 import threading
@@ -35,13 +39,14 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("litdistill.generation")
 
 RETRY_STATUS = frozenset({408, 409, 429})
+CHUNK = 65536  # bytes per read of a response body, and the most of an error body read
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -151,6 +156,65 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
+def read_by(response: Any, deadline: float, limit: int | None = None) -> bytes:
+    """The body of ``response`` (at most ``limit`` bytes), read chunk by chunk so the deadline is checked
+    as it arrives: urllib's timeout bounds each socket read, so a server that sends a byte now and then
+    would otherwise hold an attempt open for as long as it likes. Past ``deadline``: ``TimeoutError``."""
+    chunks: list[bytes] = []
+    size = 0
+    while limit is None or size < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out: the response was still arriving at the deadline ({size} bytes read)")
+        chunk = response.read1(CHUNK if limit is None else min(CHUNK, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class _DaemonPool:
+    """A fixed set of daemon worker threads running submitted calls as futures.
+
+    ``ThreadPoolExecutor`` joins its (non-daemon) workers at interpreter exit, even after
+    ``shutdown(wait=False)``: after Ctrl-C, a request in flight would hold the exit for up to the
+    client's ``timeout``. Daemon workers are abandoned at exit instead; their requests are lost, as an
+    interrupted run's in-flight requests are anyway."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = workers
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # noqa: BLE001  (handed to the caller by future.result())
+                future.set_exception(err)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Let the workers end once the queue is empty (``cancel``: drop what is queued first); never
+        waits for a call in progress."""
+        if cancel:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    job = self._jobs.get_nowait()
+                    if job is not None:
+                        job[0].cancel()
+        for _ in range(self._workers):
+            self._jobs.put(None)
+
+
 def redact_url(url: str) -> str:
     """``url`` without user:password and with query values masked (for manifests and logs)."""
     parts = urllib.parse.urlsplit(url)
@@ -244,15 +308,16 @@ class ChatClient:
 
     def _attempt(self, payload: bytes) -> tuple[dict[str, Any], int]:
         request = urllib.request.Request(self.url, data=payload, headers=self._headers(), method="POST")
+        deadline = time.monotonic() + self.timeout
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 status = response.status
-                raw = response.read()
+                raw = read_by(response, deadline)
         except urllib.error.HTTPError as err:
             status = err.code
             try:
                 # scrubbed before it is cut: a cut could otherwise leave a prefix of an echoed key
-                detail = self.redact(err.read(65536).decode("utf-8", "replace"))[:300]
+                detail = self.redact(read_by(err, deadline, CHUNK).decode("utf-8", "replace"))[:300]
             except Exception:  # noqa: BLE001
                 detail = ""
             finally:
@@ -269,7 +334,7 @@ class ChatClient:
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            start = self.redact(raw[:65536].decode("utf-8", "replace"))[:80]
+            start = self.redact(raw[:CHUNK].decode("utf-8", "replace"))[:80]
             raise _Fatal(f"malformed response: invalid JSON ({len(raw)} bytes: {start!r})", status) from None
         if not isinstance(data, dict):
             raise _Fatal(f"malformed response: JSON {type(data).__name__}, not an object", status)
@@ -365,13 +430,14 @@ class ChatClient:
             on_result: Callable[[Any, ChatResult], None], progress: bool = True, desc: str = "generate") -> None:
         """Run ``(tag, messages)`` requests, at most ``max_concurrency`` at a time; ``on_result(tag, result)``
         is called in the calling thread as each finishes. On an exception in the caller (Ctrl-C) the
-        queued requests are dropped and no new attempt starts."""
+        queued requests are dropped, no new attempt starts, and requests in flight are left to daemon
+        threads, so the process can exit without waiting for them."""
         from tqdm.auto import tqdm
 
         self.stop.clear()
         pending = list(requests)
         bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="litdistill-chat")
+        pool = _DaemonPool(min(self.max_concurrency, len(pending)), "litdistill-chat")
         in_flight: dict[Future, Any] = {}
         index = 0
         try:
@@ -394,10 +460,10 @@ class ChatClient:
                                     **({"cost": f"${cost:.4f}"} if cost is not None else {}), refresh=False)
         except BaseException:
             self.stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(cancel=True)
             raise
         else:
-            pool.shutdown(wait=True)
+            pool.shutdown()
         finally:
             bar.close()
 

@@ -4,9 +4,11 @@
 ``output_dir``:
 
 * ``results.jsonl`` - the resumable store: exactly one record per prompt (``status`` ok or failed);
-* ``dataset.jsonl`` - the successful records in input order, the file training reads
-  (``data=sft_files data.data_files.train=.../dataset.jsonl`` for sequence-level KD);
-* ``manifest.json`` - model, base_url, template, settings, counts, usage, estimated cost, input key;
+* ``dataset.jsonl`` - a row per input id whose prompt succeeded, in input order, the file training
+  reads (``data=sft_files data.data_files.train=.../dataset.jsonl`` for sequence-level KD); an input
+  whose rendered prompt repeats an earlier one's is requested once and gets a copy of that result;
+* ``manifest.json`` - model, base_url, template, settings, counts, usage and estimated cost of the
+  dataset, the spend of every run into the directory, input key;
 * ``config.yaml`` - the resolved config (the API key's variable *name* only, never its value).
 
 Everything that can be checked is checked before the first request (API key variable, template,
@@ -62,6 +64,7 @@ class Job:
     text: str
     messages: list[dict[str, str]]
     record: dict[str, Any] = field(repr=False, default_factory=dict)
+    copy_of: str | None = None  # the id of an earlier input with the same rendered prompt (not requested)
 
 
 @dataclass
@@ -76,7 +79,8 @@ class Plan:
     base_url: str | None
     params: dict[str, Any]
     settings: dict[str, Any]
-    jobs: list[Job]
+    jobs: list[Job]  # one per distinct prompt: what is requested
+    inputs: list[Job]  # one per input id, in input order (copies of an earlier prompt included)
     input_key: str
     input_source: str
     prices: dict[str, Any]
@@ -287,7 +291,7 @@ def prepare(cfg: DictConfig) -> Plan:
     if template.parser != "text":
         described = template.describe()
         key_settings = {**settings, "parse": {k: described[k] for k in ("parser", "labels") if k in described}}
-    jobs: list[Job] = []
+    inputs: list[Job] = []
     by_key: dict[str, Job] = {}
     by_id: dict[str, Job] = {}
     for rec in records:
@@ -295,18 +299,22 @@ def prepare(cfg: DictConfig) -> Plan:
         fields = {k: v for k, v in rec.items() if k != "__id__"}
         messages = template.render(text, fields)
         job = Job(rec["__id__"], record_key(messages, key_settings, model), text, messages, fields)
-        if job.key in by_key:
-            log.warning("input %s repeats input %s (same prompt): generated once", job.id, by_key[job.key].id)
-            continue
         if job.id in by_id:
+            if by_id[job.id].key == job.key:  # the same record twice: one input
+                continue
             raise ConfigError(f"input id {job.id!r} ({input_cfg.get('id_field') or 'id'}) names two different prompts "
                               f"in {source}; ids must be unique")
-        by_key[job.key], by_id[job.id] = job, job
-        jobs.append(job)
-    input_key = hashlib.sha256(canonical_json([[j.id, j.record] for j in jobs]).encode()).hexdigest()
+        if job.key in by_key:
+            job.copy_of = by_key[job.key].id
+            log.info("input %s repeats the prompt of input %s: requested once, both get the result", job.id, job.copy_of)
+        by_key.setdefault(job.key, job)
+        by_id[job.id] = job
+        inputs.append(job)
+    jobs = [j for j in inputs if j.copy_of is None]
+    input_key = hashlib.sha256(canonical_json([[j.id, j.record] for j in inputs]).encode()).hexdigest()
     return Plan(output_dir=Path(str(cfg.output_dir)).expanduser(), template=template, teacher=teacher, teacher_type=kind,
                 model=model, base_url=redact_url(base_url) if base_url else None, params=params, settings=settings,
-                jobs=jobs, input_key=input_key, input_source=source, prices=dict(api.get("prices") or {}),
+                jobs=jobs, inputs=inputs, input_key=input_key, input_source=source, prices=dict(api.get("prices") or {}),
                 api_key_env=api.get("api_key_env") if kind == "openai" else None,
                 retry_failed=bool(cfg.get("retry_failed", True)), progress=bool(cfg.get("progress", True)),
                 config_yaml=_saved_config(cfg, secrets), secrets=secrets)
@@ -365,8 +373,45 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class Spend:
+    """Tokens and estimated cost of every billed response of every run into an output directory.
+
+    The manifest's ``usage`` counts each prompt's latest record only; a billed response that failed
+    (no choices, a refusal, an unparseable label) and was retried on a rerun is paid for all the same,
+    so the runs' spend is carried from one manifest to the next."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Spend:
+        spent = manifest.get("spent") if isinstance(manifest.get("spent"), Mapping) else {}
+        usage = Usage()
+        usage.add(spent)
+        cost = spent.get("estimated_cost_usd")
+        return cls(usage, float(cost) if isinstance(cost, (int, float)) else None)
+
+    def plus(self, usage: Usage, cost: float | None) -> dict[str, Any]:
+        """The manifest's ``spent``: this spend and a run's."""
+        total = Usage()
+        total.add(self.usage)
+        total.add(usage)
+        both = None if self.cost is None and cost is None else (self.cost or 0.0) + (cost or 0.0)
+        return {**total.as_dict(), "estimated_cost_usd": None if both is None else round(both, 6)}
+
+
+def _dataset_record(job: Job, store: ResultStore) -> dict[str, Any]:
+    """The stored result of ``job``'s prompt, as the record of ``job``'s id: a repeated prompt's input
+    gets a copy of the first input's result, marked ``duplicate_of``."""
+    record = store.get(job.key) or {}
+    if job.copy_of is None or not record:
+        return record
+    return {**record, "id": job.id, "text": job.text, "duplicate_of": job.copy_of}
+
+
 def _summary(plan: Plan, store: ResultStore, run_usage: Usage, status: str, started: float,
-             stats: dict[str, Any] | None, created: str | None) -> dict[str, Any]:
+             stats: dict[str, Any] | None, created: str | None, spent_before: Spend) -> dict[str, Any]:
     keys = [j.key for j in plan.jobs]
     records = [store.get(k) for k in keys]
     ok = sum(1 for r in records if r and r.get("status") == "ok")
@@ -396,9 +441,11 @@ def _summary(plan: Plan, store: ResultStore, run_usage: Usage, status: str, star
         "usage": usage.as_dict(),
         "estimated_cost_usd": None if cost is None else round(cost, 6),
         "prices_per_1m_tokens": plan.prices or None,
+        "spent": spent_before.plus(run_usage, run_cost),
         "last_run": {"usage": run_usage.as_dict(), "estimated_cost_usd": None if run_cost is None else round(run_cost, 6),
                      "seconds": round(time.monotonic() - started, 3), **({"requests": stats} if stats else {})},
-        "input": {"key": plan.input_key, "source": plan.input_source, "count": len(keys)},
+        "input": {"key": plan.input_key, "source": plan.input_source, "count": len(plan.inputs),
+                  "duplicates": sum(1 for j in plan.inputs if j.copy_of is not None)},
         "files": {"results": RESULTS, "dataset": DATASET, "config": "config.yaml"},
         "created": created or _now(),
         "updated": _now(),
@@ -416,15 +463,16 @@ def execute(plan: Plan) -> Path:
     teacher = plan.teacher
     secrets = list(dict.fromkeys([*getattr(teacher, "secrets", []), *plan.secrets]))
     started = time.monotonic()
-    created = None
+    previous: dict[str, Any] = {}
     with contextlib.suppress(Exception):
-        created = json.loads((out / MANIFEST).read_text()).get("created")
+        previous = dict(json.loads((out / MANIFEST).read_text()))
+    created, spent_before = previous.get("created"), Spend.from_manifest(previous)
     status = "incomplete"
 
     def write_manifest(state: str) -> dict[str, Any]:
         stats = teacher.stats.as_dict() if isinstance(teacher, ChatClient) else None
         run_usage = teacher.stats.usage if isinstance(teacher, ChatClient) else teacher.usage
-        manifest = _summary(plan, store, run_usage, state, started, stats, created)
+        manifest = _summary(plan, store, run_usage, state, started, stats, created, spent_before)
         text = json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
         for secret in secrets:
             text = text.replace(secret, "***")
@@ -457,7 +505,7 @@ def execute(plan: Plan) -> Path:
             raise
         finally:
             store.compact(order=[j.key for j in plan.jobs])
-            rows = dataset_rows(store.get(j.key) or {} for j in plan.jobs)
+            rows = dataset_rows(_dataset_record(j, store) for j in plan.inputs)
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             for secret in secrets:
                 text = text.replace(secret, "***")

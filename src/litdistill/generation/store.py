@@ -305,5 +305,5 @@ def to_classification_records(source: str | os.PathLike | Iterable[Mapping[str, 
 
 def dataset_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The training file's rows: successful records with the fields the training stage reads."""
-    fields = ("id", "prompt", "response", "text", "label", "label_name", "soft_label", "messages")
+    fields = ("id", "prompt", "response", "text", "label", "label_name", "soft_label", "messages", "duplicate_of")
     return [{k: r[k] for k in fields if r.get(k) is not None} for r in records if r.get("status") == "ok"]

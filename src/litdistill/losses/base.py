@@ -39,8 +39,8 @@ class DistillationLoss(nn.Module):
         unknown = set(cls.needs) - KNOWN_NEEDS
         if unknown:
             raise TypeError(f"{cls.__name__}.needs has unknown entries {sorted(unknown)}; valid: {sorted(KNOWN_NEEDS)}")
-        if cls.name:
-            LOSSES[cls.name] = cls
+        if "name" in cls.__dict__ and cls.name:  # a subclass that inherits its parent's name is not registered
+            register(cls)
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -68,6 +68,25 @@ class DistillationLoss(nn.Module):
         raise NotImplementedError
 
 
+def register(cls: type[DistillationLoss]) -> None:
+    """Add ``cls`` to LOSSES under its ``name``; a name taken by another class is an error.
+
+    Silently replacing a built-in (or another user loss) would make every config that names it run
+    a different loss. The same class defined again (a module reloaded, a test run twice) replaces
+    its old definition.
+    """
+    existing = LOSSES.get(cls.name)
+    same = existing is not None and (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
+    if existing is not None and not same:
+        raise TypeError(f"loss name {cls.name!r} of {_path(cls)} is already registered by {_path(existing)}; "
+                        f"give {cls.__name__} another name (registered: {sorted(LOSSES)})")
+    LOSSES[cls.name] = cls
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def teacher_logits(teacher: ModelOutputs, temperature: float) -> Tensor:
     """The teacher's logits as a loss that divides them by ``temperature`` must receive them.
 
@@ -87,6 +106,25 @@ def check_temperature(owner: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{owner}: temperature must be a finite number > 0, got {value}")
     return value
+
+
+class Temperature:
+    """A loss's ``temperature``, checked by :func:`check_temperature` on every assignment.
+
+    Declared as ``temperature = Temperature()`` on a loss class, so a value set after construction
+    (a user, a sweep, a LossParamSchedule every step) is refused like one given to ``__init__``:
+    it divides logits, and a zero or negative value would only surface as NaN losses.
+    """
+
+    def __get__(self, loss: DistillationLoss | None, owner: type | None = None) -> float | Temperature:
+        if loss is None:
+            return self  # class access: the descriptor itself
+        if "_temperature" not in loss.__dict__:  # AttributeError, so hasattr() is False before __init__ set it
+            raise AttributeError(f"{type(loss).__name__}.temperature is not set yet")
+        return loss.__dict__["_temperature"]
+
+    def __set__(self, loss: DistillationLoss, value: float) -> None:
+        loss.__dict__["_temperature"] = check_temperature(type(loss).__name__, value)
 
 
 def build_loss(name: str, **kwargs) -> DistillationLoss:

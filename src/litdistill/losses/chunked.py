@@ -70,41 +70,65 @@ def _check_chunk_size(owner: str, chunk_size: int | None) -> int | None:
     return chunk_size
 
 
-def _chunk_rows(divergence: TokenDivergence, s_rows: Tensor, t_rows: Tensor, labels: Tensor | None, ce_weight: float) -> Tensor:
-    """Sum over the chunk's rows of ``divergence.per_token`` (+ ``ce_weight`` * CE at T=1)."""
-    values = divergence.per_token(s_rows, t_rows)
-    if ce_weight:
-        ce = F.cross_entropy(s_rows.to(compute_dtype(s_rows)), labels, ignore_index=-100, reduction="none")
-        values = values + ce_weight * ce
-    return values.sum()
+class _ChunkBuffers:
+    """The [rows, V] work buffers of one pass: allocated on first use, reused by every chunk.
 
-
-def _value_and_grad(divergence, s_chunk: Tensor, t_chunk: Tensor, labels, ce_weight: float, want_grad: bool):
-    """(sum over the chunk, d sum / d chunk in float32 or None) for one chunk of student logits.
-
-    Uses the divergence's closed-form gradient when it has one (forward and reverse KL: fewer
-    passes over the chunk than autograd), else differentiates ``per_token`` with autograd.
+    ``get(i, n)`` is buffer ``i``'s first ``n`` rows (the last chunk may be shorter). Reusing the same
+    few buffers, instead of fresh chunk-sized tensors per chunk and operation, keeps the pass's
+    footprint at a handful of chunk-sized blocks and the allocator from fragmenting.
     """
-    if not want_grad:
-        return _chunk_rows(divergence, s_chunk, t_chunk, labels, ce_weight).detach(), None
-    closed = divergence.value_and_grad(s_chunk.detach(), t_chunk.detach())
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape, self.dtype, self.device = (rows, vocab), dtype, device
+        self.buffers: dict[int, Tensor] = {}
+
+    def get(self, i: int, n: int) -> Tensor:
+        if i not in self.buffers:
+            self.buffers[i] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self.buffers[i][:n]
+
+
+_CE = 4  # the buffer of the hard-label CE term; 0-3 are the divergence's
+
+
+def _value_and_grad(divergence, s_rows: Tensor, t_rows: Tensor, labels, ce_weight: float, bufs: _ChunkBuffers,
+                    want_grad: bool = True):
+    """(sum over the chunk, d sum / d chunk in ``bufs.dtype`` or None) for one chunk of student logits.
+
+    ``s_rows``/``t_rows`` [n, V] are read only, except that they may be ``bufs.get(0, n)`` /
+    ``bufs.get(1, n)`` themselves. Uses the divergence's closed form when it has one (in the
+    buffers: three [n, V] blocks for forward/reverse KL, four for the others; also without a
+    gradient, so that the value is the same with and without), else ``per_token`` (differentiated
+    with autograd when ``want_grad``). The gradient may live in any of the buffers.
+    """
+    n = s_rows.shape[0]
+    soft = None
+    if ce_weight:  # CE at T = 1: value logsumexp(z) - z_y, gradient softmax(z) - onehot(y); -100 rows: 0
+        soft = torch.log_softmax(bufs.get(_CE, n).copy_(s_rows) if s_rows.dtype != bufs.dtype else s_rows, -1,
+                                 out=bufs.get(_CE, n))
+        valid = labels != -100
+        target = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+        ce_total = -(soft.gather(1, target).squeeze(1) * valid).sum()
+        if want_grad:
+            soft.exp_().mul_(valid[:, None])
+            soft.scatter_add_(1, target, -valid[:, None].to(soft.dtype))
+    grad = None
+    closed = divergence.value_and_grad_(s_rows, t_rows, lambda i: bufs.get(i, n))
     if closed is not None:
         values, grad = closed
         total = values.sum()
-        if ce_weight:  # CE at T = 1: value logsumexp(z) - z_y, gradient softmax(z) - onehot(y); -100 rows: 0
-            logp = F.log_softmax(s_chunk.detach().to(grad.dtype), dim=-1)
-            valid = labels != -100
-            target = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
-            total = total - ce_weight * (logp.gather(1, target).squeeze(1) * valid).sum()
-            soft = logp.exp_().mul_(valid[:, None])
-            soft.scatter_add_(1, target, -valid[:, None].to(soft.dtype))
+    elif want_grad:
+        with torch.enable_grad():
+            s = s_rows.detach().to(bufs.dtype).requires_grad_(True)
+            total = divergence.per_token(s, t_rows.detach()).sum()
+            grad = torch.autograd.grad(total, s)[0]
+    else:
+        total = divergence.per_token(s_rows, t_rows).sum()
+    if soft is not None:
+        total = total + ce_weight * ce_total
+        if want_grad:
             grad.add_(soft, alpha=ce_weight)
-        return total.detach(), grad
-    with torch.enable_grad():
-        s = s_chunk.detach().to(compute_dtype(s_chunk)).requires_grad_(want_grad)
-        total = _chunk_rows(divergence, s, t_chunk.detach(), labels, ce_weight)
-        grad = torch.autograd.grad(total, s)[0] if want_grad else None
-    return total.detach(), grad
+    return total.detach(), grad if want_grad else None
 
 
 class _Rows:
@@ -142,6 +166,13 @@ class _Rows:
         if self.breaks[end - 1] - self.breaks[start] == 0:
             return int(self.start_host[start])
         return None
+
+    def view(self, start: int, end: int) -> Tensor | None:
+        """The chunk's rows as a writable view when they are consecutive in memory, else None."""
+        if self.rows is None:
+            return None
+        first = self._slice(start, end)
+        return None if first is None else self.rows[first : first + end - start]
 
     def get(self, start: int, end: int) -> Tensor:
         if self.rows is None:
@@ -188,20 +219,32 @@ class _ChunkedLogitsFn(torch.autograd.Function):
 def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, chunk_size, want_grad):
     coords = mask.nonzero(as_tuple=True)  # indices of the real rows over the leading dims
     n = coords[0].numel()
-    total = torch.zeros((), dtype=compute_dtype(student), device=student.device)
+    dtype = compute_dtype(student)
+    total = torch.zeros((), dtype=dtype, device=student.device)
     grad = None
     if want_grad:  # every real row gets written: only masked rows need zeros
         alloc = torch.empty if n == mask.numel() else torch.zeros
         grad = alloc(student.shape, dtype=student.dtype, device=student.device)
     s_rows, t_rows = _Rows(student, coords), _Rows(teacher, coords)
     g_rows = _Rows(grad, coords) if want_grad else None
+    bufs = _ChunkBuffers(min(chunk_size, n), student.shape[-1], dtype, student.device)
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
         lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
-        value, g = _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, want_grad)
+        if not want_grad:
+            total += _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, bufs, False)[0]
+            continue
+        # the student's log-probabilities (and so the gradient, for most divergences) go straight
+        # into the gradient tensor's rows when they are consecutive and of the compute dtype
+        direct = g_rows.view(start, end) if grad.dtype == dtype else None
+        if direct is not None:
+            bufs.buffers[0] = direct  # this chunk's buffer 0 (get() slices it to end - start rows)
+        value, g = _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, bufs)
         total += value
-        if want_grad:
+        if direct is None or g.data_ptr() != direct.data_ptr() or g.shape != direct.shape:
             g_rows.put(start, end, g.to(grad.dtype))
+        if direct is not None:
+            del bufs.buffers[0]
         del g
     return total, grad
 
@@ -271,6 +314,15 @@ class _FusedLinearFn(torch.autograd.Function):
         return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
+def _linear_into(x: Tensor, w: Tensor, b: Tensor | None, out: Tensor) -> Tensor:
+    """``F.linear(x, w, b)`` (same kernels: addmm / mm), written to ``out`` when the dtypes agree."""
+    if x.dtype != out.dtype:
+        return F.linear(x, w, b)
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
 def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, want):
     want_h, want_w, want_b = want
     want_any = want_h or want_w or (want_b and bias is not None)
@@ -293,16 +345,17 @@ def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, 
         h_rows = _Rows(h, coords)
         gh_rows = _Rows(grad_h, coords) if grad_h is not None else None
         t_rows = _Rows(t_logits if t_logits is not None else t_h, coords)
+        bufs = _ChunkBuffers(min(chunk_size, n), weight.shape[0], total.dtype, h.device)
         for start in range(0, n, chunk_size):
-            end = min(start + chunk_size, n)
+            end, rows = min(start + chunk_size, n), min(chunk_size, n - start)
             hc = h_rows.get(start, end).to(mm_dtype)  # [c, H]
-            s_logits = F.linear(hc, w, b)  # [c, V]
+            s_logits = _linear_into(hc, w, b, bufs.get(0, rows))  # [c, V], in buffer 0 when the dtypes allow
             if t_logits is not None:
                 t_chunk = t_rows.get(start, end)
             else:
-                t_chunk = F.linear(t_rows.get(start, end).detach().to(t_dtype), tw, tb)
+                t_chunk = _linear_into(t_rows.get(start, end).detach().to(t_dtype), tw, tb, bufs.get(1, rows))
             lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
-            value, g = _value_and_grad(divergence, s_logits, t_chunk, lab, ce_weight, want_any)
+            value, g = _value_and_grad(divergence, s_logits, t_chunk, lab, ce_weight, bufs, want_any)
             total += value
             del s_logits, t_chunk
             if not want_any:
@@ -314,6 +367,7 @@ def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, 
             if grad_b is not None:
                 grad_b += g.sum(0).to(acc_dtype)
             del g
+        del bufs
     grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
     grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
     return total, (grad_h, grad_w, grad_b)

@@ -56,6 +56,31 @@ def _log_mixture(logp: Tensor, logq: Tensor, w: float) -> Tensor:
     return torch.logaddexp(logp + math.log(w), logq + math.log1p(-w))
 
 
+# ---- in-place building blocks of the closed-form gradients (chunked / fused losses) ---------------
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` for [n, V] tensors as n dot products: no [n, V] temporary."""
+    return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(a.shape[:-1])
+
+
+def _log_mixture_(logp: Tensor, logq: Tensor, w: float, out: Tensor, tmp: Tensor) -> Tensor:
+    """:func:`_log_mixture` into ``out``, using ``tmp`` (which may be ``logq`` itself, then overwritten)."""
+    torch.add(logp, math.log(w), out=out)
+    torch.add(logq, math.log1p(-w), out=tmp)
+    return torch.logaddexp(out, tmp, out=out)
+
+
+class _Scratch:
+    """Extra [n, V] buffers like ``like``, allocated on first use: ``scratch(i)``."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like, self.buffers = like, []
+
+    def __call__(self, i: int) -> Tensor:
+        while len(self.buffers) <= i:
+            self.buffers.append(torch.empty_like(self.like))
+        return self.buffers[i]
+
+
 def _check_unit(owner: str, name: str, value: float, *, upper_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
@@ -108,9 +133,57 @@ class TokenDivergence(DistillationLoss):
 
     def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor] | None:
         """Optional closed form used by the chunked/fused losses: ``(per_token(s, t) [n], the
-        gradient of its sum w.r.t. s_rows [n, V])``, both in ``compute_dtype``. ``None`` (the
-        default) makes them differentiate :meth:`per_token` with autograd instead."""
-        return None
+        gradient of its sum w.r.t. s_rows [n, V])``, both in ``compute_dtype``. ``None`` makes them
+        differentiate :meth:`per_token` with autograd instead. The shipped divergences have one
+        (:meth:`_closed_form`); a subclass that redefines :meth:`divergence` falls back to ``None``."""
+        if not self._has_closed_form():
+            return None
+        s_logp, t_logp = self._log_probs(s_rows, t_rows)  # fresh buffers: the inputs stay untouched
+        return self._closed_form(s_logp, t_logp, _Scratch(s_logp))
+
+    def value_and_grad_(self, s_rows: Tensor, t_rows: Tensor, buffers) -> tuple[Tensor, Tensor] | None:
+        """:meth:`value_and_grad` in work buffers that the caller (the chunked/fused passes) owns.
+
+        ``buffers(i)`` returns the i-th buffer: contiguous, ``compute_dtype``, ``s_rows``'s shape
+        [n, V]. The log-probabilities are written to ``buffers(0)`` and ``buffers(1)``; ``(2)`` and
+        ``(3)`` are scratch (at most four in all, three for forward/reverse KL). ``s_rows`` and
+        ``t_rows`` are read only, unless they are ``buffers(0)``/``buffers(1)`` themselves (e.g.
+        logits a matmul wrote there), which is allowed. The gradient may live in any buffer. A
+        subclass with its own :meth:`value_and_grad` gets that one called instead.
+        """
+        if type(self).value_and_grad is not TokenDivergence.value_and_grad or not self._has_closed_form():
+            return self.value_and_grad(s_rows, t_rows)
+        s_logp, t_logp = self._log_probs_into(s_rows, buffers(0)), self._log_probs_into(t_rows, buffers(1))
+        return self._closed_form(s_logp, t_logp, lambda i: buffers(2 + i))
+
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        """``(per-row values, gradient)`` from log-probability buffers it may overwrite."""
+        raise NotImplementedError
+
+    def _has_closed_form(self) -> bool:
+        """Whether :meth:`_closed_form` is the derivative of this instance's :meth:`per_token`: the
+        class defining it also defines the :meth:`divergence` in use, and neither ``per_token`` nor
+        ``_log_probs`` is redefined."""
+        cls = type(self)
+        owner = next((c for c in cls.__mro__ if "_closed_form" in c.__dict__), TokenDivergence)
+        return (owner is not TokenDivergence and cls.divergence is owner.__dict__.get("divergence")
+                and cls.per_token is TokenDivergence.per_token and cls._log_probs is TokenDivergence._log_probs)
+
+    def _log_probs_into(self, rows: Tensor, out: Tensor) -> Tensor:
+        """``log_softmax(rows / T)`` in ``compute_dtype`` (as :meth:`_log_probs`), written to ``out``
+        (which may be ``rows`` itself)."""
+        if rows.dtype != out.dtype:
+            rows = out.copy_(rows)
+        if self.temperature != 1.0:
+            rows = torch.div(rows, self.temperature, out=out)
+        return torch.log_softmax(rows, -1, out=out)  # row-wise kernels: in place when rows is out
+
+    def _scaled(self, values: Tensor, grad: Tensor, grad_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Apply ``factor`` to the values and ``grad_scale * factor / T`` to the gradient (in place)."""
+        scale = grad_scale * self.factor / self.temperature
+        if scale != 1.0:
+            grad.mul_(scale)
+        return values * self.factor, grad
 
     def _log_probs(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
         """Student and teacher log-probabilities at the temperature, in ``compute_dtype``."""
@@ -145,13 +218,8 @@ class ForwardKL(TokenDivergence):
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         return _kl_rows(t_logp, s_logp)
 
-    def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
-        # d/dz_S KL(p_T || p_S) = (p_S - p_T) / T
-        s_logp, t_logp = self._log_probs(s_rows, t_rows)
-        p_t = t_logp.exp()
-        values = (p_t * (t_logp - s_logp)).sum(-1)
-        grad = s_logp.exp_().sub_(p_t)  # in s_logp's memory
-        return values * self.factor, grad.mul_(self.factor / self.temperature)
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        return _forward_kl_closed(self, s_logp, t_logp, scratch)
 
 
 class ReverseKL(TokenDivergence):
@@ -166,14 +234,8 @@ class ReverseKL(TokenDivergence):
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         return _kl_rows(s_logp, t_logp)
 
-    def value_and_grad(self, s_rows: Tensor, t_rows: Tensor) -> tuple[Tensor, Tensor]:
-        # d/dz_S KL(p_S || p_T) = p_S * (log p_S - log p_T - KL) / T
-        s_logp, t_logp = self._log_probs(s_rows, t_rows)
-        p_s = s_logp.exp()
-        diff = s_logp.sub_(t_logp)  # log p_S - log p_T, in s_logp's memory
-        values = (p_s * diff).sum(-1)
-        grad = diff.sub_(values[:, None]).mul_(p_s)
-        return values * self.factor, grad.mul_(self.factor / self.temperature)
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        return _reverse_kl_closed(self, s_logp, t_logp, scratch)
 
 
 class GeneralizedJSD(TokenDivergence):
@@ -208,6 +270,22 @@ class GeneralizedJSD(TokenDivergence):
         log_m = _log_mixture(t_logp, s_logp, beta)
         return beta * _kl_rows(t_logp, log_m) + (1.0 - beta) * _kl_rows(s_logp, log_m)
 
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        # d/dz_S JSD = (1 - beta) p_S * (log p_S - log M - KL(p_S || M)) / T
+        beta = self.beta
+        if beta == 0.0:
+            return _forward_kl_closed(self, s_logp, t_logp, scratch)
+        if beta == 1.0:
+            return _reverse_kl_closed(self, s_logp, t_logp, scratch)
+        log_m = _log_mixture_(t_logp, s_logp, beta, scratch(0), scratch(1))
+        probs = torch.exp(t_logp, out=scratch(1))  # p_T
+        kl_t = _rowdot(probs, t_logp.sub_(log_m))  # KL(p_T || M)
+        torch.exp(s_logp, out=probs)  # p_S
+        diff = s_logp.sub_(log_m)  # log p_S - log M
+        kl_s = _rowdot(probs, diff)  # KL(p_S || M)
+        grad = diff.sub_(kl_s[:, None]).mul_(probs)
+        return self._scaled(beta * kl_t + (1.0 - beta) * kl_s, grad, 1.0 - beta)
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}, " + super().extra_repr()
 
@@ -230,6 +308,20 @@ class SkewKL(TokenDivergence):
             return _kl_rows(t_logp, s_logp)
         return _kl_rows(t_logp, _log_mixture(t_logp, s_logp, self.alpha))
 
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        # with M = a p_T + (1 - a) p_S and u = p_T / M: d/dz_S = (1 - a) p_S * (sum(p_S u) - u) / T
+        if self.alpha == 0.0:
+            return _forward_kl_closed(self, s_logp, t_logp, scratch)
+        log_m = _log_mixture_(t_logp, s_logp, self.alpha, scratch(0), scratch(1))
+        probs = torch.exp(t_logp, out=scratch(1))  # p_T
+        ratio = t_logp.sub_(log_m)  # log p_T - log M
+        values = _rowdot(probs, ratio)
+        ratio.exp_()  # u
+        p_s = torch.exp(s_logp, out=probs)
+        mean = _rowdot(p_s, ratio)  # sum p_S u
+        grad = ratio.neg_().add_(mean[:, None]).mul_(p_s)
+        return self._scaled(values, grad, 1.0 - self.alpha)
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, " + super().extra_repr()
 
@@ -251,6 +343,21 @@ class SkewReverseKL(TokenDivergence):
             return _kl_rows(s_logp, t_logp)
         return _kl_rows(s_logp, _log_mixture(s_logp, t_logp, self.alpha))
 
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        # with M = a p_S + (1 - a) p_T, d = log p_S - log M, u = p_S / M = exp(d):
+        # d/dz_S = p_S * (d - a u - sum(p_S (d - a u))) / T
+        alpha = self.alpha
+        if alpha == 0.0:
+            return _reverse_kl_closed(self, s_logp, t_logp, scratch)
+        log_m = _log_mixture_(s_logp, t_logp, alpha, scratch(0), t_logp)  # t_logp is not needed after this
+        p_s = torch.exp(s_logp, out=t_logp)
+        d = s_logp.sub_(log_m)
+        values = _rowdot(p_s, d)
+        u = torch.exp(d, out=log_m)
+        g = d.sub_(u, alpha=alpha)
+        grad = g.sub_(_rowdot(p_s, g)[:, None]).mul_(p_s)
+        return self._scaled(values, grad)
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, " + super().extra_repr()
 
@@ -269,3 +376,31 @@ class TotalVariation(TokenDivergence):
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         return 0.5 * (t_logp.exp() - s_logp.exp()).abs().sum(-1)
+
+    def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+        # d/dz_S = 0.5 p_S * (sum(p_S sign(p_T - p_S)) - sign(p_T - p_S)) / T   (sign(0) = 0)
+        p_s = s_logp.exp_()
+        diff = t_logp.exp_().sub_(p_s)  # p_T - p_S
+        sign = torch.abs(diff, out=scratch(0))
+        values = 0.5 * sign.sum(-1)
+        torch.sign(diff, out=sign)
+        mean = _rowdot(p_s, sign)  # sum p_S sign(p_T - p_S)
+        grad = sign.neg_().add_(mean[:, None]).mul_(p_s)
+        return self._scaled(values, grad, 0.5)
+
+
+def _forward_kl_closed(div: TokenDivergence, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+    """KL(p_T || p_S) per row and d/dz_S = (p_S - p_T) / T, in three [n, V] buffers."""
+    p_t = torch.exp(t_logp, out=scratch(0))
+    values = _rowdot(p_t, t_logp.sub_(s_logp))  # sum p_T (log p_T - log p_S)
+    grad = s_logp.exp_().sub_(p_t)  # in s_logp's memory
+    return div._scaled(values, grad)
+
+
+def _reverse_kl_closed(div: TokenDivergence, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
+    """KL(p_S || p_T) per row and d/dz_S = p_S * (log p_S - log p_T - KL) / T, in three buffers."""
+    p_s = torch.exp(s_logp, out=scratch(0))
+    diff = s_logp.sub_(t_logp)  # log p_S - log p_T, in s_logp's memory
+    values = _rowdot(p_s, diff)
+    grad = diff.sub_(values[:, None]).mul_(p_s)
+    return div._scaled(values, grad)

@@ -32,7 +32,8 @@ Positions are averaged over the real tokens (``batch["attention_mask"]``) when t
 When the student and teacher sizes differ, a learned ``nn.Linear(student dim, teacher dim)`` per
 pair maps the student feature into the teacher's space (``project=None``: only then; ``True``:
 always; ``False``: never, a size mismatch is an error). Projections are created at setup, so the
-optimizer trains them and checkpoints hold them (under ``losses.<term>.projections``); they are
+optimizer trains them and checkpoints hold them (``losses.<term>.projections.<s>_<t>.weight`` for
+:class:`HiddenStateLoss`, ``losses.<term>.projection.weight`` for :class:`FeatureLoss`); they are
 not part of the exported student.
 """
 
@@ -397,6 +398,8 @@ class FeatureLoss(DistillationLoss):
         if view is None:
             return _zero(student)
         student, teacher, batch = view
+        if self.teacher is None and self.teacher_module not in teacher.features:
+            _check_routed_feature_shapes(self, teacher)
         missing = [f"{who} {name!r}" for who, out, name in (("student", student, self.student_module), ("teacher", teacher, self.teacher_module))
                    if name not in out.features]
         if missing:
@@ -417,6 +420,21 @@ class FeatureLoss(DistillationLoss):
     def extra_repr(self) -> str:
         return (f"student_module={self.student_module!r}, teacher_module={self.teacher_module!r}, metric={self.metric!r}, "
                 f"teacher={self.teacher!r}, weight={self.weight}")
+
+
+def _check_routed_feature_shapes(loss: FeatureLoss, teacher: ModelOutputs) -> None:
+    """A routed MultiTeacher leaves out a combined feature its teachers give in different shapes (or
+    not at all): say so, naming teachers and shapes, instead of blaming the loss's setup."""
+    per = getattr(teacher, "per_teacher", None)
+    if not per or all(rows is None for rows in getattr(teacher, "rows", {}).values()):
+        return  # not routed: the combined feature is the primary's, checked at setup
+    shapes = {name: tuple(out.features[loss.teacher_module].shape[1:]) if loss.teacher_module in out.features else None
+              for name, out in per.items()}
+    raise ValueError(
+        f"{type(loss).__name__}: the routed teachers' {loss.teacher_module!r} outputs cannot be put back in batch order: "
+        f"per-example shapes {shapes} (None: no such submodule); routing combines a feature only when every teacher gives one shape. "
+        f"Set `teacher: <name>` on the loss (one of {sorted(per)}; one loss per teacher, each on that teacher's examples)"
+    )
 
 
 def layer_pair_view(loss: nn.Module, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]):

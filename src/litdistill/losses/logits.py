@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, check_temperature, rows_and_mask, teacher_logits, token_mean
+from litdistill.losses.base import DistillationLoss, Temperature, rows_and_mask, teacher_logits, token_mean
 from litdistill.outputs import ModelOutputs
 
 
@@ -18,10 +18,11 @@ class SoftTargetKL(DistillationLoss):
     """
 
     name = "soft_kl"
+    temperature = Temperature()  # validated on every assignment, also a schedule's
 
     def __init__(self, temperature: float = 2.0, weight: float = 1.0) -> None:
         super().__init__(weight)
-        self.temperature = check_temperature(type(self).__name__, temperature)
+        self.temperature = temperature
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if teacher.logits is None and teacher.topk is not None:  # a top-k teacher cache: the k+1-bucket KL
