@@ -60,7 +60,8 @@ def test_a_ddp_multirun_starts_fresh_ranks_for_every_job(tmp_path):
         proc = subprocess.run(["litdistill", *args], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
                               text=True, timeout=420)
     except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"the multirun hung (job 2 waiting for ranks it never started):\n{(hung.stderr or b'')[-3000:].decode(errors='replace')}")
+        tail = (hung.stderr or b"")[-3000:].decode(errors="replace")
+        pytest.fail(f"the multirun hung (job 2 waiting for ranks it never started):\n{tail}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     jobs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/"))
     assert [job.name for job in jobs] == ["0", "1"], jobs

@@ -201,12 +201,22 @@ def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_rais
     assert len(failures) == 1 and "CommError" in failures[0] and "switched off" in failures[0], failures
     assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()  # the others log on
 
+    never_used = L.Trainer(accelerator="cpu", logger=WandbLogger(project="litdistill-test", save_dir=str(tmp_path)),
+                           enable_progress_bar=False, default_root_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="litdistill"):  # its first wandb.init is log_run's own
+        assert log_run(never_used, WANDB_CFG, REPORT, tmp_path) == 0
+    assert len(attempts) == 2 and "W&B is unreachable (CommError" in caplog.records[-1].getMessage()
+
 
 def test_a_failing_wandb_finish_does_not_fail_the_run(tmp_path, caplog, monkeypatch, offline_wandb):
     run = WandbLogger(project="litdistill-test", save_dir=str(tmp_path))
     trainer = L.Trainer(accelerator="cpu", logger=run, enable_progress_bar=False, default_root_dir=tmp_path)
     finish = offline_wandb.finish
-    monkeypatch.setattr(offline_wandb, "finish", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("unreachable")))
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(offline_wandb, "finish", unreachable)
     try:
         with caplog.at_level(logging.WARNING, logger="litdistill"):
             assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 1  # logged; only the upload at the end failed

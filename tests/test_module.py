@@ -19,10 +19,11 @@ def _trainer(tmp_path, **kw) -> L.Trainer:
 
 
 class ModeRecorder(L.Callback):
-    """Records the modes of teacher and student inside every forward during training."""
+    """Records the modes of teacher and student (and whether autograd records) inside every forward."""
 
     def __init__(self, module):
         self.teacher_modes, self.student_modes, self.dropout_modes = [], [], []
+        self.grad_enabled = {"teacher": [], "student": []}
         self.calls = {"teacher": 0, "student": 0}
         self.kwargs = {"teacher": [], "student": []}
         for name in ("teacher", "student"):
@@ -32,11 +33,22 @@ class ModeRecorder(L.Callback):
     def _pre(self, name):
         def hook(model, args, kwargs):
             self.calls[name] += 1
+            self.grad_enabled[name].append(torch.is_grad_enabled())
             self.kwargs[name].append(sorted(k for k in kwargs if k.startswith("output_")))
             (self.teacher_modes if name == "teacher" else self.student_modes).append(model.training)
             if name == "teacher":
                 self.dropout_modes.extend(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
         return hook
+
+
+class BatchCounter(L.Callback):
+    """Counts the training batches a fit actually runs (a resume must not rerun finished ones)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.n += 1
 
 
 def test_teacher_is_frozen_in_eval_and_bit_identical_after_fit(tmp_path, tiny_data):
@@ -50,6 +62,9 @@ def test_teacher_is_frozen_in_eval_and_bit_identical_after_fit(tmp_path, tiny_da
     assert recorder.calls == {"teacher": steps, "student": steps}  # one forward of each per step
     assert recorder.teacher_modes and not any(recorder.teacher_modes) and not any(recorder.dropout_modes)
     assert all(recorder.student_modes)
+    # the teacher runs under no_grad: no autograd graph (memory) for a model that is never updated
+    assert len(recorder.grad_enabled["teacher"]) == steps and not any(recorder.grad_enabled["teacher"])
+    assert all(recorder.grad_enabled["student"])  # the hook sees grad mode: the student's forward records it
     assert recorder.kwargs["teacher"][0] == [] and recorder.kwargs["student"][0] == []  # no hidden states asked for
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -88,12 +103,23 @@ def test_checkpoint_has_no_teacher_keys_and_resumes(tmp_path, tiny_data):
     assert ckpt["state_dict"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
     assert any(k.startswith("student.") for k in ckpt["state_dict"])
 
+    steps = len(tiny_data.train_dataloader())
+    # resuming with the max already reached runs no step: the student is exactly the checkpoint's,
+    # not its own (different) init
+    restored = DistillationModule(tiny_bert(layers=2, seed=7), teacher)
+    batches = BatchCounter()
+    _trainer(tmp_path, max_epochs=1, limit_val_batches=2, callbacks=[batches]).fit(
+        restored, datamodule=tiny_data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert batches.n == 0
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(restored.state_dict()[key], value), key
+
+    # one more epoch continues from the checkpoint's epoch: it runs one epoch of steps, not two
     resumed = DistillationModule(tiny_bert(layers=2, seed=7), teacher)
-    trainer2 = _trainer(tmp_path, max_epochs=2, limit_val_batches=2)
+    batches = BatchCounter()
+    trainer2 = _trainer(tmp_path, max_epochs=2, limit_val_batches=2, callbacks=[batches])
     trainer2.fit(resumed, datamodule=tiny_data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    assert trainer2.current_epoch == 2 and trainer2.global_step == 2 * len(tiny_data.train_dataloader())
-    # the resumed student started from the checkpoint, not from its own (different) init
-    assert not torch.equal(resumed.student.bert.embeddings.word_embeddings.weight, tiny_bert(layers=2, seed=7).bert.embeddings.word_embeddings.weight)
+    assert batches.n == steps and trainer2.current_epoch == 2 and trainer2.global_step == 2 * steps
 
 
 def test_loading_a_checkpoint_missing_student_keys_is_an_error():
@@ -122,9 +148,10 @@ def test_teacher_none_trains_on_labels_alone_and_refuses_teacher_losses(tmp_path
     module = DistillationModule(student, None)
     assert list(module.losses) == ["ce"]
     before = student.classifier.weight.clone()
-    _trainer(tmp_path, limit_val_batches=1).fit(module, datamodule=tiny_data)
+    trainer = _trainer(tmp_path, limit_val_batches=1)
+    trainer.fit(module, datamodule=tiny_data)
     assert not torch.equal(before, student.classifier.weight)
-    assert "val/teacher/f1" not in _trainer(tmp_path).callback_metrics
+    assert "val/student/f1" in trainer.callback_metrics and "val/teacher/f1" not in trainer.callback_metrics
     with pytest.raises(ValueError, match=r"\['kd'\] need a teacher"):
         DistillationModule(tiny_bert(layers=2), None, {"kd": SoftTargetKL()})
 

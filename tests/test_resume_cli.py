@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMON = ["experiment=tiny", "baseline=false", "teacher_finetune=null", "report.speed=false", "report.plots=false",
           "+trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=5",
           "+trainer.limit_val_batches=2", "trainer.num_sanity_val_steps=0",
-          "+callbacks.fault_tolerance.every_n_train_steps=2"]
+          "callbacks.fault_tolerance.every_n_train_steps=2"]
 KILLER = "+callbacks.killer._target_=tests.killer.KillAt"
 
 

@@ -45,6 +45,72 @@ def test_schedule_moves_the_loss_attribute_during_training(tmp_path, tiny_data):
     assert module.losses["kd"].temperature == pytest.approx(1.0)
 
 
+class StepRecorder(L.Callback):
+    """Per training step: the scheduled value the loss held, and (total, kd term, ce term) as used."""
+
+    def __init__(self, param: str) -> None:
+        self.param, self.values, self.losses = param, [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        metrics = trainer.callback_metrics
+        self.values.append(getattr(pl_module.losses["kd"], self.param))
+        self.losses.append((outputs["loss"].item(), metrics["train/loss/kd_step"].item(), metrics["train/loss/ce_step"].item()))
+
+
+def _fit_recording(module: DistillationModule, schedule: LossParamSchedule, datamodule) -> StepRecorder:
+    recorder = StepRecorder(schedule.param)
+    L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, limit_val_batches=0, enable_checkpointing=False,
+              callbacks=[schedule, recorder]).fit(module, datamodule=datamodule)
+    return recorder
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    # 8 steps; steps 0-1 hold 0 (warm-up), then 0 -> 0.5 linearly over steps 2..5 (total_steps=6), then hold
+    (LossParamSchedule("kd", "weight", 0.0, 0.5, shape="linear", warmup_steps=2, total_steps=6),
+     [0.0, 0.0, 0.0, 0.5 / 3, 1.0 / 3, 0.5, 0.5, 0.5]),
+    # no total_steps: the whole run (8 steps); half cosine 0 -> 0.5 over steps 0..7
+    (LossParamSchedule("kd", "weight", 0.0, 0.5, shape="cosine"),
+     [0.25 * (1 - math.cos(math.pi * s / 7)) for s in range(8)]),
+], ids=["linear_warmup", "cosine"])
+def test_weight_schedule_sets_the_weight_the_total_loss_uses(schedule, expected, tiny_data):
+    module = DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert())
+    recorder = _fit_recording(module, schedule, tiny_data)
+    assert recorder.values == pytest.approx(expected, abs=1e-12)
+    ce_weight = module.losses["ce"].weight
+    for weight, (total, kd, ce) in zip(recorder.values, recorder.losses):
+        assert total == pytest.approx(weight * kd + ce_weight * ce, rel=1e-5)
+
+
+@pytest.mark.parametrize(("option", "entry", "param", "start", "end"), [
+    ("kd_weight_warmup", "kd_weight_schedule", "weight", 0.0, 0.5),
+    ("temperature_anneal", "temperature_schedule", "temperature", 4.0, 1.0),
+])
+def test_shipped_schedule_callback_configs_run_in_a_fit(option, entry, param, start, end, compose_train, tiny_data):
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"callbacks={option}"])
+    assert {"model_checkpoint", "fault_tolerance", entry} <= set(cfg.callbacks)  # the defaults are kept
+    schedule = instantiate(cfg.callbacks[entry])
+    losses = {name: instantiate(term) for name, term in cfg.loss.items()}
+    module = DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert(), losses)
+    recorder = _fit_recording(module, schedule, tiny_data)
+    assert recorder.values[0] == start and recorder.values[-1] == pytest.approx(end)  # the ramp spans the whole run
+    steps = list(zip(recorder.values, recorder.values[1:]))
+    assert all(a < b for a, b in steps) if end > start else all(a > b for a, b in steps)
+
+
+def test_readme_schedule_overrides_set_warmup_and_total_steps(compose_train):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["callbacks=kd_weight_warmup", "callbacks.kd_weight_schedule.warmup_steps=50",
+                         "callbacks.kd_weight_schedule.total_steps=500"])
+    schedule = instantiate(cfg.callbacks.kd_weight_schedule)
+    assert (schedule.warmup_steps, schedule.total_steps) == (50, 500)
+    # 0 until step 50, then linear over steps 50..499 (449 intervals), then held at 0.5
+    values = [schedule.value_at(s, schedule.total_steps) for s in (49, 50, 150, 499, 5_000)]
+    assert values == pytest.approx([0.0, 0.0, 0.5 * 100 / 449, 0.5, 0.5])
+
+
 def test_report_retained_speedup_and_files(tmp_path):
     rows = {"teacher": {"params_m": 22.0, "size_mb": 88.0, "latency_ms": 10.0, "throughput_per_s": 100.0, "metrics": {"f1": 0.8}},
             "student": {"params_m": 11.0, "size_mb": 44.0, "disk_mb": 42.0, "latency_ms": 4.0, "throughput_per_s": 300.0, "metrics": {"f1": 0.78}}}

@@ -82,8 +82,9 @@ class DistillationModule(L.LightningModule):
         """Build the models from their factories, once (later calls, e.g. a second fit, do nothing).
 
         Lightning calls this inside the strategy's init context, before it wraps the module: the
-        weights are created on the target device and in a ``*-true`` precision's dtype, with no full
-        host-memory copy first. A student factory taking ``teacher=`` gets the built teacher (layer
+        weights are created on the target device and in a ``*-true`` precision's dtype. (Not on the
+        meta device: Lightning enters that context without ``empty_init``, so under FSDP each rank
+        builds the full weights before they are sharded.) A student factory taking ``teacher=`` gets the built teacher (layer
         subsets are cut from it), like the ``conf/student/*.yaml`` factories."""
         if self.student is not None and (self.teacher_factory is None or self.teacher is not None):
             return

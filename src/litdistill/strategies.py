@@ -3,8 +3,8 @@
 ``validate_scaling`` refuses what cannot work (a bad precision, DeepSpeed ZeRO-3 with a teacher, FSDP
 on CPU, ...) with a message naming the fix. ``pin_hydra_run_dir`` makes Lightning's DDP launcher start
 its child processes in this job's output directory; ``ddp_launch_scope`` undoes what that launcher
-leaves in the environment, so the next job of a multirun starts its own ranks. ``configure_strategy`` places the frozen teacher
-under FSDP (sharded like the student, or replicated on every rank).
+leaves in the environment, so the next job of a multirun starts its own ranks. ``configure_strategy``
+places the frozen teacher under FSDP (sharded like the student, or replicated on every rank).
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def ddp_launch_scope() -> Iterator[None]:
     Lightning's DDP launcher sets LOCAL_RANK=0, WORLD_SIZE, MASTER_PORT... in the process that starts the
     ranks and never removes them. The next job of a Hydra multirun, in the same process, would then take
     itself for a rank started from outside, start no ranks and wait for them forever. A process that
-    found LOCAL_RANK already set (a DDP child, torchrun, SLURM) keeps its environment untouched.
+    found LOCAL_RANK already set (a DDP child, a torchrun rank) keeps its environment untouched; under
+    SLURM, whose environment sets only MASTER_ADDR/MASTER_PORT, the next job derives them again.
     """
     before = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
     try:

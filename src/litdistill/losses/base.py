@@ -84,6 +84,7 @@ def register(cls: type[DistillationLoss]) -> None:
 
 
 def _path(cls: type) -> str:
+    """Module and qualified name: two clashing classes that share a short name stay distinguishable."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -101,7 +102,7 @@ def teacher_logits(teacher: ModelOutputs, temperature: float) -> Tensor:
 
 
 def check_temperature(owner: str, value: float) -> float:
-    """Temperatures divide logits: refuse zero, negatives and non-finite values at construction."""
+    """Temperatures divide logits: refuse zero, negatives and non-finite values wherever one is set."""
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{owner}: temperature must be a finite number > 0, got {value}")

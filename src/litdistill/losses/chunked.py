@@ -71,16 +71,19 @@ def _check_chunk_size(owner: str, chunk_size: int | None) -> int | None:
 
 
 class _ChunkBuffers:
-    """The [rows, V] work buffers of one pass: allocated on first use, reused by every chunk.
+    """The [rows, V] work buffers of one pass, reused by every chunk (allocated once, not per chunk).
 
-    ``get(i, n)`` is buffer ``i``'s first ``n`` rows (the last chunk may be shorter). Reusing the same
-    few buffers, instead of fresh chunk-sized tensors per chunk and operation, keeps the pass's
-    footprint at a handful of chunk-sized blocks and the allocator from fragmenting.
+    ``get(i, n)`` is buffer ``i``'s first ``n`` rows (the last chunk may be shorter). The buffers in
+    ``slots`` are allocated up front as one block, which the allocator serves and returns in one
+    piece (on CPU a block this large is its own mapping, so it neither lingers in nor fragments
+    the heap); any other index is allocated on first use.
     """
 
-    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device, slots=()) -> None:
         self.shape, self.dtype, self.device = (rows, vocab), dtype, device
-        self.buffers: dict[int, Tensor] = {}
+        slots = sorted(set(slots))
+        block = torch.empty((len(slots), rows, vocab), dtype=dtype, device=device) if slots else None
+        self.buffers: dict[int, Tensor] = {i: block[k] for k, i in enumerate(slots)}
 
     def get(self, i: int, n: int) -> Tensor:
         if i not in self.buffers:
@@ -88,7 +91,13 @@ class _ChunkBuffers:
         return self.buffers[i][:n]
 
 
-_CE = 4  # the buffer of the hard-label CE term; 0-3 are the divergence's
+def _slots(divergence: TokenDivergence, ce_weight: float) -> list[int]:
+    """The buffer indices one chunk uses: the divergence's work buffers, and the CE term's."""
+    count = divergence._work_buffers() if hasattr(divergence, "_work_buffers") else 2
+    return list(range(max(count, 2))) + ([_CE] if ce_weight else [])
+
+
+_CE = 4  # the buffer of the hard-label CE term; 0-3 are the divergence's (see value_and_grad_)
 
 
 def _value_and_grad(divergence, s_rows: Tensor, t_rows: Tensor, labels, ce_weight: float, bufs: _ChunkBuffers,
@@ -227,7 +236,10 @@ def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, 
         grad = alloc(student.shape, dtype=student.dtype, device=student.device)
     s_rows, t_rows = _Rows(student, coords), _Rows(teacher, coords)
     g_rows = _Rows(grad, coords) if want_grad else None
-    bufs = _ChunkBuffers(min(chunk_size, n), student.shape[-1], dtype, student.device)
+    slots = _slots(divergence, ce_weight)
+    if want_grad and grad.dtype == dtype and g_rows.rows is not None:
+        slots.remove(0)  # buffer 0 is normally the gradient's own rows (see below)
+    bufs = _ChunkBuffers(min(chunk_size, n), student.shape[-1], dtype, student.device, slots)
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
         lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
@@ -238,13 +250,15 @@ def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, 
         # into the gradient tensor's rows when they are consecutive and of the compute dtype
         direct = g_rows.view(start, end) if grad.dtype == dtype else None
         if direct is not None:
-            bufs.buffers[0] = direct  # this chunk's buffer 0 (get() slices it to end - start rows)
+            spare, bufs.buffers[0] = bufs.buffers.get(0), direct  # this chunk's buffer 0
         value, g = _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, bufs)
         total += value
         if direct is None or g.data_ptr() != direct.data_ptr() or g.shape != direct.shape:
             g_rows.put(start, end, g.to(grad.dtype))
         if direct is not None:
-            del bufs.buffers[0]
+            bufs.buffers[0] = spare
+            if spare is None:
+                del bufs.buffers[0]
         del g
     return total, grad
 
@@ -345,7 +359,7 @@ def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, 
         h_rows = _Rows(h, coords)
         gh_rows = _Rows(grad_h, coords) if grad_h is not None else None
         t_rows = _Rows(t_logits if t_logits is not None else t_h, coords)
-        bufs = _ChunkBuffers(min(chunk_size, n), weight.shape[0], total.dtype, h.device)
+        bufs = _ChunkBuffers(min(chunk_size, n), weight.shape[0], total.dtype, h.device, _slots(divergence, ce_weight))
         for start in range(0, n, chunk_size):
             end, rows = min(start + chunk_size, n), min(chunk_size, n - start)
             hc = h_rows.get(start, end).to(mm_dtype)  # [c, H]

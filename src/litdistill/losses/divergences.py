@@ -160,6 +160,13 @@ class TokenDivergence(DistillationLoss):
         """``(per-row values, gradient)`` from log-probability buffers it may overwrite."""
         raise NotImplementedError
 
+    def _work_buffers(self) -> int:
+        """How many ``buffers(i)`` :meth:`value_and_grad_` uses (2 when it has no closed form: the
+        chunked/fused passes still put the logits there)."""
+        if type(self).value_and_grad is not TokenDivergence.value_and_grad or not self._has_closed_form():
+            return 2
+        return 3
+
     def _has_closed_form(self) -> bool:
         """Whether :meth:`_closed_form` is the derivative of this instance's :meth:`per_token`: the
         class defining it also defines the :meth:`divergence` in use, and neither ``per_token`` nor
@@ -270,6 +277,10 @@ class GeneralizedJSD(TokenDivergence):
         log_m = _log_mixture(t_logp, s_logp, beta)
         return beta * _kl_rows(t_logp, log_m) + (1.0 - beta) * _kl_rows(s_logp, log_m)
 
+    def _work_buffers(self) -> int:
+        count = super()._work_buffers()
+        return count + 1 if count == 3 and 0.0 < self.beta < 1.0 else count
+
     def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
         # d/dz_S JSD = (1 - beta) p_S * (log p_S - log M - KL(p_S || M)) / T
         beta = self.beta
@@ -307,6 +318,10 @@ class SkewKL(TokenDivergence):
         if self.alpha == 0.0:
             return _kl_rows(t_logp, s_logp)
         return _kl_rows(t_logp, _log_mixture(t_logp, s_logp, self.alpha))
+
+    def _work_buffers(self) -> int:
+        count = super()._work_buffers()
+        return count + 1 if count == 3 and self.alpha > 0.0 else count
 
     def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
         # with M = a p_T + (1 - a) p_S and u = p_T / M: d/dz_S = (1 - a) p_S * (sum(p_S u) - u) / T
