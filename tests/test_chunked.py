@@ -257,11 +257,11 @@ def test_gradcheck_float64_chunked_and_fused():
     )
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl"])
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
 def test_gradcheck_float64_closed_form_gradients_with_ce(name):
-    """Forward/reverse KL use closed-form chunk gradients (not autograd): check them, CE and -100 included."""
+    """The divergences use closed-form chunk gradients (not autograd): check them, CE and -100 included."""
     torch.manual_seed(12)
-    div = build_loss(name, temperature=1.6)
+    div = build_loss(name, temperature=1.6, **DIVERGENCES[name])
     assert div.value_and_grad(torch.randn(2, 3), torch.randn(2, 3)) is not None
     mask = torch.tensor([True, True, True, False])
     labels = torch.tensor([2, -100, 0, 1])
@@ -270,6 +270,30 @@ def test_gradcheck_float64_closed_form_gradients_with_ce(name):
     assert torch.autograd.gradcheck(
         lambda x: chunked_divergence_sum(x, t, mask, div, chunk_size=2, labels=labels, ce_weight=0.7), (s,), atol=1e-6
     )
+
+
+def test_a_divergence_without_a_closed_form_is_differentiated_with_autograd_in_both_variants():
+    class Halved(ForwardKL):  # redefines the divergence: the inherited closed form no longer applies
+        def divergence(self, s_logp, t_logp):
+            return 0.5 * super().divergence(s_logp, t_logp)
+
+    hidden, weight, bias, teacher, batch = _data(seed=14)
+    div = Halved(temperature=1.5)
+    assert div.value_and_grad(torch.randn(2, 3), torch.randn(2, 3)) is None
+    h, w, b = _leaves(hidden, weight, bias)
+    logits = torch.nn.functional.linear(h, w, b)[:, :-1]
+    mask = batch["token_mask"]
+    reference = div.per_token(logits[mask], teacher[mask]).sum() + 0.4 * torch.nn.functional.cross_entropy(
+        logits[mask], batch["labels"][mask], reduction="sum")
+    expected = _grads(reference, [h, w, b])
+    logits = torch.nn.functional.linear(h, w, b)[:, :-1]
+    chunked = chunked_divergence_sum(logits, teacher, mask, div, chunk_size=4, labels=batch["labels"], ce_weight=0.4)
+    fused = fused_linear_divergence_sum(h[:, :-1], w, b, mask, div, teacher_logits=teacher, chunk_size=4,
+                                        labels=batch["labels"], ce_weight=0.4)
+    for value in (chunked, fused):
+        assert torch.allclose(value, reference, atol=1e-5)
+        for a, e in zip(_grads(value, [h, w, b]), expected):
+            assert torch.allclose(a, e, atol=1e-5)
 
 
 def test_second_backward_with_retain_graph_recomputes_the_same_gradient():

@@ -44,6 +44,23 @@ def test_local_files_load_tokenize_and_batch(fmt, tmp_path, tokenizer_dir):
     assert len(dm.splits["test"]) == 8
 
 
+def test_a_source_split_named_dev_is_read_as_validation_when_mapped(tmp_path, tokenizer_dir):
+    files = _write(tmp_path, "csv")
+    files = {"train": files["train"], "dev": files["validation"], "test": files["test"]}
+    n_dev = len(pd.read_csv(files["dev"]))
+    unmapped = TextClassificationDataModule(tokenizer_dir, data_files=files, text_column="sentence", label_column="y")
+    unmapped.setup("fit")  # no "validation" in the source: train is re-split, the dev file is never read
+    mapped = TextClassificationDataModule(tokenizer_dir, data_files=files, text_column="sentence", label_column="y",
+                                          split_names={"validation": "dev"})
+    mapped.setup("fit")
+    assert len(mapped.splits["validation"]) == n_dev and len(mapped.splits["train"]) == len(pd.read_csv(files["train"]))
+    assert len(unmapped.splits["train"]) < len(mapped.splits["train"])
+    bad = TextClassificationDataModule(tokenizer_dir, data_files=files, text_column="sentence", label_column="y",
+                                       split_names={"validation": "valid"})
+    with pytest.raises(ValueError, match=r"split_names=\{'validation': 'valid'\}.*source's splits \['dev', 'test', 'train'\] \(missing \['valid'\]\)"):
+        bad.setup("fit")
+
+
 @pytest.mark.parametrize(("columns", "missing"), [({"text_column": "text", "label_column": "y"}, "text"),
                                                 ({"text_column": "sentence", "label_column": "label"}, "label")])
 def test_missing_column_names_the_columns_present(columns, missing, tmp_path, tokenizer_dir):

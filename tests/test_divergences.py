@@ -238,6 +238,62 @@ def test_gradcheck_float64(name):
     assert torch.autograd.gradcheck(lambda x: _call(loss, x, t, batch), (s,), eps=1e-6, atol=1e-5)
 
 
+CLOSED_FORM_CASES = [
+    ("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.3}), ("jsd", {"beta": 0.0}), ("jsd", {"beta": 1.0}),
+    ("skew_kl", {"alpha": 0.1}), ("skew_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.2}),
+    ("skew_reverse_kl", {"alpha": 0.0}), ("tvd", {}), ("tvd", {"scale_by_t2": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CLOSED_FORM_CASES)
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_closed_form_value_and_grad_equals_autograd_of_per_token(name, kwargs, temperature):
+    """Every shipped divergence has a closed-form gradient (used by the chunked/fused losses)."""
+    torch.manual_seed(13)
+    div = build_loss(name, temperature=temperature, **kwargs)
+    s = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 9, dtype=torch.float64) * 2
+    t[0, 3] = s.detach()[0, 3] = 0.5  # equal logits in one row: ties where p_T == p_S are possible
+    values = div.per_token(s, t)
+    grad = torch.autograd.grad(values.sum(), s)[0]
+    s_in, t_in = s.detach().clone(), t.clone()
+    v2, g2 = div.value_and_grad(s_in, t_in)
+    assert torch.equal(s_in, s.detach()) and torch.equal(t_in, t)  # inputs untouched
+    assert torch.allclose(v2, values, atol=1e-12) and torch.allclose(g2, grad, atol=1e-12)
+    # in the caller's buffers, reading from separate rows or from the buffers themselves
+    for own in (False, True):
+        bufs = {}
+
+        def buffers(i):
+            return bufs.setdefault(i, torch.empty_like(s_in))
+
+        s_rows = buffers(0).copy_(s_in) if own else s_in
+        t_rows = buffers(1).copy_(t_in) if own else t_in
+        v3, g3 = div.value_and_grad_(s_rows, t_rows, buffers)
+        assert len(bufs) <= div._work_buffers()
+        assert torch.allclose(v3, values, atol=1e-12) and torch.allclose(g3, grad, atol=1e-12)
+        if not own:
+            assert torch.equal(s_in, s.detach()) and torch.equal(t_in, t)
+
+
+def test_closed_form_falls_back_to_autograd_for_a_redefined_divergence():
+    class Halved(ForwardKL):
+        def divergence(self, s_logp, t_logp):
+            return 0.5 * super().divergence(s_logp, t_logp)
+
+    class Own(ReverseKL):
+        def value_and_grad(self, s_rows, t_rows):
+            return torch.zeros(s_rows.shape[0]), torch.zeros_like(s_rows)
+
+    s, t = torch.randn(2, 5), torch.randn(2, 5)
+    assert Halved().value_and_grad(s, t) is None and Halved()._work_buffers() == 2
+    assert Halved().value_and_grad_(s, t, lambda i: torch.empty_like(s)) is None
+    values, grad = Own().value_and_grad_(s, t, lambda i: torch.empty_like(s))  # its own closed form is used
+    assert torch.equal(values, torch.zeros(2)) and torch.equal(grad, torch.zeros(2, 5))
+    assert ForwardKL()._work_buffers() == 3 and GeneralizedJSD(beta=0.5)._work_buffers() == 4
+    assert GeneralizedJSD(beta=0.0)._work_buffers() == 3 and SkewKL(alpha=0.0)._work_buffers() == 3
+
+
 # ---- validation ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("factory", "pattern"),

@@ -263,35 +263,21 @@ def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
     assert stats.usage.cost(client.prices) == pytest.approx((expected_in * 2.0 + COMPLETION_TOKENS * len(ok) * 8.0) / 1e6)
 
 
-def test_retry_after_is_honoured(key_env):
-    with FakeChatServer(retry_after="0.4") as server:
-        client = make_client(server, backoff_base=0.001, backoff_max=0.001)
+@pytest.mark.parametrize(("retry_after", "cap", "prompt", "wait"), [
+    ("0.4", None, "wait [429x1]", 0.4),          # honoured
+    ("30", 0.3, "wait long [429x1]", 0.3),       # capped at retry_after_max
+    ("0.4", None, "overloaded [503x1]", 0.4),    # on a 503 too
+])
+def test_retry_after_is_honoured_up_to_the_cap(retry_after, cap, prompt, wait, key_env):
+    with FakeChatServer(retry_after=retry_after) as server:
+        extra = {"retry_after_max": cap} if cap is not None else {}
+        client = make_client(server, backoff_base=0.001, backoff_max=0.001, **extra)
         start = time.monotonic()
-        result = client.chat([{"role": "user", "content": "wait [429x1]"}])
+        result = client.chat([{"role": "user", "content": prompt}])
         elapsed = time.monotonic() - start
-    assert result.ok and result.attempts == 2
-    assert client.stats.sleeps == [pytest.approx(0.4)] and elapsed >= 0.4
-
-
-def test_retry_after_longer_than_retry_after_max_waits_the_cap(key_env):
-    with FakeChatServer(retry_after="30") as server:
-        client = make_client(server, backoff_base=0.001, backoff_max=0.001, retry_after_max=0.3)
-        start = time.monotonic()
-        result = client.chat([{"role": "user", "content": "wait long [429x1]"}])
-        elapsed = time.monotonic() - start
-    assert result.ok and result.attempts == 2
-    assert client.stats.sleeps == [pytest.approx(0.3)] and 0.3 <= elapsed < 5
-
-
-def test_retry_after_on_a_503_is_honoured(key_env):
-    with FakeChatServer(retry_after="0.4") as server:
-        client = make_client(server, backoff_base=0.001, backoff_max=0.001)
-        start = time.monotonic()
-        result = client.chat([{"role": "user", "content": "overloaded [503x1]"}])
-        elapsed = time.monotonic() - start
-    assert result.ok and result.attempts == 2 and server.count("[503x1]") == 2
-    assert client.stats.reasons["HTTP 503"] == 1
-    assert client.stats.sleeps == [pytest.approx(0.4)] and elapsed >= 0.4
+    assert result.ok and result.attempts == 2 and server.count(prompt) == 2
+    assert client.stats.reasons["HTTP 503" if "503" in prompt else "HTTP 429"] == 1
+    assert client.stats.sleeps == [pytest.approx(wait)] and wait <= elapsed < 5
 
 
 def test_a_trickled_body_is_cut_at_the_timeout_and_retried(key_env):

@@ -219,13 +219,20 @@ def test_sft_records_and_the_training_data_module_read_the_dataset(server, tmp_p
     assert len(dm.splits["train"]) == 2 and any(lab != -100 for lab in dm.splits["train"][0]["labels"])
 
 
-def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
-    sentences = tmp_path / "ade.csv"
-    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism was noted.\n"
-                         "s2,The patient was given aspirin for pain.\ns3,Drug-induced rash after amoxicillin.\n")
+def label_sentences(server: FakeChatServer, tmp_path: Path, sentences: dict[str, str]) -> Path:
+    """Run the ade_label prompt over ``{id: sentence}`` (a CSV input); returns the output folder."""
+    source = tmp_path / "ade.csv"
+    source.write_text("sentence_id,text\n" + "".join(f"{i},{text}\n" for i, text in sentences.items()))
     out = tmp_path / "ade"
-    generate(compose_generate(api_overrides(server, out, sentences, prompt="ade_label", **{"input.field": "text",
-                                                                                             "input.id_field": "sentence_id"})))
+    generate(compose_generate(api_overrides(server, out, source, prompt="ade_label",
+                                            **{"input.field": "text", "input.id_field": "sentence_id"})))
+    return out
+
+
+def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
+    out = label_sentences(server, tmp_path, {"s1": "Lithium-induced hypothyroidism was noted.",
+                                             "s2": "The patient was given aspirin for pain.",
+                                             "s3": "Drug-induced rash after amoxicillin."})
     assert server.bodies[0]["logprobs"] is True and server.bodies[0]["max_tokens"] == 3
     rows = to_classification_records(out)
     assert [(r["id"], r["text"], r["label"]) for r in rows] == [
@@ -241,12 +248,8 @@ def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
 def test_odd_server_values_fail_one_prompt_and_never_the_run(server, tmp_path):
     """A "log-probability" of 1000 (exp overflows), infinite token counts and a key echoed past the cut
     of the error text: each prompt ends with one record, the run completes, no piece of the key is kept."""
-    sentences = tmp_path / "ade.csv"
-    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism [hugelogprob].\n"
-                         "s2,Aspirin was given [badusage].\ns3,Drug-induced rash [401long].\ns4,Lithium-induced tremor.\n")
-    out = tmp_path / "ade"
-    generate(compose_generate(api_overrides(server, out, sentences, prompt="ade_label", **{"input.field": "text",
-                                                                                             "input.id_field": "sentence_id"})))
+    out = label_sentences(server, tmp_path, {"s1": "Lithium-induced hypothyroidism [hugelogprob].", "s2": "Aspirin was given [badusage].",
+                                             "s3": "Drug-induced rash [401long].", "s4": "Lithium-induced tremor."})
     by_id = {r["id"]: r for r in store_lines(out)}
     assert sorted(by_id) == ["s1", "s2", "s3", "s4"]
     assert by_id["s1"]["status"] == "ok" and by_id["s1"]["label"] == 1 and by_id["s1"]["soft_label"][1] > 0.9

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from litdistill.losses import LOSSES, DistillationLoss, HardCE, SoftTargetKL, build_loss
+from litdistill.losses import LOSSES, DistillationLoss, ForwardKL, GeneralizedJSD, HardCE, SoftTargetKL, build_loss
 from litdistill.outputs import ModelOutputs
 
 
@@ -89,10 +89,11 @@ def test_registry_finds_builtins_and_user_losses_register_themselves():
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
-def test_temperature_set_after_construction_is_validated_like_weight(bad):
+@pytest.mark.parametrize("cls", [SoftTargetKL, ForwardKL, GeneralizedJSD])
+def test_temperature_set_after_construction_is_validated_like_weight(bad, cls):
     """Schedules and users set temperature mid-training; a bad value is refused and the old one kept."""
-    loss = SoftTargetKL(temperature=2.0)
-    with pytest.raises(ValueError, match=rf"SoftTargetKL: temperature must be a finite number > 0, got {bad}"):
+    loss = cls(temperature=2.0)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: temperature must be a finite number > 0, got {bad}"):
         loss.temperature = bad
     assert loss.temperature == 2.0
     loss.temperature = 0.5  # any positive value, as a schedule produces

@@ -113,13 +113,16 @@ def test_readme_schedule_overrides_set_warmup_and_total_steps(compose_train):
 
 def test_report_retained_speedup_and_files(tmp_path):
     rows = {"teacher": {"params_m": 22.0, "size_mb": 88.0, "latency_ms": 10.0, "throughput_per_s": 100.0, "metrics": {"f1": 0.8}},
-            "student": {"params_m": 11.0, "size_mb": 44.0, "disk_mb": 42.0, "latency_ms": 4.0, "throughput_per_s": 300.0, "metrics": {"f1": 0.78}}}
+            "student": {"params_m": 11.0, "size_mb": 44.0, "disk_mb": 42.0, "latency_ms": 4.0, "throughput_per_s": 300.0, "metrics": {"f1": 0.78}},
+            "baseline": {"params_m": 11.0, "latency_ms": 5.0, "throughput_per_s": 250.0, "metrics": {"f1": 0.72}, "agreement": 0.88}}
     report = summarize(rows, "f1", agreement=0.93, threads=2)
     assert report["retained_pct"] == pytest.approx(97.5) and report["speedup"] == pytest.approx(2.5)
     assert report["throughput_ratio"] == pytest.approx(3.0) and report["compression"] == pytest.approx(2.0)
     write_report(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "| student | 11.0 | 44.0 | 42.0 | 4.0000 | 300.0 | 0.7800 |" in md and "retained % of teacher f1: 97.5" in md
+    assert "| student | 11.0 | 44.0 | 42.0 | 4.0000 | 300.0 | 0.7800 | 0.9300 | 97.5 | 2.5000 |" in md
+    assert "| baseline | 11.0 | - | - | 5.0000 | 250.0 | 0.7200 | 0.8800 | 90.0 | 2.0000 |" in md  # compared with the teacher too
+    assert "agreement w/ teacher | % of teacher f1 | speed-up (b=1) |" in md and "retained % of teacher f1: 97.5" in md
     assert to_markdown(report) in md
     assert "| teacher | 22.0 | 88.0 | - |" in md  # a size not measured shows as "-"
 

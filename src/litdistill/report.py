@@ -15,20 +15,34 @@ COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("size_mb", "in memor
 
 def summarize(rows: dict[str, dict[str, Any]], metric: str, agreement: float | None, threads: int,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Add the derived comparisons: retained % of the teacher's metric and CPU speed-up."""
+    """Add the derived comparisons: per row (student, baseline) its retained % of the teacher's metric,
+    CPU speed-up and agreement with the teacher; the student's also as the report's headline numbers."""
     report: dict[str, Any] = {"metric": metric, "threads": threads, "models": rows, "agreement": agreement}
     teacher, student = rows.get("teacher"), rows.get("student")
+    if student is not None and agreement is not None:
+        student["agreement"] = agreement
+    for name, row in rows.items():
+        if teacher and name != "teacher":
+            row.update(versus_teacher(row, teacher, metric))
     if teacher and student:
-        t_metric, s_metric = teacher.get("metrics", {}).get(metric), student.get("metrics", {}).get(metric)
-        if t_metric and s_metric is not None:
-            report["retained_pct"] = 100.0 * s_metric / t_metric
+        report.update({k: student[k] for k in ("retained_pct", "speedup") if k in student})
         if teacher.get("latency_ms") and student.get("latency_ms"):
-            report["speedup"] = teacher["latency_ms"] / student["latency_ms"]
             report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
         if teacher.get("params_m") and student.get("params_m"):  # an LLM known only by its labels has none
             report["compression"] = teacher["params_m"] / student["params_m"]
     report.update(extra or {})
     return report
+
+
+def versus_teacher(row: dict[str, Any], teacher: dict[str, Any], metric: str) -> dict[str, float]:
+    """A model's retained % of the teacher's metric and its CPU speed-up over the teacher (b=1)."""
+    out: dict[str, float] = {}
+    t_metric, r_metric = teacher.get("metrics", {}).get(metric), row.get("metrics", {}).get(metric)
+    if t_metric and r_metric is not None:
+        out["retained_pct"] = 100.0 * r_metric / t_metric
+    if teacher.get("latency_ms") and row.get("latency_ms"):
+        out["speedup"] = teacher["latency_ms"] / row["latency_ms"]
+    return out
 
 
 def _cell(value: Any) -> str:
@@ -41,11 +55,14 @@ def _cell(value: Any) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
     metric_names = sorted({k for row in report["models"].values() for k in row.get("metrics", {})})
-    header = [title for _, title in COLUMNS] + metric_names
+    versus = [("agreement", "agreement w/ teacher"), ("retained_pct", f"% of teacher {report['metric']}"),
+              ("speedup", "speed-up (b=1)")]
+    header = [title for _, title in COLUMNS] + metric_names + [title for _, title in versus]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in report["models"].items():
         cells = [name] + [_cell(row.get(key)) for key, _ in COLUMNS[1:]]
         cells += [_cell(row.get("metrics", {}).get(m)) for m in metric_names]
+        cells += [_cell(row.get(key)) for key, _ in versus]
         lines.append("| " + " | ".join(cells) + " |")
     summary = [("teacher-student agreement", report.get("agreement")), (f"retained % of teacher {report['metric']}", report.get("retained_pct")),
                ("CPU speed-up (b=1)", report.get("speedup")), ("throughput ratio (b=32)", report.get("throughput_ratio")),

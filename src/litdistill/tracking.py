@@ -58,10 +58,8 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     models = report.get("models", {})
     metrics = sorted({m for row in models.values() for m in row.get("metrics", {})})
     columns = TABLE_COLUMNS + metrics
-    # the student's agreement with the teacher is the report's headline number, kept at its top level
-    cells = {name: {**row, "agreement": report.get("agreement")} if name == "student" else row for name, row in models.items()}
     rows = [[name] + [row.get(c) for c in TABLE_COLUMNS[1:]] + [row.get("metrics", {}).get(m) for m in metrics]
-            for name, row in cells.items()]
+            for name, row in models.items()]
     for fmt, row in ((report.get("exports") or {}).get("formats") or {}).items():
         if fmt != "pytorch":
             rows.append([f"student ({fmt})", None, None, row.get("size_mb"), row.get("latency_ms"), None, row.get("agreement")]

@@ -40,6 +40,22 @@ def load_splits(dataset: str | None, data_files: dict[str, str] | None, subset: 
     return load_dataset(FILE_BUILDERS[suffix], data_files=files, **kwargs)
 
 
+def rename_splits(raw: DatasetDict, split_names: dict[str, str] | None) -> DatasetDict:
+    """The source's splits under litdistill's names: ``{"validation": "dev"}`` reads its ``dev`` split
+    as validation. Without the mapping a hub set whose held-out split is ``dev`` would be ignored."""
+    if not split_names:
+        return raw
+    names = dict(split_names)
+    bad = [ours for ours in names if ours not in SPLITS]
+    missing = [theirs for theirs in names.values() if theirs not in raw]
+    if bad or missing:
+        raise ValueError(f"data.split_names={names}: keys must be among {list(SPLITS)} (got {bad or 'ok'}), "
+                         f"values among the source's splits {sorted(raw)} (missing {missing or 'none'})")
+    renamed = {ours: raw[theirs] for ours, theirs in names.items()}
+    kept = {split: ds for split, ds in raw.items() if split in SPLITS and split not in renamed and split not in names.values()}
+    return DatasetDict({**kept, **renamed})
+
+
 def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fraction: float, seed: int) -> DatasetDict:
     """One split into train/validation/test with no sentence in two splits (first label kept)."""
     seen: set[str] = set()
@@ -83,6 +99,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         route_field: str = "teacher_id",
         teacher_labels: str | None = None,
         teacher_label_type: str = "hard",
+        split_names: dict[str, str] | None = None,
     ) -> None:
         """``route_column`` (multi-teacher routing, see litdistill.teachers): each example's value of
         this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
@@ -90,7 +107,10 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
 
         ``teacher_labels``: a ``litdistill generate`` output (directory or JSONL) whose labels replace
         the train split's (``teacher_label_type`` hard, or soft: the probabilities too, as
-        ``teacher_logits``); see litdistill.data.teacher_labels."""
+        ``teacher_logits``); see litdistill.data.teacher_labels.
+
+        ``split_names``: the source's name for a split, where it is not train/validation/test
+        (``{"validation": "dev"}``)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         if teacher_label_type not in LABEL_TYPES:
@@ -108,7 +128,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
     def raw_splits(self) -> DatasetDict:
         """Untokenised train/validation/test, validated; what reports and caches fingerprint."""
         h = self.hparams
-        raw = load_splits(h.dataset, h.data_files, h.subset, h.revision)
+        raw = rename_splits(load_splits(h.dataset, h.data_files, h.subset, h.revision), h.split_names)
         check_columns(raw, [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c])
         if "validation" not in raw:
             raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed)

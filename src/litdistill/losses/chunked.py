@@ -16,7 +16,11 @@ at V = 128k and N = 2k each is 1 GB. Two variants keep only ``chunk_size x V`` o
   float32), so the student's full logits and their gradient never exist.
 
 Both compute the gradient eagerly in forward (one pass over the vocabulary, no recomputation),
-only when a gradient is needed (``torch.is_grad_enabled()`` and an input requires grad).
+only when a gradient is needed (``torch.is_grad_enabled()`` and an input requires grad). Every
+shipped divergence has a closed-form gradient that works in place in a few ``chunk_size x V``
+buffers (three for forward/reverse KL, TVD and skew reverse KL, four for JSD and skew KL, one more
+with ``ce_weight``), allocated once per call as one block and reused by every chunk; the fused loss
+writes the head's logits straight into them.
 ``backward`` scales the stored gradients in place by the incoming gradient and releases them; a
 second backward through the same graph (``retain_graph=True``) recomputes them chunk by chunk
 from the saved inputs. Double backward is not supported. Teacher inputs are constants (no

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import (DistillationLoss, check_temperature, rows_and_mask, teacher_logits, token_mean,
+from litdistill.losses.base import (DistillationLoss, Temperature, rows_and_mask, teacher_logits, token_mean,
                                     token_scale)
 from litdistill.outputs import ModelOutputs
 
@@ -105,9 +105,11 @@ class TokenDivergence(DistillationLoss):
     comparable to the hard-label loss when T changes. With the default ``temperature=1`` it is 1.
     """
 
+    temperature = Temperature()  # checked on every assignment (schedules and sweeps set it after construction)
+
     def __init__(self, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
         super().__init__(weight)
-        self.temperature = check_temperature(type(self).__name__, temperature)
+        self.temperature = temperature
         if not isinstance(scale_by_t2, bool):
             raise ValueError(f"{type(self).__name__}: scale_by_t2 must be True or False, got {scale_by_t2!r}")
         self.scale_by_t2 = scale_by_t2
