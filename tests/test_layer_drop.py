@@ -66,3 +66,19 @@ def test_an_attention_loss_is_refused(tiny_data):
     trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, callbacks=[ProgressiveLayerDrop()])
     with pytest.raises(ValueError, match="cannot run with an attention loss"):
         trainer.fit(module, datamodule=tiny_data)
+
+
+def test_cli_callbacks_layer_drop_trains_and_exports_the_whole_student(tmp_path):
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.test_cli import only_run_dir, run_cli
+
+    run_cli(["experiment=tiny", "debug=fast", "baseline=false", "callbacks=layer_drop", "callbacks.layer_drop.theta_bar=0.3",
+             "report.plots=false", "report.speed=false"], tmp_path)
+    run = only_run_dir(tmp_path)
+    assert "ProgressiveLayerDrop" in (run / "config.yaml").read_text()
+    assert json.loads((run / "report.json").read_text())["models"]["student"]["metrics"]
+    student = AutoModelForSequenceClassification.from_pretrained(run / "student")
+    assert student.config.num_hidden_layers == 2  # exported whole: dropping happens in training only

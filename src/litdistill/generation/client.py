@@ -334,8 +334,8 @@ class ChatClient:
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            start = self.redact(raw[:CHUNK].decode("utf-8", "replace"))[:80]
-            raise _Fatal(f"malformed response: invalid JSON ({len(raw)} bytes: {start!r})", status) from None
+            head = self.redact(raw[:CHUNK].decode("utf-8", "replace"))[:80]
+            raise _Fatal(f"malformed response: invalid JSON ({len(raw)} bytes: {head!r})", status) from None
         if not isinstance(data, dict):
             raise _Fatal(f"malformed response: JSON {type(data).__name__}, not an object", status)
         return data, status

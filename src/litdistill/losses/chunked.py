@@ -97,8 +97,7 @@ class _ChunkBuffers:
 
 def _slots(divergence: TokenDivergence, ce_weight: float) -> list[int]:
     """The buffer indices one chunk uses: the divergence's work buffers, and the CE term's."""
-    count = divergence._work_buffers() if hasattr(divergence, "_work_buffers") else 2
-    return list(range(max(count, 2))) + ([_CE] if ce_weight else [])
+    return list(range(max(divergence._work_buffers(), 2))) + ([_CE] if ce_weight else [])
 
 
 _CE = 4  # the buffer of the hard-label CE term; 0-3 are the divergence's (see value_and_grad_)

@@ -153,7 +153,7 @@ class TokenDivergence(DistillationLoss):
         logits a matmul wrote there), which is allowed. The gradient may live in any buffer. A
         subclass with its own :meth:`value_and_grad` gets that one called instead.
         """
-        if type(self).value_and_grad is not TokenDivergence.value_and_grad or not self._has_closed_form():
+        if not self._closed_form_in_buffers():
             return self.value_and_grad(s_rows, t_rows)
         s_logp, t_logp = self._log_probs_into(s_rows, buffers(0)), self._log_probs_into(t_rows, buffers(1))
         return self._closed_form(s_logp, t_logp, lambda i: buffers(2 + i))
@@ -165,9 +165,12 @@ class TokenDivergence(DistillationLoss):
     def _work_buffers(self) -> int:
         """How many ``buffers(i)`` :meth:`value_and_grad_` uses (2 when it has no closed form: the
         chunked/fused passes still put the logits there)."""
-        if type(self).value_and_grad is not TokenDivergence.value_and_grad or not self._has_closed_form():
-            return 2
-        return 3
+        return 3 if self._closed_form_in_buffers() else 2
+
+    def _closed_form_in_buffers(self) -> bool:
+        """Whether :meth:`value_and_grad_` runs the shipped closed form in the caller's buffers: not when a
+        subclass brings its own :meth:`value_and_grad`, nor when it has no closed form."""
+        return type(self).value_and_grad is TokenDivergence.value_and_grad and self._has_closed_form()
 
     def _has_closed_form(self) -> bool:
         """Whether :meth:`_closed_form` is the derivative of this instance's :meth:`per_token`: the
