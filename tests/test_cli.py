@@ -105,6 +105,16 @@ def test_vocabulary_mismatch_fails_before_the_teacher_is_loaded_or_fine_tuned(tm
     assert "fine-tuning the teacher" not in proc.stdout + proc.stderr  # Hydra logs INFO to stdout
 
 
+def test_pretrained_student_with_another_vocabulary_fails_before_any_model_loads(tmp_path, tokenizer_dir):
+    from tests.conftest import tokenizer_with_renamed_ids
+
+    other = tokenizer_with_renamed_ids(tokenizer_dir, tmp_path / "other_tok")  # a tokenizer only: no weights to load
+    proc = run_cli(["experiment=tiny", "student=pretrained", f"student.name_or_path={other}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "differs from the data tokenizer" in proc.stderr and "'[UNUSED_A]'" in proc.stderr
+    assert "fine-tuning the teacher" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("loss", [["loss=distilbert", "loss.cos.layer_map=[[1,9]]"],
                                   ["loss=[kd_ce,attention_kl]", "loss.attention.layer_map=[[1,9]]"]], ids=["hidden", "attention"])
 def test_out_of_range_layer_map_fails_before_the_teacher_is_fine_tuned(tmp_path, loss):

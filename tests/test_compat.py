@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from litdistill.compat import IncompatibleModelsError, check_output_spaces, check_tokenizers
+from litdistill.compat import IncompatibleModelsError, check_output_spaces, check_student_tokenizer, check_tokenizers
 from tests.conftest import tiny_bert, tokenizer_with_renamed_ids
 
 
@@ -22,6 +22,23 @@ def test_vocabulary_mismatch_names_both_vocabularies_and_first_differing_ids(tmp
     message = str(err.value)
     assert str(tokenizer_dir) in message and str(other) in message
     assert "id 1000: teacher" in message and "'[UNUSED_A]'" in message and "sequence-level" in message
+
+
+def test_pretrained_student_tokenizer_must_match_the_data_tokenizer(tmp_path, tokenizer_dir):
+    data_tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    check_student_tokenizer(str(tokenizer_dir), data_tok)  # same vocabulary: passes
+    other = tokenizer_with_renamed_ids(tokenizer_dir, tmp_path / "other_tok")
+    with pytest.raises(IncompatibleModelsError) as err:
+        check_student_tokenizer(str(other), data_tok)
+    message = str(err.value)
+    assert f"student's tokenizer {str(other)!r}" in message and f"data tokenizer {str(tokenizer_dir)!r}" in message
+    assert "id 1000: student '[UNUSED_A]'" in message and f"tokenizer={other}" in message
+
+
+def test_a_student_saved_without_a_tokenizer_is_let_through(tmp_path, tokenizer_dir):
+    weights_only = tmp_path / "weights_only"
+    tiny_bert().save_pretrained(weights_only)
+    check_student_tokenizer(str(weights_only), AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
 def test_label_space_mismatch():

@@ -110,10 +110,29 @@ def test_single_split_source_is_deduplicated_and_split_without_leakage(tmp_path,
     assert not (sets["train"] & sets["validation"] or sets["train"] & sets["test"] or sets["validation"] & sets["test"])
 
 
+@pytest.mark.parametrize("rule", ["first", "max"])
+def test_duplicated_sentence_with_conflicting_labels_keeps_the_configured_label(tmp_path, tokenizer_dir, rule):
+    """The hub ADE set lists a few sentences as both ADE and not; data=ade lets the positive win (max)."""
+    rows = [{"text": f"sentence {i}", "label": i % 2} for i in range(40)] + [{"text": "sentence 0", "label": 1}]
+    path = tmp_path / "conflict.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = TextClassificationDataModule(tokenizer_dir, data_files={"train": str(path)}, duplicate_label=rule)
+    raw = dm.raw_splits()
+    found = [(t, y) for s in raw for t, y in zip(raw[s]["text"], raw[s]["label"]) if t == "sentence 0"]
+    assert found == [("sentence 0", 0 if rule == "first" else 1)]
+    assert sum(len(raw[s]) for s in raw) == 40
+
+
+def test_unknown_duplicate_label_rule_is_refused(tokenizer_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"data.duplicate_label='last'; valid: \['first', 'max'\]"):
+        TextClassificationDataModule(tokenizer_dir, data_files={"train": "x.jsonl"}, duplicate_label="last")
+
+
 def test_ade_config_reads_a_file_of_the_hub_schema(tmp_path, compose_train):
     """data=ade keeps the real hub name; offline it is pointed at a local file of the same schema."""
     cfg = compose_train(["data=ade"])
     assert cfg.data.dataset == "ade-benchmark-corpus/ade_corpus_v2" and cfg.data.subset == "Ade_corpus_v2_classification"
+    assert cfg.data.duplicate_label == "max"  # as the raw-corpus reader: a sentence annotated ADE anywhere is ADE
     path = tmp_path / "ade.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"Drug {i} caused rash." if i % 3 else f"Drug {i} helped.", "label": int(i % 3 > 0)}) for i in range(60)))
     from hydra.utils import instantiate

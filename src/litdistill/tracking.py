@@ -91,15 +91,20 @@ def log_model_enabled(cfg: DictConfig) -> bool:
     return bool(value) and str(value).lower() != "false"
 
 
-def log_run(trainer: Any, cfg: DictConfig, report: dict[str, Any], out_dir: str | Path) -> int:
-    """Log config, report, figures (and the student) to each W&B run; returns how many runs."""
+def log_run(trainer: Any, cfg: DictConfig, report: dict[str, Any], out_dir: str | Path,
+            resolved: Any = None) -> int:
+    """Log config, report, figures (and the student) to each W&B run; returns how many runs.
+
+    ``resolved``: ``cfg`` already resolved to plain containers (the run's ``config.yaml``), so it is
+    resolved once per run; None resolves it here.
+    """
     runs = wandb_runs(trainer)
     if not runs:
         return 0
     import wandb
 
     out_dir = Path(out_dir)
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    config = resolved if resolved is not None else OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     columns, rows = report_rows(report)
     logged = 0
     for run in runs:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from litdistill.cache.run import teacher_cache
 from litdistill.checkpointing import AtomicCheckpointIO
-from litdistill.compat import check_output_spaces, check_tokenizers
+from litdistill.compat import check_output_spaces, check_student_tokenizer, check_tokenizers
 from litdistill.evaluation import agreement_rate, cpu_speeds, predict, score
 from litdistill.export import export_student, weights_on_disk_mb
 from litdistill.export_formats import export_configured
@@ -72,6 +72,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loads_teacher = bool(cfg.get("teacher")) and (cache is None or cache.needs_teacher)
     if loads_teacher and cfg.teacher.get("name_or_path"):  # a vocabulary mismatch fails before any model loads
         check_tokenizers(load_tokenizer(cfg.teacher.name_or_path), datamodule.tokenizer)
+    student_source = OmegaConf.select(cfg, "student.name_or_path", default=None, throw_on_missing=False)
+    if student_source and str(student_source) != str(cfg.get("tokenizer")):  # a pretrained student reads the data's ids
+        check_student_tokenizer(str(student_source), datamodule.tokenizer)
     teacher = instantiate(cfg.teacher) if loads_teacher else None
     if teacher is not None and _cuts_teacher_layers(cfg.get("student")):  # before any fine-tuning step
         refuse_quantized_source(getattr(teacher, "primary_model", teacher))
@@ -129,9 +132,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         report["figures"] = report_figures(report, out_dir, trainer)
     write_report(report, out_dir)
     # resolved: the teacher's real path, the run's real directories (Hydra's .hydra/config.yaml keeps the ${...})
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)))
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     print(to_markdown(report))
-    log_run(trainer, cfg, report, out_dir)  # W&B: config, report table, figures, student artifact
+    log_run(trainer, cfg, report, out_dir, resolved)  # W&B: config, report table, figures, student artifact
     return report
 
 

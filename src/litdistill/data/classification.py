@@ -56,11 +56,29 @@ def rename_splits(raw: DatasetDict, split_names: dict[str, str] | None) -> Datas
     return DatasetDict({**kept, **renamed})
 
 
-def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fraction: float, seed: int) -> DatasetDict:
-    """One split into train/validation/test with no sentence in two splits (first label kept)."""
-    seen: set[str] = set()
-    keep = [i for i, text in enumerate(ds[text_column]) if not (text in seen or seen.add(text))]
+DUPLICATE_LABELS = ("first", "max")
+
+
+def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fraction: float, seed: int,
+                     label_column: str = "label", duplicate_label: str = "first") -> DatasetDict:
+    """One split into train/validation/test with no sentence in two splits.
+
+    A sentence listed more than once keeps its first row; ``duplicate_label="max"`` gives that row
+    the largest label of all its copies (ADE: a sentence annotated with an adverse event anywhere
+    is positive, as the raw-corpus reader :mod:`litdistill.data.ade` decides).
+    """
+    if duplicate_label not in DUPLICATE_LABELS:
+        raise ValueError(f"data.duplicate_label={duplicate_label!r}; valid: {list(DUPLICATE_LABELS)}")
+    first: dict[str, int] = {}  # text -> kept row
+    labels = list(ds[label_column])
+    for i, text in enumerate(ds[text_column]):
+        kept = first.setdefault(text, i)
+        if duplicate_label == "max" and kept != i:
+            labels[kept] = max(labels[kept], labels[i])
+    keep = sorted(first.values())
     ds = ds.select(keep)
+    if duplicate_label == "max":
+        ds = ds.remove_columns(label_column).add_column(label_column, [labels[i] for i in keep])
     held_out = ds.train_test_split(test_size=val_fraction + test_fraction, seed=seed)
     val_test = held_out["test"].train_test_split(test_size=test_fraction / (val_fraction + test_fraction), seed=seed)
     return DatasetDict(train=held_out["train"], validation=val_test["train"], test=val_test["test"])
@@ -100,6 +118,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         teacher_labels: str | None = None,
         teacher_label_type: str = "hard",
         split_names: dict[str, str] | None = None,
+        duplicate_label: str = "first",
     ) -> None:
         """``route_column`` (multi-teacher routing, see litdistill.teachers): each example's value of
         this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
@@ -110,9 +129,14 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         ``teacher_logits``); see litdistill.data.teacher_labels.
 
         ``split_names``: the source's name for a split, where it is not train/validation/test
-        (``{"validation": "dev"}``)."""
+        (``{"validation": "dev"}``).
+
+        ``duplicate_label``: for a source without a validation split, which label a sentence listed
+        more than once keeps when de-duplicated: ``first`` or ``max`` (see :func:`dedupe_and_split`)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
+        if duplicate_label not in DUPLICATE_LABELS:
+            raise ValueError(f"data.duplicate_label={duplicate_label!r}; valid: {list(DUPLICATE_LABELS)}")
         if teacher_label_type not in LABEL_TYPES:
             raise ValueError(f"data.teacher_label_type={teacher_label_type!r}; valid types: {list(LABEL_TYPES)}")
         self.tokenizer = load_tokenizer(tokenizer)
@@ -131,7 +155,8 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         raw = rename_splits(load_splits(h.dataset, h.data_files, h.subset, h.revision), h.split_names)
         check_columns(raw, [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c])
         if "validation" not in raw:
-            raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed)
+            raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed,
+                                   h.label_column, h.duplicate_label)
         raw = DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
                            for s in SPLITS if s in raw})
         self._check_labels(raw)
