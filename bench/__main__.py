@@ -1,6 +1,6 @@
 """Every benchmark in one command; JSON under bench/results/ and the generated table in BENCHMARKS.md.
 
-    python -m bench              # full: about 45 minutes on 2 CPU cores (empty cache)
+    python -m bench              # full: about an hour on 2 CPU cores (empty cache)
     python -m bench --quick      # a few minutes: fewer steps, repetitions and test sentences
     python -m bench --smoke      # under a minute: tiny sizes, checks the plumbing (CI)
     python -m bench --render     # rebuild BENCHMARKS.md from the JSON already in bench/results/

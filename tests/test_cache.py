@@ -394,6 +394,31 @@ def test_cached_classification_losses_equal_the_online_ones(tmp_path, cls_data):
         assert n == len(cls_data.train_dataloader()) > 1
 
 
+def test_indexed_dataset_reads_a_batch_in_one_call_like_the_plain_loader(cls_data):
+    """The wrapped Hugging Face dataset gets one __getitems__ per batch, and the rows are the plain ones."""
+    from litdistill.cache import IndexedDataset
+
+    dataset = cls_data.train_dataloader().dataset
+    calls = []
+
+    class Counting:
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, i):
+            raise AssertionError("read row by row")
+
+        def __getitems__(self, indices):
+            calls.append(list(indices))
+            return dataset.__getitems__(indices)
+
+    rows = IndexedDataset(Counting()).__getitems__([5, 2, 7])
+    assert calls == [[5, 2, 7]] and [i for i, _ in rows] == [5, 2, 7]
+    for (i, row), plain in zip(rows, dataset.__getitems__([5, 2, 7])):
+        assert row.keys() == plain.keys() and all(torch.equal(torch.as_tensor(row[k]), torch.as_tensor(plain[k])) for k in row)
+    assert IndexedDataset([10, 11, 12]).__getitems__([2, 0]) == [(2, 12), (0, 10)]  # no __getitems__: row by row
+
+
 # ---- configuration and the CLI --------------------------------------------------------------------------------
 def test_use_refuses_a_student_built_from_the_teacher_and_a_missing_store_names_the_closest(compose_train, cls_data):
     from litdistill.cache.run import CacheMissingError, cache_key, teacher_cache

@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -107,19 +108,26 @@ def from_config(
     overrides = dict(config or {})
     if task == "classification":
         overrides.update(label_kwargs(num_labels, label_names))
-    if base is not None:
-        hf_config = AutoConfig.from_pretrained(base, **overrides)
-    elif "model_type" not in overrides and getattr(teacher, "config", None) is not None:
-        hf_config = AutoConfig.for_model(**{**teacher.config.to_dict(), **overrides})
-    else:
-        if "model_type" not in overrides:
-            raise ValueError("from_config needs config.model_type (e.g. bert, llama) or a base model to shrink")
-        hf_config = AutoConfig.for_model(overrides.pop("model_type"), **overrides)
+    hf_config = model_config(overrides, base, teacher)
     if seed is not None:
         torch.manual_seed(seed)
     model = auto_class(task).from_config(hf_config, dtype=torch_dtype(dtype))
     model.litdistill_source = {"config": hf_config.to_dict(), "seed": seed}
     return model
+
+
+def model_config(config: dict[str, Any] | None = None, base: str | None = None,
+                 teacher: nn.Module | None = None) -> PretrainedConfig:
+    """The Hugging Face config :func:`from_config` builds its model from; reading it creates no weights
+    (a teacher cache resolves layer maps from it without loading any model)."""
+    overrides = dict(config or {})
+    if base is not None:
+        return AutoConfig.from_pretrained(base, **overrides)
+    if "model_type" not in overrides and getattr(teacher, "config", None) is not None:
+        return AutoConfig.for_model(**{**teacher.config.to_dict(), **overrides})
+    if "model_type" not in overrides:
+        raise ValueError("from_config needs config.model_type (e.g. bert, llama) or a base model to shrink")
+    return AutoConfig.for_model(overrides.pop("model_type"), **overrides)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

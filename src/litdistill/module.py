@@ -17,7 +17,7 @@ from litdistill.forward import align_labels, run_model
 from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
 from litdistill.metrics import agreement, metric_values, task_metrics
 from litdistill.optim import adamw, parameter_groups
-from litdistill.outputs import ModelOutputs, TopK
+from litdistill.outputs import ModelOutputs, outputs_in_batch
 
 ModelFactory = Callable[..., nn.Module]  # a model built later, in configure_model
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -149,12 +149,12 @@ class DistillationModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_outputs(self, batch: dict[str, Tensor], needs: frozenset[str] | None = None) -> ModelOutputs:
-        """Teacher outputs for the batch; precomputed ``teacher_logits`` or ``teacher_topk_*`` in the
-        batch (an offline teacher cache, see litdistill.cache) win over running the teacher."""
-        if "teacher_logits" in batch:
-            return ModelOutputs(logits=batch["teacher_logits"])
-        if "teacher_topk_ids" in batch:
-            return ModelOutputs(topk=TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"]))
+        """Teacher outputs for the batch; precomputed ``teacher_logits`` or ``teacher_topk_*`` (and
+        ``teacher_hidden_states``) in the batch (an offline teacher cache, see litdistill.cache) win
+        over running the teacher."""
+        cached = outputs_in_batch(batch)
+        if cached is not None:
+            return cached
         return run_model(self.teacher, batch, self.needs if needs is None else needs, self.task, self.teacher_features)
 
     def loss_terms(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], ModelOutputs]:

@@ -37,13 +37,30 @@ class ModelOutputs:
     """
 
     logits: Tensor | None = None  # [B, C] (classification) or [B, T, V] (causal LM)
-    hidden_states: tuple[Tensor, ...] | None = None  # (embeddings, layer 1, ...), each [B, T, H]
+    # (embeddings, layer 1, ...), each [B, T, H]; from a teacher cache only the stored layers, None elsewhere
+    hidden_states: tuple[Tensor | None, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None  # per layer, each [B, heads, T, T]
     features: dict[str, Tensor] = field(default_factory=dict)  # hooked submodule outputs by dotted name
     topk: TopK | None = None  # a sparse teacher from a cache (top-k log-probs + tail mass), instead of logits
     # True when ``logits`` already are softened log-probabilities (a MultiTeacher mixture): logit
     # losses then take them as the teacher distribution as is (see losses.base.teacher_logits).
     log_probs: bool = False
+
+
+def outputs_in_batch(batch: dict[str, Any]) -> ModelOutputs | None:
+    """The teacher outputs an offline cache put into the batch (``litdistill.cache.data``), or None.
+
+    Stored hidden states (``teacher_hidden_states``, {teacher layer: [B, T, H]}) come back at their
+    teacher indices, None at the layers not stored: the hidden-state losses read only mapped layers.
+    """
+    stored = batch.get("teacher_hidden_states")
+    hidden = tuple(stored.get(i) for i in range(max(stored) + 1)) if stored else None
+    if "teacher_logits" in batch:
+        return ModelOutputs(logits=batch["teacher_logits"], hidden_states=hidden)
+    if "teacher_topk_ids" in batch:
+        topk = TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"])
+        return ModelOutputs(topk=topk, hidden_states=hidden)
+    return None
 
 
 class TeacherOutputsInBatch(nn.Module):

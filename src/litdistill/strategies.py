@@ -169,6 +169,28 @@ def pin_hydra_run_dir() -> None:
         hydra_cfg.run.dir = output_dir
 
 
+def start_ranks(trainer: L.Trainer) -> None:
+    """Start the strategy's ranks now and join their process group, as ``trainer.fit`` would.
+
+    Building the teacher cache (``cache=build``, or ``cache=auto`` without a store) runs before any fit.
+    Lightning's DDP launcher starts ranks 1..N-1 only at a fit, so without this the launching process
+    would build every shard alone. Each rank started here re-runs the job up to this point and builds
+    its own ``shards[rank::world]``; ranks started from outside (torchrun, SLURM) just join the group.
+    A no-op for one process, when a group is already running (teacher fine-tuning under DDP started the
+    ranks), and for launchers that run a function in fresh processes (``ddp_spawn``, ``ddp_notebook``):
+    those build in one process.
+    """
+    import torch.distributed as dist
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = trainer.strategy
+    world = int(getattr(strategy, "num_processes", 1)) * int(getattr(strategy, "num_nodes", 1))  # world_size is 1 yet
+    if world < 2 or (dist.is_available() and dist.is_initialized()):
+        return
+    if isinstance(strategy.launcher, _SubprocessScriptLauncher):
+        strategy.launcher.launch(strategy.setup_environment, trainer=trainer)
+
+
 def gather_full_student(trainer: L.Trainer) -> dict[str, Any] | None:
     """FSDP only (None otherwise): the student's full weights, gathered by every rank, on rank 0's CPU.
 

@@ -31,7 +31,8 @@ from litdistill.plots import report_figures
 from litdistill.report import multi_teacher_memory, summarize, to_markdown, write_report
 from litdistill.safe_logger import guard_logger
 from litdistill.strategies import (configure_strategy, enable_gradient_checkpointing, gather_full_student,
-                                   leave_process_group, pin_hydra_run_dir, unsharded_models, validate_scaling)
+                                   leave_process_group, pin_hydra_run_dir, start_ranks, unsharded_models,
+                                   validate_scaling)
 from litdistill.teachers import MultiTeacher, finetune_members
 from litdistill.tracking import log_run
 
@@ -83,8 +84,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         finetune = finetune_members if isinstance(teacher, MultiTeacher) else finetuned_teacher
         teacher = finetune(cfg, teacher, datamodule, trainer_factory)
     if cache is not None:  # builds the store when this run loaded the teacher for it; training then reads it
-        cached_datamodule = cache.prepare(teacher)
+        device = None
+        if teacher is not None:  # DDP: start the ranks before the build, each builds its own shards on its device
+            builder = trainer_factory(logger=False, callbacks=[], enable_checkpointing=False)
+            start_ranks(builder)
+            device = builder.strategy.root_device
+        cached_datamodule = cache.prepare(teacher, device)
         if cached_datamodule is None:  # cache=build: the store is written; nothing is trained
+            leave_process_group()  # every rank: a multirun's next job starts its own ranks
             return {"teacher_cache": cache.summary()}
         datamodule, teacher = cached_datamodule, None
     batch_teacher = cache.teacher if cache is not None else labels_teacher  # its outputs arrive in the batches

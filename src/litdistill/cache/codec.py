@@ -18,6 +18,11 @@ stored probability <= 3.2%) reaching 15.9 nats below the top-1. Entries further 
 carry less than 1.3e-7 of the top-1's probability each; their mass is added to the tail bucket and
 their slot decodes as empty (id -1), which keeps the k+1-bucket divergence exact for what is kept.
 Sorted gaps of k ids out of V are small numbers, so the high planes compress to about a bit per id.
+
+``hidden`` (next to either, when a hidden-state loss needs them; train split only): the teacher's raw
+hidden states of the stored layers, ``hidden_states`` [R_h, L, H] in the store dtype, one row per real
+token (attention mask 1: the positions :class:`~litdistill.losses.HiddenStateLoss` averages over),
+and ``hidden_offsets`` [n+1] (int32) for them: L * H * (2 or 4) bytes per token.
 """
 
 from __future__ import annotations
@@ -111,6 +116,31 @@ def decode_topk(tensors: dict[str, Tensor], k: int, vocab: int, codec: str) -> T
     lp = np.where(folded, np.float32(FLOOR), lp)
     ids = np.where(folded, -1, ids)
     return TopK(torch.from_numpy(lp), torch.from_numpy(ids), tensors["log_tail"])
+
+
+# ---- hidden states ---------------------------------------------------------------------------------
+def hidden_positions(batch: dict[str, Tensor]) -> Tensor:
+    """[B, T] bool: the positions a stored hidden row covers. The attention mask where the batch has
+    one, else every position: what ``losses.features.position_mask`` averages a [B, T, H] feature over."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.shape == ids.shape:
+        return mask.bool()
+    return torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+
+
+def encode_hidden(rows: Tensor, counts: list[int], dtype: str) -> dict[str, Tensor]:
+    """``hidden_states`` [R, L, H] in the store dtype and ``hidden_offsets`` [n+1] int32 from ``counts`` rows per example."""
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(torch.as_tensor(counts, dtype=torch.int64), 0).to(torch.int32)
+    return {"hidden_states": rows.to(value_dtype(dtype)).contiguous(), "hidden_offsets": offsets}
+
+
+def pop_hidden(tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+    """Take a shard's hidden states out of ``tensors``: (offsets [n+1] int64, rows [R, L, H]), or None."""
+    if "hidden_states" not in tensors:
+        return None
+    return tensors.pop("hidden_offsets").to(torch.int64), tensors.pop("hidden_states")
 
 
 def payload_rows(tensors: dict[str, Tensor]) -> int:

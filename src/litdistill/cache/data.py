@@ -10,7 +10,10 @@ dataset index, and :class:`CachedCollate` adds, after the data module's own coll
 * full logits: ``teacher_logits`` [B, C] (classification) or [B, T-1, V] (causal LM, zeros off the
   real tokens);
 * top-k: ``teacher_topk_logprobs`` [B, (T-1,) k] float32, ``teacher_topk_ids`` int64 (-1 = empty),
-  ``teacher_topk_log_tail`` [B, (T-1)] float32.
+  ``teacher_topk_log_tail`` [B, (T-1)] float32;
+* hidden states (train split of a store that has them): ``teacher_hidden_states``, a dict from teacher
+  layer to [B, T, H] in the store dtype, zeros off the real tokens (attention mask 0), which the
+  hidden-state losses mask out anyway.
 
 Causal-LM rows are stored for the real tokens only and are scattered back to the positions where
 the shifted labels are not -100 (the module's ``token_mask``), which is what the stored rows were
@@ -21,6 +24,7 @@ clear error if a batch ever arrives without cached outputs.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from litdistill.cache.codec import hidden_positions
 from litdistill.cache.store import ShardReader, TeacherStore
 from litdistill.data.token_counts import StepTokenCounts
 from litdistill.losses.sparse import FLOOR
@@ -50,6 +55,13 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, Any]:
         return int(i), self.dataset[i]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
+        """A batch's rows in one call where the wrapped dataset reads batches (a Hugging Face dataset
+        does, ~20x faster than row by row), as the plain loader would read them."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        rows = getitems(list(indices)) if getitems else [self.dataset[i] for i in indices]
+        return [(int(i), row) for i, row in zip(indices, rows)]
+
 
 class CachedCollate:
     """The data module's collate, then the cached teacher outputs of the batch's examples."""
@@ -62,7 +74,25 @@ class CachedCollate:
         batch = dict(self.collate([row for _, row in items]))
         batch["idx"] = torch.as_tensor(idx, dtype=torch.long)
         batch.update(self.teacher_fields(idx, batch))
+        batch.update(self.hidden_fields(idx, batch))
         return batch
+
+    def hidden_fields(self, idx: list[int], batch: dict[str, Any]) -> dict[str, dict[int, Tensor]]:
+        """``teacher_hidden_states`` {teacher layer: [B, T, H]}: the stored rows scattered back to the real
+        tokens, zeros elsewhere; nothing when the examples' shards hold no hidden states."""
+        rows = [self.reader.hidden_states(i) for i in idx]  # each [n_i, L, H] or None
+        if all(r is None for r in rows):
+            return {}
+        real = hidden_positions(batch)  # [B, T]
+        for i, n, r in zip(idx, real.sum(1).tolist(), rows):
+            if r is None or r.shape[0] != n:
+                raise CacheAlignmentError(
+                    f"example {i} of the cached {self.reader.split!r} split has {'no' if r is None else r.shape[0]} cached "
+                    f"hidden-state rows but {n} real tokens in this batch: the store does not match the data (rebuild it)")
+        flat = torch.cat(rows)  # [R, L, H]
+        joined = flat.new_zeros((flat.shape[1], *real.shape, flat.shape[2]))  # [L, B, T, H]
+        joined[:, real] = flat.transpose(0, 1)
+        return {"teacher_hidden_states": dict(zip(self.reader.hidden_layers, joined.unbind(0)))}
 
     def teacher_fields(self, idx: list[int], batch: dict[str, Any]) -> dict[str, Tensor]:
         rows = [self.reader.example(i) for i in idx]
@@ -107,20 +137,27 @@ def unwrap_loader(loader: Any) -> tuple[DataLoader, Any]:
 
 
 def indexed_loader(loader: DataLoader, collate: Any) -> DataLoader:
-    """``loader`` over ``IndexedDataset(loader.dataset)`` with ``collate``, reusing its batch sampler.
+    """``loader`` over ``IndexedDataset(loader.dataset)`` with ``collate``, reusing its sampler.
 
-    The same batch sampler object (and so the same sampler: shuffled, sequential, resumable or
-    distributed) yields the same indices in the same order, so the batches are the very ones the
-    plain loader would give, each example now carrying its index.
+    The same sampler object (shuffled, sequential, resumable or distributed) with the same batch size
+    and ``drop_last`` (or the same custom batch sampler) yields the same indices in the same order, so
+    the batches are the very ones the plain loader would give, each example now carrying its index.
+    The sampler is passed as such, not inside a batch sampler, so that under DDP Lightning sees it as it
+    sees the plain loader's: it keeps a distributed one and shards a sequential one at the same batch size
+    (given the batch sampler, it replaced the sampler and rebuilt the loader with batch_size=1).
     """
     if loader.batch_sampler is None:
         raise ValueError("the teacher cache needs a DataLoader that batches (batch_size or batch_sampler set)")
     kwargs: dict[str, Any] = {}
     if loader.num_workers > 0:
         kwargs.update(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
-    return DataLoader(IndexedDataset(loader.dataset), batch_sampler=loader.batch_sampler, collate_fn=collate,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, timeout=loader.timeout,
-                      worker_init_fn=loader.worker_init_fn, generator=loader.generator, **kwargs)
+    if loader.batch_size is not None:  # automatic batching
+        kwargs.update(batch_size=loader.batch_size, sampler=loader.sampler, drop_last=loader.drop_last)
+    else:
+        kwargs.update(batch_sampler=loader.batch_sampler)
+    return DataLoader(IndexedDataset(loader.dataset), collate_fn=collate, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                      generator=loader.generator, **kwargs)
 
 
 class CachedTeacherDataModule(L.LightningDataModule):
@@ -183,8 +220,16 @@ class CachedTeacherDataModule(L.LightningDataModule):
 
 
 class CachedTeacher(TeacherOutputsInBatch):
-    """The teacher's stand-in under ``cache=use``: its outputs arrive inside the batches, from the store."""
+    """The teacher's stand-in under ``cache=use``: its outputs arrive inside the batches, from the store.
+
+    A store with hidden states gives it ``config.num_hidden_layers`` and ``config.hidden_size`` (the
+    teacher's, from the manifest) and ``hidden_layers`` (those stored), so hidden-state losses resolve
+    their layer maps and projections against it without the teacher being loaded.
+    """
 
     def __init__(self, manifest: dict[str, Any], path: str = "") -> None:
         super().__init__(f"the teacher cache {path or '(in memory)'} (cache=use)", manifest["splits"])
         self.manifest, self.path = manifest, path
+        self.hidden_layers = list(manifest.get("hidden_layers") or [])
+        if self.hidden_layers:
+            self.config = SimpleNamespace(num_hidden_layers=manifest["teacher_layers"], hidden_size=manifest["hidden_size"])

@@ -15,7 +15,9 @@ fields, in the order a mismatch is reported:
 * ``splits.<split>``: a sha256 of the split's tokenised model inputs (and, for causal LMs, of which
   positions are real tokens), so any change of text, tokenisation, truncation, prompt format or
   split membership changes it;
-* ``outputs`` (logits | topk), ``k``, ``dtype`` (stored values), ``codec``.
+* ``outputs`` (logits | topk), ``k``, ``dtype`` (stored values), ``codec``;
+* ``hidden_layers``, ``hidden_size``: the teacher layers whose hidden states are stored and their
+  width (only in the key of a store that has hidden states, so other stores keep their keys).
 
 The key is computed without loading the teacher (``cache=use`` never loads it). The sha256 of the
 loaded teacher's actual weights is recorded beside the key when a build runs, and checked whenever

@@ -10,16 +10,20 @@ A student built from the teacher's layers (``student=from_teacher``) is refused 
 ``auto``: it would need the teacher's weights, which these modes never load (``auto`` would load
 them on its first run only, so a sweep's first trial would start from another student than the
 rest). Pick a student that does not copy the teacher (``student=tiny_bert``, ``student=scaled``,
-``student=pretrained``); ``cache=build`` itself needs no student.
+``student=pretrained``); ``cache=build`` itself needs no student, unless a hidden-state loss is
+configured: the teacher layers its layer map reads (and so the store holds) depend on the student's
+depth, read from the student's config like the teacher's depth and width (no model is loaded).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from litdistill.cache.build import StoreSpec, build_store, split_sources
@@ -34,6 +38,7 @@ from litdistill.cache.keys import (
 )
 from litdistill.cache.store import CacheKeyMismatch, CacheMissingError, TeacherStore, manifest_summary, nearest_store
 from litdistill.losses.base import DistillationLoss
+from litdistill.losses.features import HiddenStateLoss
 
 log = logging.getLogger("litdistill.cache")
 
@@ -54,17 +59,118 @@ def resolve_outputs(outputs: str, task: str) -> str:
     return outputs
 
 
-def check_losses(losses: dict[str, DistillationLoss], outputs: str) -> None:
-    """Cached teachers give logits (or top-k): losses needing teacher hidden states/attentions are refused."""
+@dataclass(frozen=True)
+class HiddenPlan:
+    """The teacher hidden states a store holds (``cache.hidden_states``) and those each hidden-state loss reads."""
+
+    setting: Any = "auto"  # cache.hidden_states: auto | all | false | [layers]
+    layers: tuple[int, ...] = ()  # stored teacher layers (hidden_states indices, 0 = embeddings)
+    size: int | None = None  # the teacher's hidden size
+    teacher_layers: int | None = None  # the teacher's block count
+    reads: dict[str, list[int]] = field(default_factory=dict)  # loss term -> teacher layers its map reads
+
+
+def hidden_setting(value: Any) -> Any:
+    """``cache.hidden_states`` checked: "auto", "all", False, or a sorted list of teacher layers."""
+    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    if value is False or value in ("auto", "all"):
+        return value
+    layers = isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    if layers and value and min(value) >= 0:
+        return sorted(set(value))
+    raise ValueError("cache.hidden_states must be auto (the layers the hidden-state losses map to), all, false or a "
+                     f"non-empty list of teacher layers (0 = embeddings), got {value!r}")
+
+
+def model_shape(spec: Any, role: str) -> tuple[int, int]:
+    """(blocks, hidden size) of the configured ``role`` model, from its Hugging Face config alone: under
+    cache=use the teacher is never loaded, and the student is built only after the store is found."""
+    from transformers import AutoConfig
+
+    from litdistill.models import model_config
+
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec or {})
+    target = str(spec.get("_target_", ""))
+    try:
+        if target == "litdistill.models.from_config":
+            config = model_config(spec.get("config"), spec.get("base"))
+        elif target == "litdistill.models.load_pretrained":
+            config = AutoConfig.from_pretrained(str(spec["name_or_path"]), revision=spec.get("revision"))
+        else:
+            config = None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"teacher cache: cannot read the {role}'s config to resolve the hidden-state layer maps: {err}") from err
+    layers, size = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not isinstance(layers, int) or not isinstance(size, int):
+        raise ValueError(f"teacher cache: hidden-state losses need the {role}'s layer count and hidden size before any model "
+                         f"is loaded, and {role}._target_={target!r} gives no config with them (from_config and "
+                         "load_pretrained do)")
+    return layers, size
+
+
+def student_layers(cfg: DictConfig, names: list[str]) -> int:
+    """The configured student's depth, which the layer maps of the hidden-state losses ``names`` depend on."""
+    student = cfg.get("student")
+    if not student or str(student.get("_target_", "")) in TEACHER_BUILDERS:
+        raise ValueError(
+            f"teacher cache: the hidden-state losses {names} map student layers to teacher layers, so the hidden states "
+            "a store holds depend on the student it trains: configure that student (student=tiny_bert, student=scaled, "
+            "student=pretrained ...; not student=from_teacher, which cache=use/auto refuse), or list the teacher layers "
+            "to store: cache.hidden_states=[...] or all")
+    return model_shape(student, "student")[0]
+
+
+def plan_hidden(cfg: DictConfig, losses: dict[str, DistillationLoss]) -> HiddenPlan:
+    """Which teacher hidden states the run's store holds and which each hidden-state loss reads, from
+    the configs (nothing is loaded)."""
+    setting = hidden_setting((cfg.cache or {}).get("hidden_states", "auto"))
+    hidden = {name: loss for name, loss in losses.items() if isinstance(loss, HiddenStateLoss)}
+    if not hidden and setting in ("auto", False):
+        return HiddenPlan(setting)
+    depth, size = model_shape(cfg.teacher, "teacher")
+    reads: dict[str, list[int]] = {}
+    if hidden:
+        depth_s = student_layers(cfg, list(hidden))
+        reads = {name: loss.teacher_layers(depth_s, depth) for name, loss in hidden.items()}
+    if setting is False:
+        layers: Any = ()
+    elif setting == "auto":
+        layers = sorted(set().union(*reads.values()))
+    elif setting == "all":
+        layers = range(depth + 1)
+    elif max(setting) > depth:
+        raise ValueError(f"cache.hidden_states={setting}: the teacher has layers 0..{depth} (0 = embeddings)")
+    else:
+        layers = setting
+    return HiddenPlan(setting, tuple(layers), size if layers else None, depth if layers else None, reads)
+
+
+def check_losses(losses: dict[str, DistillationLoss], outputs: str, hidden: HiddenPlan) -> None:
+    """Cached teachers give logits (or top-k) and the stored hidden states: losses needing anything else
+    (attention maps, hooked submodule outputs, unstored layers) are refused, naming what is missing."""
     from litdistill.losses import SoftTargetKL, TokenDivergence
 
+    stores = "it stores logits or top-k and, for hidden-state losses, the mapped hidden states"
     for name, loss in losses.items():
         if not loss.uses_teacher:
             continue
+        label = f"loss {name!r} ({type(loss).__name__})"
+        if isinstance(loss, HiddenStateLoss):
+            missing = sorted(set(hidden.reads[name]) - set(hidden.layers))
+            if missing:
+                raise ValueError(
+                    f"{label} reads the teacher's hidden states of layers {hidden.reads[name]}, but the teacher cache stores "
+                    f"{list(hidden.layers) or 'none'} (cache.hidden_states={hidden.setting}): layers {missing} are missing. "
+                    "Set cache.hidden_states=auto (the layers the losses map to) or list them, or use cache=none")
+            continue
         extra = set(loss.needs) - {"logits"}
+        if "attentions" in extra:
+            raise ValueError(f"{label} needs the teacher's attention maps, which a teacher cache does not store ({stores}); "
+                             "use cache=none for it")
         if extra or getattr(loss, "teacher_features", ()):
-            raise ValueError(f"loss {name!r} ({type(loss).__name__}) needs the teacher's {sorted(extra) or 'features'}, "
-                             "which a teacher cache does not store (it stores logits); use cache=none for it")
+            what = f"outputs of {loss.teacher_features}" if getattr(loss, "teacher_features", ()) else sorted(extra)
+            raise ValueError(f"{label} needs the teacher's {what}, which a teacher cache does not store ({stores}); "
+                             "use cache=none for it")
         if outputs == "topk" and not isinstance(loss, (SoftTargetKL, TokenDivergence)):
             raise ValueError(f"loss {name!r} ({type(loss).__name__}) needs the teacher's full logits; a top-k cache works "
                              "with soft_kl, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl and tvd "
@@ -88,6 +194,7 @@ def cache_key(cfg: DictConfig, datamodule: Any, spec: StoreSpec, splits: list[st
         "k": spec.k if spec.outputs == "topk" else None,
         "dtype": spec.dtype,
         "codec": spec.codec if spec.outputs == "topk" else None,
+        **({"hidden_layers": list(spec.hidden_layers), "hidden_size": spec.hidden_size} if spec.hidden_layers else {}),
     }
 
 
@@ -113,10 +220,12 @@ class TeacherCacheRun:
         if missing:
             raise ValueError(f"cache.splits must include train and validation (the fit reads both), missing {sorted(missing)}")
         outputs = resolve_outputs(str(c.get("outputs", "auto")), cfg.task)
+        hidden = plan_hidden(cfg, losses)
         self.spec = StoreSpec(task=cfg.task, outputs=outputs, k=int(c.k) if outputs == "topk" else None,
                               dtype=str(c.get("dtype", "float16")), codec=str(c.get("codec", "raw")),
-                              shard_size=int(c.get("shard_size", 256)))
-        check_losses(losses, outputs)
+                              shard_size=int(c.get("shard_size", 256)), hidden_layers=hidden.layers,
+                              hidden_size=hidden.size, teacher_layers=hidden.teacher_layers)
+        check_losses(losses, outputs, hidden)
         self.datamodule = datamodule
         self.key = cache_key(cfg, datamodule, self.spec, self.splits)
         root = Path(str(c.root))
@@ -140,17 +249,22 @@ class TeacherCacheRun:
         """Whether this run loads the teacher: to build (``build``, or ``auto`` without a complete store)."""
         return self.mode == "build" or (self.mode == "auto" and not self.store.complete)
 
-    def build(self, teacher: nn.Module) -> dict[str, Any]:
+    def build(self, teacher: nn.Module, device: torch.device | None = None) -> dict[str, Any]:
+        """Build (or resume) the store with ``teacher`` on ``device`` (the rank's device, as a fit would place
+        it; a bitsandbytes-quantized teacher stays where it was loaded: it cannot be moved)."""
         c = self.cfg.cache
+        if device is not None and not getattr(teacher, "is_quantized", False):
+            teacher.to(device)
         sources = split_sources(self.datamodule, self.splits)
         self.manifest = build_store(self.store, teacher, sources, self.spec, batch_size=int(c.get("batch_size", 32)),
                                     progress=bool(c.get("progress", True)))
         return self.manifest
 
-    def prepare(self, teacher: nn.Module | None) -> CachedTeacherDataModule | None:
-        """Build when this run loaded the teacher for it; then the data module reading the store (None for build)."""
+    def prepare(self, teacher: nn.Module | None, device: torch.device | None = None) -> CachedTeacherDataModule | None:
+        """Build when this run loaded the teacher for it (on ``device``); then the data module reading the
+        store (None for build)."""
         if teacher is not None:
-            self.build(teacher)
+            self.build(teacher, device)
         if self.mode == "build":
             return None
         self.manifest = self.store.manifest()
@@ -184,7 +298,8 @@ class TeacherCacheRun:
         m = self.manifest or {}
         return {"mode": self.mode, "dir": str(self.store.path), "key_hash": self.store.hash, "outputs": m.get("outputs"),
                 "k": m.get("k"), "dtype": m.get("dtype"), "codec": m.get("codec"), "rows": m.get("rows"),
-                "bytes": m.get("bytes"), "bytes_per_row": m.get("bytes_per_row"), "row_unit": m.get("row_unit")}
+                "bytes": m.get("bytes"), "bytes_per_row": m.get("bytes_per_row"), "row_unit": m.get("row_unit"),
+                "hidden_layers": m.get("hidden_layers")}
 
 
 def teacher_cache(cfg: DictConfig, losses: dict[str, DistillationLoss], datamodule: Any) -> TeacherCacheRun | None:

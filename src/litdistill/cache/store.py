@@ -53,7 +53,7 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from litdistill.cache.codec import decode_topk, payload_rows
+from litdistill.cache.codec import decode_topk, payload_rows, pop_hidden
 from litdistill.cache.keys import FORMAT, describe_differences, differing_fields, key_hash
 from litdistill.io import atomic_write_bytes, atomic_write_text
 from litdistill.outputs import TopK
@@ -296,14 +296,17 @@ class ShardReader:
         self.shards = entry["shards"]
         self.examples = entry["examples"]
         self.shard_size = self.shards[0]["end"] - self.shards[0]["start"] if self.shards else 1
-        self._cache: OrderedDict[int, tuple[Tensor, dict[str, Tensor] | TopK]] = OrderedDict()
+        self.hidden_layers = list(manifest.get("hidden_layers") or [])  # teacher layers of hidden_states(), in order
+        # per shard: (offsets, payload, (hidden offsets, hidden rows) or None)
+        self._cache: OrderedDict[int, tuple[Tensor, dict[str, Tensor] | TopK, tuple[Tensor, Tensor] | None]] = OrderedDict()
         self._verified: set[int] = set()
 
     def __len__(self) -> int:
         return self.examples
 
-    def _shard(self, i: int) -> tuple[Tensor, dict[str, Tensor] | TopK]:
-        """(offsets, payload) of shard ``i``: mapped tensors, or the decoded TopK of a packed shard."""
+    def _shard(self, i: int) -> tuple[Tensor, dict[str, Tensor] | TopK, tuple[Tensor, Tensor] | None]:
+        """(offsets, payload, hidden) of shard ``i``: mapped tensors, or the decoded TopK of a packed shard;
+        hidden: its mapped (offsets, hidden-state rows), None in a shard without hidden states."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
@@ -320,25 +323,40 @@ class ShardReader:
             self._verified.add(i)
         tensors = st_load_file(path)  # memory-mapped: no copy of the file in this process
         offsets = tensors.pop("offsets").to(torch.int64)
+        hidden = pop_hidden(tensors)
         packed = self.outputs == "topk" and self.codec == "packed"
         payload = decode_topk(tensors, self.k, self.num_outputs, self.codec) if packed else tensors
-        self._cache[i] = (offsets, payload)
+        self._cache[i] = (offsets, payload, hidden)
         if len(self._cache) > self.max_shards:
             self._cache.popitem(last=False)
-        return offsets, payload
+        return offsets, payload, hidden
 
-    def example(self, idx: int) -> Tensor | TopK:
-        """The rows of example ``idx``: logits [n, C], or a TopK of [n, k] / [n]."""
+    def _locate(self, idx: int) -> tuple[int, int]:
+        """(shard, position in the shard) of example ``idx``."""
         if not 0 <= idx < self.examples:
             raise IndexError(f"example {idx} outside the cached {self.split!r} split (0..{self.examples - 1})")
         i = idx // self.shard_size
-        offsets, payload = self._shard(i)
-        j = idx - self.shards[i]["start"]
+        return i, idx - self.shards[i]["start"]
+
+    def example(self, idx: int) -> Tensor | TopK:
+        """The rows of example ``idx``: logits [n, C], or a TopK of [n, k] / [n]."""
+        i, j = self._locate(idx)
+        offsets, payload, _ = self._shard(i)
         a, b = int(offsets[j]), int(offsets[j + 1])
         if isinstance(payload, TopK):
             return TopK(payload.logprobs[a:b], payload.ids[a:b], payload.log_tail[a:b])
         rows = {name: value[a:b] for name, value in payload.items()}
         return rows["logits"] if self.outputs == "logits" else decode_topk(rows, self.k, self.num_outputs, self.codec)
+
+    def hidden_states(self, idx: int) -> Tensor | None:
+        """Example ``idx``'s stored hidden states, [n, L, H] (n: its real tokens, L: ``hidden_layers``), or
+        None when its shard holds none (a store without them, or a split they are not stored for)."""
+        i, j = self._locate(idx)
+        hidden = self._shard(i)[2]
+        if hidden is None:
+            return None
+        offsets, rows = hidden
+        return rows[int(offsets[j]):int(offsets[j + 1])]
 
     def verify_all(self) -> None:
         for i in range(len(self.shards)):
@@ -357,6 +375,9 @@ def file_sha256(path: Path) -> str:
 def manifest_summary(manifest: Mapping[str, Any]) -> str:
     unit = manifest.get("row_unit", "row")
     outputs = manifest["outputs"] + (f" k={manifest['k']} codec={manifest.get('codec')}" if manifest["outputs"] == "topk" else "")
+    if manifest.get("hidden_layers"):
+        outputs += (f", hidden states of teacher layers {manifest['hidden_layers']}: "
+                    f"{manifest['hidden_bytes_per_token']} bytes/token")
     return (f"{manifest['rows']} {unit}s, {manifest['bytes'] / 2**20:.2f} MiB, {manifest['bytes_per_row']:.1f} bytes/{unit} "
             f"({outputs}, {manifest.get('dtype')})")
 

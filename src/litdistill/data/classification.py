@@ -70,10 +70,10 @@ def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fr
     if duplicate_label not in DUPLICATE_LABELS:
         raise ValueError(f"data.duplicate_label={duplicate_label!r}; valid: {list(DUPLICATE_LABELS)}")
     first: dict[str, int] = {}  # text -> kept row
-    labels = list(ds[label_column])
+    labels = list(ds[label_column]) if duplicate_label == "max" else []  # SFT sources have no label column
     for i, text in enumerate(ds[text_column]):
         kept = first.setdefault(text, i)
-        if duplicate_label == "max" and kept != i:
+        if labels and kept != i:
             labels[kept] = max(labels[kept], labels[i])
     keep = sorted(first.values())
     ds = ds.select(keep)

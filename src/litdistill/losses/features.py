@@ -35,6 +35,10 @@ always; ``False``: never, a size mismatch is an error). Projections are created 
 optimizer trains them and checkpoints hold them (``losses.<term>.projections.<s>_<t>.weight`` for
 :class:`HiddenStateLoss`, ``losses.<term>.projection.weight`` for :class:`FeatureLoss`); they are
 not part of the exported student.
+
+Under an offline teacher cache (``cache=use``, docs/caching.md) the teacher is a stand-in holding
+only some layers' hidden states: setup resolves the map against its recorded depth and width and
+refuses a map reading a layer it does not hold.
 """
 
 from __future__ import annotations
@@ -270,16 +274,28 @@ class HiddenStateLoss(DistillationLoss):
         self.pairs: list[tuple[int, int]] | None = None
         self.projections = nn.ModuleDict()
 
+    def teacher_layers(self, student_layers: int, teacher_layers: int) -> list[int]:
+        """The teacher layers this loss reads for models of these depths, without the models: what an
+        offline teacher cache must store ('init' maps need the student's copied layers and are refused)."""
+        pairs = resolve_layer_map(self.layer_map, student_layers, teacher_layers, None,
+                                  include_embeddings=self.include_embeddings, owner=f"{type(self).__name__}.layer_map")
+        return sorted({t for _, t in pairs})
+
     def setup(self, student: nn.Module, teacher: nn.Module) -> None:
         from litdistill.teachers import teacher_source
 
         source = teacher_source(teacher, self.teacher, "hidden_states")
+        stored = _stored_layers(self, source)
         copied_from = getattr(teacher, "primary_model", teacher)
         init = init_layers(student) if source is copied_from else None
         self.pairs = resolve_layer_map(
             self.layer_map, num_layers(student), num_layers(source), init,
             include_embeddings=self.include_embeddings, owner=f"{type(self).__name__}.layer_map",
         )
+        missing = sorted({t for _, t in self.pairs} - set(stored)) if stored is not None else []
+        if missing:
+            raise ValueError(f"{type(self).__name__}: the layer map {self.pairs} reads teacher layers {missing}, but the "
+                             f"teacher's outputs come from {source.source}, which stores the hidden states of layers {stored}")
         s_dim, t_dim = hidden_size(student), hidden_size(source)
         if s_dim != t_dim and self.project is False:
             raise ValueError(f"{type(self).__name__}: hidden sizes differ (student {s_dim}, teacher {t_dim}) and project=false")
@@ -303,8 +319,9 @@ class HiddenStateLoss(DistillationLoss):
             )
         values = []
         for s, t in self.pairs:
-            if s >= len(hs) or t >= len(ht):
-                raise ValueError(f"{type(self).__name__}: pair [{s}, {t}] but the models returned {len(hs)} and {len(ht)} hidden states")
+            if s >= len(hs) or t >= len(ht) or ht[t] is None:
+                raise ValueError(f"{type(self).__name__}: pair [{s}, {t}] but the student returned {len(hs)} hidden states "
+                                 f"and the teacher's outputs hold layers {_held(ht)}")
             x = hs[s]
             key = f"{s}_{t}"
             if key in self.projections:
@@ -451,6 +468,26 @@ def _select(student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str
     if teacher is None:
         raise ValueError("feature losses need teacher outputs")
     return for_teacher(student, teacher, batch, name)
+
+
+def _stored_layers(loss: nn.Module, source: nn.Module) -> list[int] | None:
+    """The teacher layers whose hidden states a stand-in teacher (outputs inside the batches) holds; None
+    for a real model (all of them). Refuses a stand-in that holds none, naming where its outputs come from."""
+    if not getattr(source, "outputs_in_batch", False):
+        return None
+    stored = list(getattr(source, "hidden_layers", None) or [])
+    if not stored:
+        raise ValueError(f"{type(loss).__name__} needs the teacher's hidden states, but its outputs come from "
+                         f"{source.source}, which stores none (a teacher cache stores them when built for a hidden-state loss)")
+    return stored
+
+
+def _held(states: Sequence[Tensor | None]) -> str:
+    """Which layers a teacher's hidden states hold: '0..N-1', or the stored ones of a teacher cache."""
+    stored = [i for i, h in enumerate(states) if h is not None]
+    if len(stored) == len(states):
+        return f"0..{len(states) - 1}"
+    return f"{stored} only (a teacher cache stores the layers the configured losses map to: cache.hidden_states)"
 
 
 def _count(values: Sequence[Tensor] | None) -> str:

@@ -41,6 +41,18 @@ tempered exactly.
 Empty slots (``ids < 0``: padding rows, entries folded into the tail by a codec) carry no mass on
 either side. Probabilities that are exactly zero are represented by the finite log-probability
 ``FLOOR`` (``exp`` underflows to 0 in float32), so ``0 * log 0`` never turns into NaN.
+
+Cost
+----
+The student's side (:func:`student_coarse_log_probs`) is one autograd node with its own backward:
+forward one masked copy of the [n, V] logit rows and one log-sum-exp over it (the tail; the
+normaliser is ``logaddexp`` of the tail's and the k entries' log-sum-exps: a sum of positive terms,
+no cancellation), backward one ``exp`` pass and two [n, k] scatters. Composing ``log_softmax``, a
+[n, V] boolean mask, ``masked_fill`` and ``logsumexp`` with autograd cost about three times as much
+on CPU, more than the dense loss it replaces (the teacher's log-softmax included). The tail stays an
+exact log-sum-exp over the tail entries: ``log(1 - sum_K q_i)`` from the gathered entries would
+cancel catastrophically when the student's tail mass is small (float32 resolves ``sum_K q_i`` only to
+about 1e-7 near 1).
 """
 
 from __future__ import annotations
@@ -54,7 +66,8 @@ from torch import Tensor
 from litdistill.losses.base import rows_and_mask, token_mean, token_scale
 from litdistill.outputs import ModelOutputs, TopK
 
-__all__ = ["FLOOR", "coarse_log_probs", "dense_to_topk", "sparse_divergence", "sparse_rows", "sparse_soft_kl", "tail_gap_bound"]
+__all__ = ["FLOOR", "coarse_log_probs", "dense_to_topk", "sparse_divergence", "sparse_rows", "sparse_soft_kl",
+           "student_coarse_log_probs", "tail_gap_bound"]
 
 FLOOR = -1.0e4  # "no mass" as a finite log-probability
 
@@ -74,11 +87,65 @@ def dense_to_topk(logits: Tensor, k: int) -> TopK:
 
 
 def _anchored_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(valid mask, ids safe for gather/scatter): empty slots point at the row's first valid id."""
+    """(valid mask, ids safe for gather/scatter): empty slots point at the row's first valid id.
+
+    Several slots then share an id: a scatter through these ids must write the same value at every
+    slot of an id (a scatter with duplicate indices keeps an unspecified one of them).
+    """
     valid = ids >= 0
     safe = ids.clamp_min(0)
     first = valid.to(torch.uint8).argmax(-1, keepdim=True)  # first valid slot (0 for all-empty rows)
     return valid, torch.where(valid, safe, safe.gather(-1, first))
+
+
+class _StudentCoarse(torch.autograd.Function):
+    """``(log q_i for the k slots, log q_tail)`` [n, k+1] from logit rows ``z`` [n, V]; see
+    :func:`student_coarse_log_probs`. ``ids`` are anchored (:func:`_anchored_ids`), ``valid`` their mask."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
+        any_valid = valid.any(-1, keepdim=True)  # [n, 1]; a row without entries is all tail
+        z_k = z.gather(-1, ids)  # [n, k]
+        z_kv = torch.where(valid, z_k, -math.inf)
+        # the k entries masked to "no mass" (FLOOR nats below the largest of them, so below the
+        # normaliser too); rows without entries write their anchor's own logit back (no change)
+        fill = torch.where(any_valid, z_kv.amax(-1, keepdim=True) + FLOOR, z_k)
+        lse_tail = z.scatter(-1, ids, fill).logsumexp(-1, keepdim=True)  # [n, 1]: exact, over the tail
+        lse = torch.logaddexp(lse_tail, z_kv.logsumexp(-1, keepdim=True))  # normaliser: tail + entries
+        log_tail = lse_tail - lse
+        active = any_valid & (log_tail >= FLOOR)  # where the clamp below passes the gradient
+        ctx.save_for_backward(z, ids, valid, lse, lse_tail, active)
+        top = torch.where(valid, z_k - lse, FLOOR)
+        return torch.cat([top, torch.where(any_valid, log_tail.clamp_min(FLOOR), 0.0)], dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        # d/dz_j of sum_i g_i log q_i + g_t log q_tail, with G = sum_i g_i + g_t:
+        #   j in K:    g_j - G q_j
+        #   j in tail: g_t q_j / q_tail - G q_j = exp(z_j - lse_tail) * (g_t - G q_tail)
+        # (the second form never overflows: z_j <= lse_tail in the tail and q_tail <= 1)
+        z, ids, valid, lse, lse_tail, active = ctx.saved_tensors
+        k = ids.shape[-1]
+        g_top = torch.where(valid, grad[:, :k], 0.0)
+        g_tail = torch.where(active, grad[:, k:], 0.0)
+        total = g_top.sum(-1, keepdim=True) + g_tail
+        out = torch.sub(z, lse_tail).exp_().mul_(g_tail - total * torch.exp(lse_tail - lse))
+        in_top = g_top - total * torch.exp(z.gather(-1, ids) - lse)
+        first = valid.to(torch.uint8).argmax(-1, keepdim=True)  # empty slots write their anchor's value
+        in_top = torch.where(valid, in_top, in_top.gather(-1, first))
+        return out.scatter_(-1, ids, in_top), None, None
+
+
+def student_coarse_log_probs(s_rows: Tensor, topk_ids: Tensor) -> Tensor:
+    """The student's log-probabilities over the k+1 coarsened outcomes [n, k+1], from logit rows [n, V].
+
+    ``topk_ids`` [n, k] (``-1`` = empty slot, ``FLOOR`` there). The last column is the exact log of
+    the student's mass outside the row's entries (``FLOOR`` at least; 0 for a row without entries).
+    Differentiable w.r.t. ``s_rows`` (first order).
+    """
+    valid, ids = _anchored_ids(topk_ids.long())
+    return _StudentCoarse.apply(s_rows, ids, valid)
 
 
 def coarse_log_probs(s_rows: Tensor, topk: TopK, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -91,13 +158,9 @@ def coarse_log_probs(s_rows: Tensor, topk: TopK, temperature: float = 1.0) -> tu
     dtype = torch.promote_types(s_rows.dtype, torch.float32)
     t = float(temperature)
     vocab = s_rows.shape[-1]
-    valid, ids = _anchored_ids(topk.ids.long())
+    valid = topk.ids >= 0
     s = s_rows.to(dtype)
-    s_logp = F.log_softmax(s / t if t != 1.0 else s, dim=-1)  # [n, V]
-    in_top = torch.zeros(s_logp.shape, dtype=torch.bool, device=s_logp.device).scatter_(-1, ids, valid)
-    s_tail = s_logp.masked_fill(in_top, FLOOR).logsumexp(-1).clamp_min(FLOOR)  # [n], exact
-    s_top = torch.where(valid, s_logp.gather(-1, ids), FLOOR)
-    s_coarse = torch.cat([s_top, s_tail.unsqueeze(-1)], dim=-1)
+    s_coarse = student_coarse_log_probs(s / t if t != 1.0 else s, topk.ids)  # [n, k+1], tail exact
 
     t_top = topk.logprobs.to(dtype)
     t_top = torch.where(valid, t_top / t if t != 1.0 else t_top, FLOOR)
@@ -154,7 +217,9 @@ def tail_gap_bound(topk: TopK, s_rows: Tensor) -> Tensor:
     """Per-row upper bound of KL(p||q) - KL(P||Q): ``p_tail * log(q_tail / min_tail q_j)`` (diagnostics)."""
     valid, ids = _anchored_ids(topk.ids.long())
     s_logp = F.log_softmax(s_rows.float(), dim=-1)
-    in_top = torch.zeros(s_logp.shape, dtype=torch.bool, device=s_logp.device).scatter_(-1, ids, valid)
+    # every slot writes True (empty slots point at a valid id of their row); rows without entries: none
+    in_top = torch.zeros(s_logp.shape, dtype=torch.bool, device=s_logp.device).scatter_(-1, ids, True)
+    in_top &= valid.any(-1, keepdim=True)
     q_tail = s_logp.masked_fill(in_top, FLOOR).logsumexp(-1)
     q_min = s_logp.masked_fill(in_top, math.inf).amin(-1)
     return topk.log_tail.float().exp() * (q_tail - q_min)
