@@ -4,10 +4,10 @@ and the API key sent only as the Authorization header. Also the prompt templates
 
 :class:`FakeChatServer` (used by test_generation_run.py too) is a ThreadingHTTPServer speaking the
 chat-completions protocol with a deterministic responder. Markers in the last user message choose faults:
-``[429xN]`` / ``[503xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[tricklexN]`` / ``[dropxN]`` fail the first N
-attempts (429 or 503 with Retry-After, HTTP 500, a response slower than the client's timeout, a body
-trickled a byte every ``trickle_interval`` seconds - each read well within the timeout, the whole far
-beyond it - and a closed connection); ``[badjson]`` and
+``[429xN]`` / ``[503xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[tricklexN]`` / ``[headersxN]`` / ``[dropxN]`` fail
+the first N attempts (429 or 503 with Retry-After, HTTP 500, a response slower than the client's timeout, a
+body - or the headers - trickled a byte every ``trickle_interval`` seconds - each read well within the
+timeout, the whole far beyond it - and a closed connection); ``[badjson]`` and
 ``[nochoices]`` always answer malformed bodies, ``[badusage]`` a body whose token counts are infinite and
 negative, ``[hugelogprob]`` (label prompts) a "log-probability" of 1000; ``[401]`` answers 401 echoing the
 Authorization header, ``[401long]`` the same after padding that puts the key across the 300-byte cut.
@@ -131,6 +131,13 @@ class FakeChatServer:
             time.sleep(self.trickle_interval)
             h.wfile.write(body[i:i + 1])
 
+    def _trickle_headers(self, h: BaseHTTPRequestHandler) -> None:
+        """The status line, then a header a byte at a time, until the client hangs up (or 20 s pass)."""
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for byte in b"X-Pad: " + b"x" * 400:
+            time.sleep(self.trickle_interval)
+            h.wfile.write(bytes([byte]))
+
     def handle(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         if h.path != "/v1/chat/completions":
             return self._send(h, 404, b'{"error": {"message": "not found"}}')
@@ -145,13 +152,16 @@ class FakeChatServer:
         if self.delay:
             time.sleep(self.delay)
         if not self.healthy:
-            for kind, times in re.findall(r"\[(429|503|500|slow|trickle|drop)x(\d+)\]", prompt):
+            for kind, times in re.findall(r"\[(429|503|500|slow|trickle|headers|drop)x(\d+)\]", prompt):
                 if n > int(times):
                     continue
                 if kind in ("429", "503"):
                     return self._send(h, int(kind), b'{"error": {"message": "busy"}}', {"Retry-After": self.retry_after})
                 if kind == "trickle":
                     return self._trickle(h, json.dumps({"choices": [], "pad": "x" * 400}).encode())
+                if kind == "headers":
+                    h.close_connection = True
+                    return self._trickle_headers(h)
                 if kind == "500":
                     return self._send(h, 500, b'{"error": {"message": "internal"}}')
                 if kind == "slow":
@@ -291,6 +301,45 @@ def test_a_trickled_body_is_cut_at_the_timeout_and_retried(key_env):
     assert result.ok and result.attempts == 2 and result.content == answer("dribble [tricklex1]")
     assert client.stats.reasons["timeout"] == 1
     assert 0.5 <= elapsed < 1.5, elapsed  # cut at about the timeout, not after the 20 s body
+
+
+def test_trickled_headers_are_cut_at_the_timeout_and_retried(key_env):
+    """The status line at once, then a header byte every 0.05 s (each read within the socket timeout,
+    the whole 20 s): the watchdog ends the attempt at its deadline, as a timeout; the retry answers."""
+    with FakeChatServer(trickle_interval=0.05) as server:
+        client = make_client(server, timeout=0.5)
+        start = time.monotonic()
+        result = client.chat([{"role": "user", "content": "stall [headersx1]"}])
+        elapsed = time.monotonic() - start
+    assert result.ok and result.attempts == 2 and result.content == answer("stall [headersx1]")
+    assert client.stats.reasons["timeout"] == 1
+    assert 0.5 <= elapsed < 1.5, elapsed  # cut at about the timeout, not after 20 s of headers
+
+
+def test_over_tls_trickled_headers_are_cut_too_and_the_certificate_is_verified(key_env, tmp_path, monkeypatch):
+    """The same watchdog on HTTPS (a real TLS server with a self-signed certificate the client is told
+    to trust through SSL_CERT_FILE; verification stays on)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with FakeChatServer(trickle_interval=0.05) as server:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+        client = make_client(server, base_url=server.url.replace("http://", "https://"), timeout=0.5)
+        start = time.monotonic()
+        result = client.chat([{"role": "user", "content": "tls stall [headersx1]"}])
+        elapsed = time.monotonic() - start
+    assert result.ok and result.attempts == 2 and result.content == answer("tls stall [headersx1]")
+    assert client.stats.reasons["timeout"] == 1 and 0.5 <= elapsed < 2.0, elapsed
 
 
 def test_full_jitter_backoff_is_bounded_and_exponential(server, key_env):

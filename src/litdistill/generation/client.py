@@ -9,8 +9,9 @@ TGI's OpenAI route, LiteLLM, ...). Standard library only (``urllib``), thread-po
   ``Retry-After`` (seconds or an HTTP date, capped at ``retry_after_max``); at most ``max_retries``
   retries per request;
 * ``timeout`` seconds per attempt: the bound on connecting and on each wait for data, and a deadline
-  for the whole response, checked as the body arrives (a server that trickles bytes is cut off there and
-  the attempt is retried as a timeout);
+  for the whole response: the status line and headers (a watchdog shuts the socket at the deadline)
+  and the body (checked as it arrives), so a server that trickles bytes is cut off there and the
+  attempt is retried as a timeout;
 * a malformed response (not JSON, no ``choices``, no message content) or a non-retryable HTTP error
   is a failed :class:`ChatResult` with the reason; :meth:`ChatClient.chat` never raises for a
   request that went wrong;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import http.client
 import ipaddress
 import json
@@ -32,6 +34,7 @@ import os
 import queue
 import random
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -156,6 +159,70 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
+class _Watchdog:
+    """Shuts a connection's socket down at ``deadline`` (``time.monotonic()``) unless cancelled first.
+
+    urllib's timeout bounds each socket read, so a server sending its status line and headers a byte
+    at a time could hold an attempt open for as long as it likes; the blocked read returns at the
+    shutdown, and :class:`_DeadlineConnection` reports it as a timeout."""
+
+    def __init__(self, connection: http.client.HTTPConnection, deadline: float) -> None:
+        self.deadline = deadline
+        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._cut, args=(connection,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    @staticmethod
+    def _cut(connection: http.client.HTTPConnection) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def _deadline_connection(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+    """``base`` whose ``getresponse`` (connect, status line, headers) ends at the request's deadline."""
+
+    class _DeadlineConnection(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.deadline = deadline
+
+        def getresponse(self) -> http.client.HTTPResponse:
+            watchdog = _Watchdog(self, self.deadline) if self.deadline is not None else None
+            try:
+                return super().getresponse()
+            except (OSError, http.client.HTTPException) as err:
+                if watchdog is not None and watchdog.expired:
+                    raise TimeoutError("timed out: the status line and headers were still arriving at the deadline") from err
+                raise
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+
+    return _DeadlineConnection
+
+
+_DeadlineHTTP = _deadline_connection(http.client.HTTPConnection)
+_DeadlineHTTPS = _deadline_connection(http.client.HTTPSConnection)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_DeadlineHTTP, deadline=getattr(req, "deadline", None)), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_DeadlineHTTPS, deadline=getattr(req, "deadline", None)), req,
+                            context=self._context)
+
+
 def read_by(response: Any, deadline: float, limit: int | None = None) -> bytes:
     """The body of ``response`` (at most ``limit`` bytes), read chunk by chunk so the deadline is checked
     as it arrives: urllib's timeout bounds each socket read, so a server that sends a byte now and then
@@ -277,7 +344,7 @@ class ChatClient:
         self._rng = random.Random(seed)
         self._sleep = sleep
         handlers = [urllib.request.ProxyHandler({})] if _is_loopback(urllib.parse.urlsplit(base_url).hostname) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = urllib.request.build_opener(*handlers, _DeadlineHTTPHandler, _DeadlineHTTPSHandler)
 
     # -- secrets ------------------------------------------------------------------------------------
     @property
@@ -309,6 +376,7 @@ class ChatClient:
     def _attempt(self, payload: bytes) -> tuple[dict[str, Any], int]:
         request = urllib.request.Request(self.url, data=payload, headers=self._headers(), method="POST")
         deadline = time.monotonic() + self.timeout
+        request.deadline = deadline  # read by the connection's watchdog (_DeadlineConnection)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 status = response.status
