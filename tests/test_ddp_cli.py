@@ -51,6 +51,24 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert diff < 1e-5, diff  # same data order and global batch; a different order moves weights ~4e-4
 
 
+def test_causal_token_losses_average_over_every_ranks_tokens(tmp_path):
+    """Responses differ in length, so the ranks see different numbers of real tokens. The loss is the
+    token mean over both ranks' tokens (the count is all-reduced), so 2 x 4 examples per step train the
+    same student as 8 in one process; a mean of per-rank token means would not."""
+    args = ["experiment=tiny_causal", "teacher_finetune=null", "baseline=false", "report.speed=false",
+            "report.plots=false", "+trainer.enable_progress_bar=false", "+trainer.limit_train_batches=4",
+            "+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "loss=kd_ce"]
+    runs = {}
+    for name, extra in (("single", ["data.batch_size=8"]), ("ddp", ["trainer=ddp_cpu", "data.batch_size=4"])):
+        env = cli_env(tmp_path / name)  # creates the folder
+        proc = subprocess.run(["litdistill", *args, *extra], cwd=tmp_path / name, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[name] = load_file(next((tmp_path / name / "outputs").glob("*/runs/*/student/model.safetensors")))
+    diff = max((runs["single"][k] - runs["ddp"][k]).abs().max().item() for k in runs["single"])
+    assert diff < 1e-5, diff
+
+
 def test_a_ddp_multirun_starts_fresh_ranks_for_every_job(tmp_path):
     """Lightning leaves LOCAL_RANK, WORLD_SIZE, MASTER_PORT... set in the process that launched job 1's ranks;
     job 2 in that process must still start its own ranks (it used to wait for them forever)."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from litdistill.attention_impl import ensure_attention_outputs, restore_attention_implementation
 from litdistill.clipping import clip_gradients
+from litdistill.data.token_counts import across_ranks
 from litdistill.forward import align_labels, run_model
 from litdistill.losses import DistillationLoss, HardCE, SoftTargetKL
 from litdistill.metrics import agreement, metric_values, task_metrics
@@ -167,7 +168,7 @@ class DistillationModule(L.LightningModule):
 
     # ---- steps -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        batch = align_labels(batch, self.task)
+        batch = align_labels(across_ranks(batch), self.task)  # token losses: the mean over all ranks' tokens
         total, terms, _ = self.loss_terms(batch)
         for name, value in terms.items():
             if not torch.isfinite(value):

@@ -126,7 +126,8 @@ class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
     def train_dataloader(self) -> Any:
         loader = self._loader("train", shuffle=True)
         accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self.trainer else 1
-        return StepTokenCounts(loader, accumulate) if accumulate > 1 else loader
+        world = getattr(self.trainer, "world_size", 1) if self.trainer else 1  # ranks: counts summed in the step
+        return StepTokenCounts(loader, accumulate) if accumulate > 1 or world > 1 else loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

@@ -170,8 +170,9 @@ def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
     So micro-batch ``k`` returns ``loss_k = A * S_k / N`` with ``S_k`` its token sum; Lightning
     back-propagates ``loss_k / A``, and the accumulated gradient is that of
     ``sum_k S_k / N``: the exact per-token mean over the whole step, however unevenly the real
-    tokens fall into micro-batches. (With data parallelism and a token count summed over ranks,
-    fold the world size into ``accumulate``, since DDP averages gradients over ranks.)
+    tokens fall into micro-batches. Under data parallelism the module's training step first sums
+    the count over ranks and folds the world size into ``accumulate`` (DDP averages gradients over
+    ranks): :func:`litdistill.data.token_counts.across_ranks`.
     """
     n_step = batch.get("num_tokens_in_step") if isinstance(batch, Mapping) else None
     if n_step is None:
