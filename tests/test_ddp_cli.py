@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
+import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +67,26 @@ def test_causal_token_losses_average_over_every_ranks_tokens(tmp_path):
         runs[name] = load_file(next((tmp_path / name / "outputs").glob("*/runs/*/student/model.safetensors")))
     diff = max((runs["single"][k] - runs["ddp"][k]).abs().max().item() for k in runs["single"])
     assert diff < 1e-5, diff
+
+
+def test_a_ddp_resume_with_dropout_is_bit_exact(tmp_path):
+    """Dropout on: each rank's random stream moves on by its own batches. A checkpoint keeps every rank's
+    state (not only rank 0's, the writer), so resuming mid-epoch from the step-2 snapshot of a 2-rank run
+    lands on that run's student bit for bit."""
+    args = ["trainer=ddp_cpu", "data.batch_size=8", "teacher.config.hidden_dropout_prob=0.1",  # COMMON's 0.0 undone
+            "teacher.config.attention_probs_dropout_prob=0.1"]
+    snapshots = tmp_path / "snapshots"
+    _, reference = litdistill(tmp_path / "reference", [
+        *args, "+callbacks.snapshot._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"+callbacks.snapshot.dirpath={snapshots}", "+callbacks.snapshot.every_n_train_steps=2",
+        "+callbacks.snapshot.save_top_k=-1"])
+    step2 = next(snapshots.glob("*step=2.ckpt"))  # ModelCheckpoint's epoch=0-step=2.ckpt
+    states = torch.load(step2, weights_only=False)["callbacks"]  # it holds the DataModule's OmegaConf hparams
+    assert [len(v["rng_per_rank"]) for k, v in states.items() if k.startswith("FaultTolerance")] == [2]
+    _, resumed = litdistill(tmp_path / "resumed", [*args, f"ckpt_path='{step2}'"])  # quoted: the name holds '='
+    expected, got = (load_file(run / "student" / "model.safetensors") for run in (reference, resumed))
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
 
 
 def test_a_ddp_multirun_starts_fresh_ranks_for_every_job(tmp_path):

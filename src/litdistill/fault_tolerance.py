@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,9 +67,25 @@ class FaultTolerance(L.Callback):
 
     # ---- random state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        """This process's RNG states and, under data parallelism, every rank's (``rng_per_rank``): only
+        rank 0 writes the checkpoint, and each rank's dropout stream has moved on by its own batches.
+        Every rank saves a checkpoint together, so the gather runs at the same point on all of them."""
+        states = rng_states()
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return {"rng": states}
+        per_rank: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, states)
+        return {"rng": states, "rng_per_rank": per_rank}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("rng_per_rank")
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        if per_rank is not None and len(per_rank) == world:
+            self._pending_rng = per_rank[rank]
+            return
+        if per_rank is not None:  # another world size: the data split changes too, so no resume is exact
+            log.warning("checkpoint saved by %d ranks, resumed on %d: every rank takes rank 0's random state",
+                        len(per_rank), world)
         self._pending_rng = state_dict.get("rng")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
