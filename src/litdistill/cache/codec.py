@@ -122,11 +122,9 @@ def decode_topk(tensors: dict[str, Tensor], k: int, vocab: int, codec: str) -> T
 def hidden_positions(batch: dict[str, Tensor]) -> Tensor:
     """[B, T] bool: the positions a stored hidden row covers. The attention mask where the batch has
     one, else every position: what ``losses.features.position_mask`` averages a [B, T, H] feature over."""
-    ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.shape == ids.shape:
-        return mask.bool()
-    return torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    from litdistill.losses.features import position_mask
+
+    return position_mask(batch["input_ids"].unsqueeze(-1), batch)  # one definition: the loss's own
 
 
 def encode_hidden(rows: Tensor, counts: list[int], dtype: str) -> dict[str, Tensor]:

@@ -77,6 +77,14 @@ class CachedCollate:
         batch.update(self.hidden_fields(idx, batch))
         return batch
 
+    def check_rows(self, idx: list[int], got: list[int], real: list[int], kind: str) -> None:
+        """Each example's cached rows must be its real tokens in this batch, one for one."""
+        for i, n_rows, n_real in zip(idx, got, real):
+            if n_rows != n_real:
+                raise CacheAlignmentError(
+                    f"example {i} of the cached {self.reader.split!r} split has {n_rows} cached {kind} rows but "
+                    f"{n_real} real tokens in this batch: the store does not match the data (rebuild it)")
+
     def hidden_fields(self, idx: list[int], batch: dict[str, Any]) -> dict[str, dict[int, Tensor]]:
         """``teacher_hidden_states`` {teacher layer: [B, T, H]}: the stored rows scattered back to the real
         tokens, zeros elsewhere; nothing when the examples' shards hold no hidden states."""
@@ -84,11 +92,7 @@ class CachedCollate:
         if all(r is None for r in rows):
             return {}
         real = hidden_positions(batch)  # [B, T]
-        for i, n, r in zip(idx, real.sum(1).tolist(), rows):
-            if r is None or r.shape[0] != n:
-                raise CacheAlignmentError(
-                    f"example {i} of the cached {self.reader.split!r} split has {'no' if r is None else r.shape[0]} cached "
-                    f"hidden-state rows but {n} real tokens in this batch: the store does not match the data (rebuild it)")
+        self.check_rows(idx, [0 if r is None else r.shape[0] for r in rows], real.sum(1).tolist(), "hidden-state")
         flat = torch.cat(rows)  # [R, L, H]
         joined = flat.new_zeros((flat.shape[1], *real.shape, flat.shape[2]))  # [L, B, T, H]
         joined[:, real] = flat.transpose(0, 1)
@@ -101,13 +105,7 @@ class CachedCollate:
                 return _topk_fields(TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail"))))
             return {"teacher_logits": torch.cat(rows).float()}
         mask = batch["labels"][:, 1:] != -100  # [B, T-1]: where the module's token_mask is True
-        counts = mask.sum(1).tolist()
-        for i, n, r in zip(idx, counts, rows):
-            got = (r.ids if isinstance(r, TopK) else r).shape[0]
-            if got != n:
-                raise CacheAlignmentError(
-                    f"example {i} of the cached {self.reader.split!r} split has {got} cached token rows but "
-                    f"{n} real tokens in this batch: the store does not match the data (rebuild it)")
+        self.check_rows(idx, [(r.ids if isinstance(r, TopK) else r).shape[0] for r in rows], mask.sum(1).tolist(), "token")
         if isinstance(rows[0], TopK):
             k = rows[0].ids.shape[-1]
             flat = TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail")))
