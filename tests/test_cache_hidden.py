@@ -207,6 +207,12 @@ def test_refused_attention_features_unstored_layers_and_a_student_cut_from_the_t
         cache_run("loss=hidden_mse", "cache.hidden_states=[2]")
     with pytest.raises(ValueError, match=r"layers \[2, 4\], but the teacher cache stores none \(cache.hidden_states=False\)"):
         cache_run("loss=hidden_mse", "cache.hidden_states=false")
+    for bad in ("some", "[-1]", "[]"):  # not auto/all/false, a negative layer, an empty list
+        with pytest.raises(ValueError, match=r"cache.hidden_states must be auto \(the layers the hidden-state losses map "
+                                             r"to\), all, false or a non-empty list of teacher layers \(0 = embeddings\), got"):
+            cache_run("loss=hidden_mse", f"cache.hidden_states={bad}")
+    with pytest.raises(ValueError, match=r"cache.hidden_states=\[9\]: the teacher has layers 0..4 \(0 = embeddings\)"):
+        cache_run("loss=hidden_mse", "cache.hidden_states=[9]")
     with pytest.raises(ValueError, match="depend on the student it trains: configure that student"):
         cfg = compose_train(["experiment=tiny", "teacher_finetune=null", "cache=build", "loss=hidden_mse"])  # from_teacher
         teacher_cache(cfg, build_losses(cfg.loss), cls_data)
