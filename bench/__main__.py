@@ -5,7 +5,8 @@
     python -m bench --smoke      # under a minute: tiny sizes, checks the plumbing (CI)
     python -m bench --render     # rebuild BENCHMARKS.md from the JSON already in bench/results/
 
-Sections, in order: ``default_run`` (the README's `litdistill` on a fresh cache), ``step_time`` (litdistill vs hand-written loop vs TRL), ``loss_memory`` (plain vs
+Sections, in order: ``default_run`` (the README's `litdistill` on a fresh cache), ``step_time`` (litdistill vs
+hand-written loop vs TRL), ``loss_memory`` (plain vs
 chunked vs fused loss), ``cache_speed`` (teacher cache), ``ade_quality`` (real data), ``inference``
 (exported student on CPU; it times the ADE student of the same run when there is one). A section
 whose module is missing is reported as not run; a section that fails is reported with its error and
@@ -15,6 +16,7 @@ the others still run (the exit status is then 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -31,7 +33,7 @@ from bench.markdown import render, update_file
 
 ORDER = ["default_run", "step_time", "loss_memory", "cache_speed", "ade_quality", "inference"]
 OURS = {"step_time", "ade_quality", "inference"}  # written for this runner; the others are called through main(argv)
-INTRO = (ROOT / "bench" / "INTRO.md")
+INTRO = ROOT / "bench" / "INTRO.md"
 
 
 def _external_argv(module: Any, mode: str, out: Path | None) -> list[str]:
@@ -46,13 +48,14 @@ def _external_argv(module: Any, mode: str, out: Path | None) -> list[str]:
                     argv += [flag, value]
     elif mode == "quick":
         argv = ["--quick"]
-    if out is not None:
-        if '"--out"' in source:
-            argv += ["--out", str(out)]
+    if out is not None and '"--out"' in source:
+        argv += ["--out", str(out)]
     return argv
 
 
-def run_section(name: str, mode: str, results_dir: Path, work: Path, state: dict[str, Any], threads: int) -> dict[str, Any]:
+def run_section(
+    name: str, mode: str, results_dir: Path, work: Path, state: dict[str, Any], threads: int
+) -> dict[str, Any]:
     cmd_suffix = "" if mode == "full" else f" --{mode}"
     info: dict[str, Any] = {"command": f"python -m bench.{name}{cmd_suffix}"}
     if importlib.util.find_spec(f"bench.{name}") is None:
@@ -69,9 +72,14 @@ def run_section(name: str, mode: str, results_dir: Path, work: Path, state: dict
             ade = state.get("ade")
             main_run = (ade or {}).get("runs", {}).get("main", {})
             if main_run.get("teacher_dir") and Path(main_run.get("student_dir", "")).is_dir():
-                result = module.run(mode, results_dir=results_dir, teacher_dir=main_run["teacher_dir"],
-                                    student_dir=main_run["student_dir"],
-                                    source=f"the ADE teacher and distilled student of section 4 (student layers {ade['sizes']['layers']})")
+                result = module.run(
+                    mode,
+                    results_dir=results_dir,
+                    teacher_dir=main_run["teacher_dir"],
+                    student_dir=main_run["student_dir"],
+                    source="the ADE teacher and distilled student of section 4 (student layers "
+                    f"{ade['sizes']['layers']})",
+                )
             else:
                 result = module.run(mode, results_dir=results_dir)
         else:
@@ -82,16 +90,16 @@ def run_section(name: str, mode: str, results_dir: Path, work: Path, state: dict
             info["command"] = " ".join([f"python -m bench.{name}", *shown])
             returned = module.main(argv)
             path = out if out is not None and out.is_file() else default_out
-            result = returned if isinstance(returned, dict) else (json.loads(path.read_text()) if path.is_file() else None)
+            result = (
+                returned if isinstance(returned, dict) else (json.loads(path.read_text()) if path.is_file() else None)
+            )
             if result is None:
                 raise RuntimeError(f"bench.{name}.main returned nothing and {path} does not exist")
             for fn_name in ("markdown", "to_markdown"):
                 fn = getattr(module, fn_name, None)
                 if callable(fn):
-                    try:
+                    with contextlib.suppress(Exception):
                         info["markdown"] = fn(result)
-                    except Exception:  # noqa: BLE001
-                        pass
                     break
         info.update(status="ok", result=result)
     except Exception as exc:  # noqa: BLE001  (reported in the summary and the markdown)
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="a few minutes")
     g.add_argument("--smoke", action="store_true", help="under a minute, tiny sizes (CI)")
-    p.add_argument("--render", action="store_true", help="only rebuild the markdown from bench/results/bench[_mode].json")
+    p.add_argument(
+        "--render", action="store_true", help="only rebuild the markdown from bench/results/bench[_mode].json"
+    )
     p.add_argument("--only", default=None, help=f"comma-separated subset of {ORDER}")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the step-time runs")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -153,15 +163,25 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - start
         if earlier:
             wall += sum(s.get("wall_s", 0.0) for n, s in sections.items() if n not in only)
-        summary = {"mode": mode, "machine": machine_info(), "wall_s": wall, "rerun": only if earlier else None,
-                   "commands": commands, "sections": sections, "targets": collect_targets(sections)}
+        summary = {
+            "mode": mode,
+            "machine": machine_info(),
+            "wall_s": wall,
+            "rerun": only if earlier else None,
+            "commands": commands,
+            "sections": sections,
+            "targets": collect_targets(sections),
+        }
         write_json(summary_path, summary)
     generated = render(summary)
     intro = INTRO.read_text() if INTRO.is_file() else "# Benchmarks\n"
     update_file(args.markdown, generated, intro)
     log(f"wrote {summary_path} and {args.markdown}")
     for t in summary["targets"]:
-        log(f"target [{t['section']}] {t['target']}: {t.get('measured')} -> {'met' if t.get('met') else 'MISSED' if t.get('met') is False else 'n/a'}")
+        log(
+            f"target [{t['section']}] {t['target']}: {t.get('measured')} -> "
+            f"{'met' if t.get('met') else 'MISSED' if t.get('met') is False else 'n/a'}"
+        )
     failed = [n for n, s in summary["sections"].items() if s.get("status") == "failed"]
     return 1 if failed else 0
 

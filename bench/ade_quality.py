@@ -1,6 +1,7 @@
 """Quality on real data: the ADE corpus, MiniLM-L6 teacher vs distilled 2-layer student vs labels-only student.
 
-    python -m bench.ade_quality            # full: ~20 min on 2 cores with the teacher cached, +8 min to fine-tune it once
+    # full: ~20 min on 2 cores with the teacher cached, +8 min to fine-tune it once
+    python -m bench.ade_quality
     python -m bench.ade_quality --quick    # a few minutes: fewer steps, a fixed 1,000-sentence test sample
 
 It runs the real command line, ``python -m litdistill experiment=ade_minilm ...`` (the raw corpus files
@@ -15,7 +16,8 @@ leakage with a fixed seed), in a subprocess, and reads its ``report.json``:
 
 All three are scored on the held-out test split (F1 of the positive class, accuracy), with the
 majority-class rate, the student's retained % of the teacher's F1, and the CPU speed-up at batch 1
-(``litdistill.evaluation`` timing: the median-length test sentence unpadded, same threads, repetitions interleaved across the
+(``litdistill.reporting.evaluation`` timing: the median-length test sentence unpadded, same threads, repetitions
+interleaved across the
 models). Two more runs add a feature term to the same recipe at equal steps (the teacher comes from
 the cache): a hidden-state cosine (``loss=[kd_ce,hidden_cosine]``) and an attention KL
 (``loss=[kd_ce,attention_kl]``), for the "logits only vs logits + features" rows.
@@ -43,12 +45,49 @@ SIZES = {
     # Student lr 5e-4 (not 2e-4) was picked on the validation split, never on the test split.
     # Full mode: students train one epoch over the train split (student_steps=None). A 600-step run
     # (2026-12-04, 2 cores) kept 96.5% of the teacher's F1 and beat labels-only by 2.6 points.
-    "full": dict(teacher_steps=500, teacher_lr=1e-4, student_steps=None, student_epochs=1, batch=16, max_length=64, eval_batch=128,
-                 max_examples=None, max_eval=None, layers=[0, 5], lr=5e-4, repeats=30, threads=2),
-    "quick": dict(teacher_steps=120, teacher_lr=2e-4, student_steps=100, batch=16, max_length=64, eval_batch=128,
-                  max_examples=None, max_eval=1000, layers=[0, 5], lr=5e-4, repeats=10, threads=2),
-    "smoke": dict(teacher_steps=2, teacher_lr=1e-4, student_steps=2, batch=8, max_length=32, eval_batch=64, max_examples=300,
-                  max_eval=None, layers=[0, 5], lr=5e-4, repeats=2, threads=1),
+    "full": dict(
+        teacher_steps=500,
+        teacher_lr=1e-4,
+        student_steps=None,
+        student_epochs=1,
+        batch=16,
+        max_length=64,
+        eval_batch=128,
+        max_examples=None,
+        max_eval=None,
+        layers=[0, 5],
+        lr=5e-4,
+        repeats=30,
+        threads=2,
+    ),
+    "quick": dict(
+        teacher_steps=120,
+        teacher_lr=2e-4,
+        student_steps=100,
+        batch=16,
+        max_length=64,
+        eval_batch=128,
+        max_examples=None,
+        max_eval=1000,
+        layers=[0, 5],
+        lr=5e-4,
+        repeats=10,
+        threads=2,
+    ),
+    "smoke": dict(
+        teacher_steps=2,
+        teacher_lr=1e-4,
+        student_steps=2,
+        batch=8,
+        max_length=32,
+        eval_batch=64,
+        max_examples=300,
+        max_eval=None,
+        layers=[0, 5],
+        lr=5e-4,
+        repeats=2,
+        threads=1,
+    ),
 }
 TARGETS = [
     ("retained_pct", ">=", 97.0, "ADE: distilled student keeps >= 97% of the teacher's F1"),
@@ -77,10 +116,23 @@ FEATURE_RUNS = {
 def overrides(sizes: dict[str, Any], corpus_ok: bool, extra: list[str] | None = None) -> list[str]:
     s = sizes
     data = ["experiment=ade_minilm"] if corpus_ok else ["data=drug_events"]
-    keys = [f"data.max_length={s['max_length']}", f"data.batch_size={s['batch']}", f"data.eval_batch_size={s['eval_batch']}",
-            f"teacher_finetune.max_steps={s['teacher_steps']}", f"teacher_finetune.lr={s['teacher_lr']}", *student_length(s), "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-            "student.every=null", f"student.layers=[{','.join(map(str, s['layers']))}]", f"optimizer.lr={s['lr']}",
-            f"report.threads={s['threads']}", f"report.repeats={s['repeats']}", "report.plots=false", "seed=42"]
+    keys = [
+        f"data.max_length={s['max_length']}",
+        f"data.batch_size={s['batch']}",
+        f"data.eval_batch_size={s['eval_batch']}",
+        f"teacher_finetune.max_steps={s['teacher_steps']}",
+        f"teacher_finetune.lr={s['teacher_lr']}",
+        *student_length(s),
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "student.every=null",
+        f"student.layers=[{','.join(map(str, s['layers']))}]",
+        f"optimizer.lr={s['lr']}",
+        f"report.threads={s['threads']}",
+        f"report.repeats={s['repeats']}",
+        "report.plots=false",
+        "seed=42",
+    ]
     if corpus_ok and s.get("max_examples"):
         keys.append(f"data.data_files.max_examples={s['max_examples']}")
     if s.get("max_eval"):
@@ -102,26 +154,40 @@ def run_cli(args: list[str], work: Path, tag: str, mode: str) -> tuple[dict[str,
     outputs = work / tag
     cache = cache_dir(mode)
     teachers_before = set((cache / "teachers").glob("*")) if (cache / "teachers").is_dir() else set()
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(outputs), "LITDISTILL_CACHE": str(cache),
-           "ADE_CORPUS_DIR": str(corpus_dir()), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(outputs),
+        "LITDISTILL_CACHE": str(cache),
+        "ADE_CORPUS_DIR": str(corpus_dir()),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    }
     cmd = [sys.executable, "-m", "litdistill", *args]
     log(f"ade_quality [{tag}]: {shlex.join(['python', '-m', 'litdistill', *args])}")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"litdistill run {tag} failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
+        raise RuntimeError(
+            f"litdistill run {tag} failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+        )
     reports = sorted(outputs.glob("*/runs/*/report.json"))
     if len(reports) != 1:
         raise RuntimeError(f"expected one report.json under {outputs}, found {reports}")
     teachers_after = set((cache / "teachers").glob("*")) if (cache / "teachers").is_dir() else set()
     new_teacher = sorted(teachers_after - teachers_before)
     text = proc.stdout + proc.stderr
-    info = {"command": shlex.join(["python", "-m", "litdistill", *args]), "wall_s": wall,
-            "run_dir": str(reports[0].parent), "student_dir": str(reports[0].parent / "student"),
-            "teacher_source": "fine-tuned in this run" if new_teacher or "fine-tuning the teacher" in text
-            else "loaded from the cache (fine-tuned by an earlier run with the same settings)"}
+    info = {
+        "command": shlex.join(["python", "-m", "litdistill", *args]),
+        "wall_s": wall,
+        "run_dir": str(reports[0].parent),
+        "student_dir": str(reports[0].parent / "student"),
+        "teacher_source": "fine-tuned in this run"
+        if new_teacher or "fine-tuning the teacher" in text
+        else "loaded from the cache (fine-tuned by an earlier run with the same settings)",
+    }
     cached = [p for p in teachers_after if (p / "config.json").is_file()]
     if new_teacher:
         info["teacher_dir"] = str(new_teacher[0])
@@ -133,9 +199,14 @@ def run_cli(args: list[str], work: Path, tag: str, mode: str) -> tuple[dict[str,
 def _row(report: dict[str, Any], name: str) -> dict[str, Any]:
     row = report["models"].get(name) or {}
     metrics = row.get("metrics", {})
-    return {"f1": metrics.get("f1"), "acc": metrics.get("acc"), "params_m": row.get("params_m"),
-            "latency_ms": row.get("latency_ms"), "throughput_per_s": row.get("throughput_per_s"),
-            "agreement": report.get("agreement") if name == "student" else row.get("agreement")}
+    return {
+        "f1": metrics.get("f1"),
+        "acc": metrics.get("acc"),
+        "params_m": row.get("params_m"),
+        "latency_ms": row.get("latency_ms"),
+        "throughput_per_s": row.get("throughput_per_s"),
+        "agreement": report.get("agreement") if name == "student" else row.get("agreement"),
+    }
 
 
 def run(mode: str = "full", results_dir=None, work_dir: Path | None = None) -> dict[str, Any]:
@@ -177,13 +248,23 @@ def run(mode: str = "full", results_dir=None, work_dir: Path | None = None) -> d
             row["retained_pct"] = 100.0 * row["f1"] / t_f1 if t_f1 and row["f1"] is not None else None
             row["minus_logits_only_f1"] = row["f1"] - s_f1 if row["f1"] is not None and s_f1 is not None else None
         result = {
-            "benchmark": NAME, "mode": mode, "sizes": sizes,
-            "data": "ADE corpus v2 (raw files)" if corpus_ok else f"synthetic drug-event sentences (no ADE corpus at {corpus_dir()})",
+            "benchmark": NAME,
+            "mode": mode,
+            "sizes": sizes,
+            "data": "ADE corpus v2 (raw files)"
+            if corpus_ok
+            else f"synthetic drug-event sentences (no ADE corpus at {corpus_dir()})",
             "corpus_dir": str(corpus_dir()) if corpus_ok else None,
-            "test_examples": test_examples(sizes, corpus_ok, mode), "train_examples": split_rows("train", corpus_ok, mode),
-            "summary": summary, "feature_rows": feature_rows, "feature_rows_skipped": skipped,
-            "targets": evaluate_targets(summary), "runs": runs, "report": report,
-            "machine": machine_info(), "wall_s": time.perf_counter() - start,
+            "test_examples": test_examples(sizes, corpus_ok, mode),
+            "train_examples": split_rows("train", corpus_ok, mode),
+            "summary": summary,
+            "feature_rows": feature_rows,
+            "feature_rows_skipped": skipped,
+            "targets": evaluate_targets(summary),
+            "runs": runs,
+            "report": report,
+            "machine": machine_info(),
+            "wall_s": time.perf_counter() - start,
             "command": "python -m bench.ade_quality" + ("" if mode == "full" else f" --{mode}"),
         }
         if not corpus_ok:
@@ -219,8 +300,15 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for key, op, bound, description in TARGETS:
         value = summary.get(key)
         met = None if value is None else (value >= bound if op == ">=" else value > bound)
-        out.append({"target": description, "bound": bound, "measured": value,
-                    "unit": "%" if key.endswith("pct") else "x" if key == "speedup" else "F1 points", "met": met})
+        out.append(
+            {
+                "target": description,
+                "bound": bound,
+                "measured": value,
+                "unit": "%" if key.endswith("pct") else "x" if key == "speedup" else "F1 points",
+                "met": met,
+            }
+        )
     return out
 
 

@@ -84,7 +84,8 @@ The teacher is fine-tuned with CE for ``lm_finetune_epochs`` (full: 10 epochs of
 examples, lr 3e-3): a fixed setting of the recipe, chosen once from the *teacher's* perplexity on
 a 100-example validation split, which stops improving there (1.30 after 9 epochs, 1.27 after 10,
 1.27 after 11 and 12; after 1 epoch, the old setting, the teacher was at 13% token accuracy,
-perplexity 92: no teacher to distil from). The teacher's own token accuracy and perplexity on the test split are reported,
+perplexity 92: no teacher to distil from). The teacher's own token accuracy and perplexity on the test split are
+reported,
 with two baselines from the training responses: the majority token (accuracy) and an add-one
 unigram model (perplexity).
 
@@ -138,37 +139,112 @@ from typing import Any
 from bench.common import RESULTS, log, machine_info, quiet, result_path, write_json
 
 SIZES = {
-    "full": dict(cls_train=320, cls_reps=3, lm_train=240, lm_test=500, lm_epochs=3, lm_seeds=(0, 1, 2, 3, 4),
-                 lm_finetune_epochs=10, lm_variants=("online", "cached_k64_raw", "cached_k128_packed"), narrow_reps=3,
-                 lm_extra_seeds=(0, 1, 2), bootstrap=2000),
-    "quick": dict(cls_train=64, cls_reps=2, lm_train=64, lm_test=100, lm_epochs=1, lm_seeds=(0, 1), lm_finetune_epochs=3,
-                  lm_variants=("online", "cached_k64_raw"), narrow_reps=2, lm_extra_seeds=(0, 1), bootstrap=1000),
-    "smoke": dict(cls_train=32, cls_reps=1, lm_train=32, lm_test=16, lm_epochs=1, lm_seeds=(0,), lm_finetune_epochs=1,
-                  lm_variants=("online", "cached_k64_raw"), narrow_reps=1, lm_extra_seeds=(0,), bootstrap=200),
+    "full": dict(
+        cls_train=320,
+        cls_reps=3,
+        lm_train=240,
+        lm_test=500,
+        lm_epochs=3,
+        lm_seeds=(0, 1, 2, 3, 4),
+        lm_finetune_epochs=10,
+        lm_variants=("online", "cached_k64_raw", "cached_k128_packed"),
+        narrow_reps=3,
+        lm_extra_seeds=(0, 1, 2),
+        bootstrap=2000,
+    ),
+    "quick": dict(
+        cls_train=64,
+        cls_reps=2,
+        lm_train=64,
+        lm_test=100,
+        lm_epochs=1,
+        lm_seeds=(0, 1),
+        lm_finetune_epochs=3,
+        lm_variants=("online", "cached_k64_raw"),
+        narrow_reps=2,
+        lm_extra_seeds=(0, 1),
+        bootstrap=1000,
+    ),
+    "smoke": dict(
+        cls_train=32,
+        cls_reps=1,
+        lm_train=32,
+        lm_test=16,
+        lm_epochs=1,
+        lm_seeds=(0,),
+        lm_finetune_epochs=1,
+        lm_variants=("online", "cached_k64_raw"),
+        narrow_reps=1,
+        lm_extra_seeds=(0,),
+        bootstrap=200,
+    ),
 }
 # the quality variants: (loss, teacher signal); signal "online" = the teacher's full logits, (k, codec) = a top-k store
-VARIANTS = {"online": ("kd_ce", "online"), "cached_k64_raw": ("kd_ce", (64, "raw")), "cached_k128_packed": ("kd_ce", (128, "packed")),
-            "online_kd_only": ("kd_only", "online"), "cached_k64_raw_kd_only": ("kd_only", (64, "raw")),
-            "labels_only": ("labels", None)}
+VARIANTS = {
+    "online": ("kd_ce", "online"),
+    "cached_k64_raw": ("kd_ce", (64, "raw")),
+    "cached_k128_packed": ("kd_ce", (128, "packed")),
+    "online_kd_only": ("kd_only", "online"),
+    "cached_k64_raw_kd_only": ("kd_only", (64, "raw")),
+    "labels_only": ("labels", None),
+}
 EXTRA_VARIANTS = ("online_kd_only", "cached_k64_raw_kd_only", "labels_only")  # run with lm_extra_seeds
-REFERENCE = {"cached_k64_raw": "online", "cached_k128_packed": "online", "cached_k64_raw_kd_only": "online_kd_only",
-             "labels_only": "online"}  # delta = variant - reference, on the seeds both have
+REFERENCE = {
+    "cached_k64_raw": "online",
+    "cached_k128_packed": "online",
+    "cached_k64_raw_kd_only": "online_kd_only",
+    "labels_only": "online",
+}  # delta = variant - reference, on the seeds both have
 NO_TARGET = {"labels_only"}  # a reference row: the gap the teacher signal makes
-VARIANT_NAMES = {"online": "KD + CE, online (full teacher logits)", "cached_k64_raw": "KD + CE, cached_k64_raw",
-                 "cached_k128_packed": "KD + CE, cached_k128_packed", "online_kd_only": "KD only, online (full teacher logits)",
-                 "cached_k64_raw_kd_only": "KD only, cached_k64_raw", "labels_only": "labels only (HardCE, no teacher)"}
+VARIANT_NAMES = {
+    "online": "KD + CE, online (full teacher logits)",
+    "cached_k64_raw": "KD + CE, cached_k64_raw",
+    "cached_k128_packed": "KD + CE, cached_k128_packed",
+    "online_kd_only": "KD only, online (full teacher logits)",
+    "cached_k64_raw_kd_only": "KD only, cached_k64_raw",
+    "labels_only": "labels only (HardCE, no teacher)",
+}
 NON_INFERIORITY = -0.005  # token accuracy: the CI's lower bound must be at least this
 FINETUNE_LR = 3e-3
 CLS_NARROW = {"num_hidden_layers": 2, "hidden_size": 192, "num_attention_heads": 6, "intermediate_size": 768}
-LM_TEACHER = {"model_type": "llama", "vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256, "pad_token_id": 0}
-LM_WIDE_TEACHER = {**LM_TEACHER, "hidden_size": 128, "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 256}
+LM_TEACHER = {
+    "model_type": "llama",
+    "vocab_size": 30522,
+    "hidden_size": 64,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+    "pad_token_id": 0,
+}
+LM_WIDE_TEACHER = {
+    **LM_TEACHER,
+    "hidden_size": 128,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 256,
+}
 LM_TINY_STUDENT = {**LM_TEACHER, "num_hidden_layers": 2}  # conf/student/tiny_llama.yaml (seed 1)
 LM_SMALL_VOCAB = 2048  # the LLM-like row: BPE trained on the benchmark's text, filled with reserved tokens to this size
-LM_LLM_TEACHER = {"model_type": "llama", "vocab_size": LM_SMALL_VOCAB, "hidden_size": 256, "num_hidden_layers": 6,
-                  "num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 896, "max_position_embeddings": 256}
-LM_LLM_STUDENT = {**LM_LLM_TEACHER, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 1, "intermediate_size": 512}
+LM_LLM_TEACHER = {
+    "model_type": "llama",
+    "vocab_size": LM_SMALL_VOCAB,
+    "hidden_size": 256,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "intermediate_size": 896,
+    "max_position_embeddings": 256,
+}
+LM_LLM_STUDENT = {
+    **LM_LLM_TEACHER,
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "intermediate_size": 512,
+}
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -193,9 +269,19 @@ def _fit(module, datamodule, epochs: int) -> list[float]:
     import lightning as L
 
     timer = _timer()
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[timer], gradient_clip_val=1.0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        gradient_clip_val=1.0,
+    )
     trainer.fit(module, datamodule=datamodule)
     return timer.seconds
 
@@ -204,7 +290,7 @@ def _teacher_pass(teacher, datamodule, task: str = "classification") -> float:
     """Seconds of the teacher's forward alone over one epoch of training batches (what the cache removes)."""
     import torch
 
-    from litdistill.forward import run_model
+    from litdistill.core.forward import run_model
 
     batches = list(datamodule.train_dataloader())  # loading is not the teacher's: the online epoch keeps it
     start = time.perf_counter()
@@ -216,20 +302,22 @@ def _teacher_pass(teacher, datamodule, task: str = "classification") -> float:
 
 def _optimizer(lr: float):
     """litdistill's default optimizer (fused AdamW, weight decay 0.01), as the default experiment uses."""
-    from litdistill.optim import adamw
+    from litdistill.training.optim import adamw
 
     return adamw(lr)
 
 
-def _build(store_dir: Path, key: dict, teacher, datamodule, task: str, outputs: str, k: int | None, codec: str,
-           batch_size: int) -> tuple[Any, float, dict]:
+def _build(
+    store_dir: Path, key: dict, teacher, datamodule, task: str, outputs: str, k: int | None, codec: str, batch_size: int
+) -> tuple[Any, float, dict]:
     from litdistill.cache import StoreSpec, TeacherStore, build_store, split_sources
 
     spec = StoreSpec(task=task, outputs=outputs, k=k, dtype="float16", codec=codec, shard_size=256)
     store = TeacherStore(store_dir, {**key, "outputs": outputs, "k": k, "codec": codec})
     start = time.perf_counter()
-    manifest = build_store(store, teacher, split_sources(datamodule, ["train", "validation"]), spec,
-                           batch_size=batch_size, progress=False)
+    manifest = build_store(
+        store, teacher, split_sources(datamodule, ["train", "validation"]), spec, batch_size=batch_size, progress=False
+    )
     return store, time.perf_counter() - start, manifest
 
 
@@ -237,10 +325,16 @@ def _ratios(online: list[float], cached: list[float], teacher_fwd: float) -> dic
     pairs = [a / b for a, b in zip(online, cached) if b > 0]
     on, ca = statistics.median(online), statistics.median(cached)
     rest = on - teacher_fwd  # the online epoch without its teacher; <= 0 only from noise on tiny (smoke) sizes
-    return {"online_epoch_s": on, "cached_epoch_s": ca, "online_epochs_s": online, "cached_epochs_s": cached,
-            "speedup": statistics.median(pairs) if pairs else None, "teacher_forward_s_per_epoch": teacher_fwd,
-            "speedup_bound": on / rest if rest > 0 else None,
-            "cached_vs_online_minus_teacher": ca / rest if rest > 0 else None}
+    return {
+        "online_epoch_s": on,
+        "cached_epoch_s": ca,
+        "online_epochs_s": online,
+        "cached_epochs_s": cached,
+        "speedup": statistics.median(pairs) if pairs else None,
+        "teacher_forward_s_per_epoch": teacher_fwd,
+        "speedup_bound": on / rest if rest > 0 else None,
+        "cached_vs_online_minus_teacher": ca / rest if rest > 0 else None,
+    }
 
 
 def _mean_seq_len(datamodule) -> float:
@@ -250,8 +344,8 @@ def _mean_seq_len(datamodule) -> float:
 
 def _shape(model, task: str, seq_len: float) -> dict[str, Any]:
     """Parameters and forward FLOPs per token of the layer stack and of the head (see the module docstring)."""
-    from litdistill.layer_subset import layer_stack
-    from litdistill.models import count_parameters
+    from litdistill.models.layer_subset import layer_stack
+    from litdistill.models.loading import count_parameters
 
     _, stack = layer_stack(model)
     cfg = model.config
@@ -263,14 +357,25 @@ def _shape(model, task: str, seq_len: float) -> dict[str, Any]:
         embed_params = model.get_input_embeddings().weight.numel()
     else:
         embeddings = getattr(model.base_model, "embeddings", None)
-        embed_params = sum(p.numel() for p in embeddings.parameters()) if embeddings is not None else model.get_input_embeddings().weight.numel()
+        embed_params = (
+            sum(p.numel() for p in embeddings.parameters())
+            if embeddings is not None
+            else model.get_input_embeddings().weight.numel()
+        )
         head_params = total - layer_params - embed_params  # pooler + classifier
         head_flops = 2.0 * head_params / seq_len  # once per example
     layer_flops = 2.0 * layer_params + len(stack) * 4.0 * seq_len * cfg.hidden_size
-    return {"layers": len(stack), "hidden": cfg.hidden_size, "params_m": total / 1e6, "embedding_params_m": embed_params / 1e6,
-            "layer_params_m": layer_params / 1e6, "head_params_m": head_params / 1e6,
-            "layer_mflops_per_token": layer_flops / 1e6, "head_mflops_per_token": head_flops / 1e6,
-            "head_share": head_flops / (head_flops + layer_flops)}
+    return {
+        "layers": len(stack),
+        "hidden": cfg.hidden_size,
+        "params_m": total / 1e6,
+        "embedding_params_m": embed_params / 1e6,
+        "layer_params_m": layer_params / 1e6,
+        "head_params_m": head_params / 1e6,
+        "layer_mflops_per_token": layer_flops / 1e6,
+        "head_mflops_per_token": head_flops / 1e6,
+        "head_share": head_flops / (head_flops + layer_flops),
+    }
 
 
 def _flop_bound(teacher: dict[str, Any], student: dict[str, Any]) -> float:
@@ -279,7 +384,9 @@ def _flop_bound(teacher: dict[str, Any], student: dict[str, Any]) -> float:
     return (t + s) / s
 
 
-def _speed(pairs: list[tuple[str, Any, Any, Any, Any]], teacher, dm, task: str, reps: int) -> dict[str, dict[str, list[float]]]:
+def _speed(
+    pairs: list[tuple[str, Any, Any, Any, Any]], teacher, dm, task: str, reps: int
+) -> dict[str, dict[str, list[float]]]:
     """Alternate one online and one cached epoch per row, then the teacher's forward, ``reps`` times."""
     times: dict[str, dict[str, list[float]]] = {name: {"online": [], "cached": []} for name, *_ in pairs}
     teacher_s = []
@@ -301,40 +408,60 @@ def classification(sizes: dict, work: Path) -> dict[str, Any]:
     from litdistill.cache import CachedTeacher, CachedTeacherDataModule
     from litdistill.data import TextClassificationDataModule
     from litdistill.data.synthetic import make_drug_event_dataset
-    from litdistill.layer_subset import student_from_teacher
     from litdistill.losses import HardCE, SoftTargetKL
-    from litdistill.models import from_config, load_pretrained, packaged_minilm
-    from litdistill.module import DistillationModule
+    from litdistill.models.layer_subset import student_from_teacher
+    from litdistill.models.loading import from_config, load_pretrained, packaged_minilm
+    from litdistill.training.module import DistillationModule
 
     L.seed_everything(0, verbose=False)
     files = make_drug_event_dataset(str(work / "cls_data"), n_train=sizes["cls_train"], n_val=32, n_test=32, seed=0)
     dm = TextClassificationDataModule(tokenizer=packaged_minilm(), data_files=files, max_length=48, batch_size=32)
     dm.setup("fit")
     teacher = load_pretrained(packaged_minilm(), task="classification", num_labels=2).eval()
-    students = {"layer_subset": student_from_teacher(teacher, every=3),
-                "narrow": from_config(CLS_NARROW, base=packaged_minilm(), task="classification", num_labels=2, seed=0)}
+    students = {
+        "layer_subset": student_from_teacher(teacher, every=3),
+        "narrow": from_config(CLS_NARROW, base=packaged_minilm(), task="classification", num_labels=2, seed=0),
+    }
     losses = lambda: {"kd": SoftTargetKL(temperature=2.0, weight=0.5), "ce": HardCE(weight=0.5)}  # noqa: E731
-    store, build_s, manifest = _build(work / "cls_store", {"recipe": "cls"}, teacher, dm, "classification", "logits",
-                                      None, "raw", 64)
+    store, build_s, manifest = _build(
+        work / "cls_store", {"recipe": "cls"}, teacher, dm, "classification", "logits", None, "raw", 64
+    )
     cached_dm = CachedTeacherDataModule(dm, store, "classification")
     pairs = []
     for name, student in students.items():
         online = DistillationModule(copy.deepcopy(student), teacher, losses(), optimizer=_optimizer(5e-5))
-        cached = DistillationModule(copy.deepcopy(student), CachedTeacher(manifest), losses(), optimizer=_optimizer(5e-5))
+        cached = DistillationModule(
+            copy.deepcopy(student), CachedTeacher(manifest), losses(), optimizer=_optimizer(5e-5)
+        )
         pairs.append((name, online, dm, cached, cached_dm))
     times = _speed(pairs, teacher, dm, "classification", sizes["cls_reps"])
     seq = _mean_seq_len(dm)
     t_shape = _shape(teacher, "classification", seq)
     rows = {}
-    labels = {"layer_subset": "2 layers, hidden 384 (teacher layers 0, 3)",
-              "narrow": "2 layers, hidden 192, 6 heads, FFN 768 (fresh, teacher's config and vocabulary)"}
+    labels = {
+        "layer_subset": "2 layers, hidden 384 (teacher layers 0, 3)",
+        "narrow": "2 layers, hidden 192, 6 heads, FFN 768 (fresh, teacher's config and vocabulary)",
+    }
     for name, student in students.items():
         s_shape = _shape(student, "classification", seq)
-        rows[name] = {"student": labels[name], "student_shape": s_shape, "flop_bound": _flop_bound(t_shape, s_shape),
-                      **_ratios(times[name]["online"], times[name]["cached"], statistics.median(times[name]["teacher"]))}
-    return {"teacher": "all-MiniLM-L6-v2 (packaged), 6 layers, hidden 384", "teacher_shape": t_shape, "mean_seq_len": seq,
-            "train_examples": sizes["cls_train"], "batches_per_epoch": len(dm.train_dataloader()), "batch_size": 32,
-            "build_s": build_s, "bytes_per_example": manifest["bytes_per_row"], "store_bytes": manifest["bytes"], "rows": rows}
+        rows[name] = {
+            "student": labels[name],
+            "student_shape": s_shape,
+            "flop_bound": _flop_bound(t_shape, s_shape),
+            **_ratios(times[name]["online"], times[name]["cached"], statistics.median(times[name]["teacher"])),
+        }
+    return {
+        "teacher": "all-MiniLM-L6-v2 (packaged), 6 layers, hidden 384",
+        "teacher_shape": t_shape,
+        "mean_seq_len": seq,
+        "train_examples": sizes["cls_train"],
+        "batches_per_epoch": len(dm.train_dataloader()),
+        "batch_size": 32,
+        "build_s": build_s,
+        "bytes_per_example": manifest["bytes_per_row"],
+        "store_bytes": manifest["bytes"],
+        "rows": rows,
+    }
 
 
 # ---- causal LM: evaluation ------------------------------------------------------------------------------
@@ -343,7 +470,7 @@ def _per_example(model, loader) -> dict[str, list]:
     import torch
     import torch.nn.functional as F
 
-    from litdistill.forward import align_labels, run_model
+    from litdistill.core.forward import align_labels, run_model
 
     was_training = model.training
     model.eval()
@@ -356,7 +483,9 @@ def _per_example(model, loader) -> dict[str, list]:
             mask = labels != -100
             correct += ((logits.argmax(-1) == labels) & mask).sum(1).tolist()
             tokens += mask.sum(1).tolist()
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none")
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+            )
             nll += ce.view(labels.shape).sum(1).tolist()
     model.train(was_training)
     return {"correct": correct, "tokens": tokens, "nll": nll}
@@ -379,12 +508,16 @@ def _baselines(dm, vocab: int, test_tokens: int) -> dict[str, Any]:
     assert test.numel() == test_tokens
     majority = int(counts.argmax())
     logp = ((counts + 1) / (counts.sum() + vocab)).log()
-    return {"majority_token_acc": float((test == majority).double().mean()),
-            "unigram_perplexity": math.exp(float(-logp[test].mean())), "majority_token_id": majority}
+    return {
+        "majority_token_acc": float((test == majority).double().mean()),
+        "unigram_perplexity": math.exp(float(-logp[test].mean())),
+        "majority_token_id": majority,
+    }
 
 
-def paired_bootstrap(online: dict[str, Any], cached: dict[str, Any], tokens: list[int], resamples: int,
-                     seed: int = 0) -> dict[str, Any]:
+def paired_bootstrap(
+    online: dict[str, Any], cached: dict[str, Any], tokens: list[int], resamples: int, seed: int = 0
+) -> dict[str, Any]:
     """Delta cached - online in pooled token accuracy (and the perplexity ratio) with 95% percentile CIs.
 
     ``online`` / ``cached``: ``correct`` and ``nll`` [seeds][examples], seeds paired by index. Two CIs:
@@ -412,9 +545,17 @@ def paired_bootstrap(online: dict[str, Any], cached: dict[str, Any], tokens: lis
         lo, hi = np.percentile(x, [2.5, 97.5])
         return [float(lo), float(hi)]
 
-    out = {"delta": float(delta), "ci95": ci(two_way), "ci95_examples_only": ci(ex_only),
-           "perplexity_ratio": math.exp(log_ratio), "perplexity_ratio_ci95": [math.exp(v) for v in ci(two_way_ppl)],
-           "resamples": resamples, "seeds": seeds, "examples": examples, "tokens_per_seed": int(n_tok.sum())}
+    out = {
+        "delta": float(delta),
+        "ci95": ci(two_way),
+        "ci95_examples_only": ci(ex_only),
+        "perplexity_ratio": math.exp(log_ratio),
+        "perplexity_ratio_ci95": [math.exp(v) for v in ci(two_way_ppl)],
+        "resamples": resamples,
+        "seeds": seeds,
+        "examples": examples,
+        "tokens_per_seed": int(n_tok.sum()),
+    }
     out["within_noise"] = out["ci95"][0] <= 0.0 <= out["ci95"][1]
     out["non_inferior"] = out["ci95"][0] >= NON_INFERIORITY
     return out
@@ -437,20 +578,25 @@ def causal(sizes: dict, work: Path) -> dict[str, Any]:
     from litdistill.cache import CachedTeacher, CachedTeacherDataModule
     from litdistill.data.sft import SFTDataModule
     from litdistill.data.synthetic import make_sft_dataset
-    from litdistill.layer_subset import student_from_teacher
     from litdistill.losses import ForwardKL, HardCE
-    from litdistill.models import from_config, packaged_minilm
-    from litdistill.module import DistillationModule
+    from litdistill.models.layer_subset import student_from_teacher
+    from litdistill.models.loading import from_config, packaged_minilm
+    from litdistill.training.module import DistillationModule
 
     L.seed_everything(0, verbose=False)
-    files = make_sft_dataset(str(work / "lm_data"), n_train=sizes["lm_train"], n_val=32, n_test=sizes["lm_test"], seed=0)
+    files = make_sft_dataset(
+        str(work / "lm_data"), n_train=sizes["lm_train"], n_val=32, n_test=sizes["lm_test"], seed=0
+    )
     dm = SFTDataModule(tokenizer=packaged_minilm(), data_files=files, max_length=64, batch_size=8)
     dm.setup("fit")
     teacher = from_config(dict(LM_TEACHER), task="causal_lm", seed=0)
     log(f"causal: fine-tuning the teacher for {sizes['lm_finetune_epochs']} epochs")
     start = time.perf_counter()
-    _fit(DistillationModule(teacher, None, {"ce": HardCE()}, optimizer=_optimizer(FINETUNE_LR), task="causal_lm"), dm,
-         sizes["lm_finetune_epochs"])
+    _fit(
+        DistillationModule(teacher, None, {"ce": HardCE()}, optimizer=_optimizer(FINETUNE_LR), task="causal_lm"),
+        dm,
+        sizes["lm_finetune_epochs"],
+    )
     finetune_s = time.perf_counter() - start
     teacher.requires_grad_(False)
     teacher.eval()
@@ -460,20 +606,32 @@ def causal(sizes: dict, work: Path) -> dict[str, Any]:
     baselines = _baselines(dm, vocab, sum(test_tokens))
     student0 = student_from_teacher(teacher, every=3)  # layers 0 and 3: the teacher has 3x its depth
     kd_losses = lambda: {"kd": ForwardKL(temperature=1.0, weight=0.5), "ce": HardCE(weight=0.5)}  # noqa: E731
-    losses = {"kd_ce": kd_losses, "kd_only": lambda: {"kd": ForwardKL(temperature=1.0, weight=1.0)},
-              "labels": lambda: {"ce": HardCE()}}
+    losses = {
+        "kd_ce": kd_losses,
+        "kd_only": lambda: {"kd": ForwardKL(temperature=1.0, weight=1.0)},
+        "labels": lambda: {"ce": HardCE()},
+    }
 
     # bytes per token, k = 64 / 128, raw / packed
     stores, storage = {}, []
     for k in (64, 128):
         for codec in ("raw", "packed"):
-            store, build_s, manifest = _build(work / f"lm_store_k{k}_{codec}", {"recipe": "lm"}, teacher, dm, "causal_lm",
-                                              "topk", k, codec, 16)
+            store, build_s, manifest = _build(
+                work / f"lm_store_k{k}_{codec}", {"recipe": "lm"}, teacher, dm, "causal_lm", "topk", k, codec, 16
+            )
             stores[(k, codec)] = (store, manifest)
             split = manifest["splits"]["train"]
-            storage.append({"k": k, "codec": codec, "bytes_per_token": split["bytes_per_row"], "tokens": split["rows"],
-                            "store_mib": manifest["bytes"] / 2**20, "build_s": build_s,
-                            "rows_with_empty_slots": _empty_slot_share(store)})
+            storage.append(
+                {
+                    "k": k,
+                    "codec": codec,
+                    "bytes_per_token": split["bytes_per_row"],
+                    "tokens": split["rows"],
+                    "store_mib": manifest["bytes"] / 2**20,
+                    "build_s": build_s,
+                    "rows_with_empty_slots": _empty_slot_share(store),
+                }
+            )
 
     def train(variant: str, seed: int) -> tuple[dict[str, Any], dict[str, list]]:
         L.seed_everything(seed, verbose=False)
@@ -508,18 +666,29 @@ def causal(sizes: dict, work: Path) -> dict[str, Any]:
     def compare(reference: str, variant: str) -> dict[str, Any]:
         """Paired bootstrap of variant - reference on the seeds both were trained with."""
         seeds = [s for s in per_example[variant]["seeds"] if s in per_example[reference]["seeds"]]
-        pick = lambda v: {k: [per_example[v][k][per_example[v]["seeds"].index(s)] for s in seeds]  # noqa: E731
-                          for k in ("correct", "nll")}
-        return {**paired_bootstrap(pick(reference), pick(variant), test_tokens, sizes["bootstrap"]),
-                "reference": reference, "seed_ids": seeds}
+
+        def pick(v: str) -> dict[str, list[Any]]:
+            return {k: [per_example[v][k][per_example[v]["seeds"].index(s)] for s in seeds] for k in ("correct", "nll")}
+
+        return {
+            **paired_bootstrap(pick(reference), pick(variant), test_tokens, sizes["bootstrap"]),
+            "reference": reference,
+            "seed_ids": seeds,
+        }
 
     quality = {}
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         accs = [r["token_acc"] for r in mine]
-        q = {"loss": VARIANTS[variant][0], "seeds": [r["seed"] for r in mine], "token_acc_mean": statistics.mean(accs),
-             "token_acc": accs, "token_acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-             "perplexity_mean": statistics.mean(r["perplexity"] for r in mine), "perplexity": [r["perplexity"] for r in mine]}
+        q = {
+            "loss": VARIANTS[variant][0],
+            "seeds": [r["seed"] for r in mine],
+            "token_acc_mean": statistics.mean(accs),
+            "token_acc": accs,
+            "token_acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "perplexity_mean": statistics.mean(r["perplexity"] for r in mine),
+            "perplexity": [r["perplexity"] for r in mine],
+        }
         if variant in REFERENCE:
             q["vs_online"] = compare(REFERENCE[variant], variant)
         if variant == "labels_only":
@@ -530,40 +699,75 @@ def causal(sizes: dict, work: Path) -> dict[str, Any]:
     teacher_fwd = statistics.median(_teacher_pass(teacher, dm, "causal_lm") for _ in range(2))
     seq = _mean_seq_len(dm)
     t_shape, s_shape = _shape(teacher, "causal_lm", seq), _shape(student0, "causal_lm", seq)
-    rows = {"layer_subset": {"teacher": "Llama 6 layers, hidden 64, FFN 128 (fine-tuned)", "teacher_shape": t_shape,
-                             "student": "2 layers, hidden 64 (teacher layers 0, 3)", "student_shape": s_shape,
-                             "flop_bound": _flop_bound(t_shape, s_shape), "build_s": storage[0]["build_s"],
-                             **_ratios(online_epochs, cached_epochs, teacher_fwd)}}
+    rows = {
+        "layer_subset": {
+            "teacher": "Llama 6 layers, hidden 64, FFN 128 (fine-tuned)",
+            "teacher_shape": t_shape,
+            "student": "2 layers, hidden 64 (teacher layers 0, 3)",
+            "student_shape": s_shape,
+            "flop_bound": _flop_bound(t_shape, s_shape),
+            "build_s": storage[0]["build_s"],
+            **_ratios(online_epochs, cached_epochs, teacher_fwd),
+        }
+    }
     rows["narrow"] = _causal_narrow(sizes, work, dm, seq, kd_losses)
     rows["llm_like"] = _causal_llm_like(sizes, work, files, kd_losses)
-    return {"vocab": vocab, "mean_seq_len": seq, "train_examples": sizes["lm_train"], "test_examples": sizes["lm_test"],
-            "test_tokens": sum(test_tokens), "train_tokens": stores[(64, "raw")][1]["splits"]["train"]["rows"],
-            "epochs": sizes["lm_epochs"], "seeds": list(sizes["lm_seeds"]), "batches_per_epoch": len(dm.train_dataloader()),
-            "teacher_finetune": {"epochs": sizes["lm_finetune_epochs"], "lr": FINETUNE_LR, "seconds": finetune_s},
-            "teacher_quality": _metrics(teacher_ex), "baselines": baselines, "storage": storage, "runs": runs,
-            "quality": quality, "rows": rows}
+    return {
+        "vocab": vocab,
+        "mean_seq_len": seq,
+        "train_examples": sizes["lm_train"],
+        "test_examples": sizes["lm_test"],
+        "test_tokens": sum(test_tokens),
+        "train_tokens": stores[(64, "raw")][1]["splits"]["train"]["rows"],
+        "epochs": sizes["lm_epochs"],
+        "seeds": list(sizes["lm_seeds"]),
+        "batches_per_epoch": len(dm.train_dataloader()),
+        "teacher_finetune": {"epochs": sizes["lm_finetune_epochs"], "lr": FINETUNE_LR, "seconds": finetune_s},
+        "teacher_quality": _metrics(teacher_ex),
+        "baselines": baselines,
+        "storage": storage,
+        "runs": runs,
+        "quality": quality,
+        "rows": rows,
+    }
 
 
 def _causal_narrow(sizes: dict, work: Path, dm, seq: float, kd_losses) -> dict[str, Any]:
     """The wider 6-layer teacher vs the tiny_llama student: timing only (random weights, k = 64 raw)."""
     from litdistill.cache import CachedTeacher, CachedTeacherDataModule
-    from litdistill.models import from_config
-    from litdistill.module import DistillationModule
+    from litdistill.models.loading import from_config
+    from litdistill.training.module import DistillationModule
 
     dm.hparams.seed = 0
     teacher = from_config(dict(LM_WIDE_TEACHER), task="causal_lm", seed=0).eval()
     teacher.requires_grad_(False)
     student = from_config(dict(LM_TINY_STUDENT), task="causal_lm", seed=1)
-    store, build_s, manifest = _build(work / "lm_store_wide", {"recipe": "lm_wide"}, teacher, dm, "causal_lm", "topk", 64, "raw", 16)
-    online = DistillationModule(copy.deepcopy(student), teacher, kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm")
-    cached = DistillationModule(copy.deepcopy(student), CachedTeacher(manifest), kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm")
-    times = _speed([("narrow", online, dm, cached, CachedTeacherDataModule(dm, store, "causal_lm"))], teacher, dm, "causal_lm",
-                   sizes["narrow_reps"])["narrow"]
+    store, build_s, manifest = _build(
+        work / "lm_store_wide", {"recipe": "lm_wide"}, teacher, dm, "causal_lm", "topk", 64, "raw", 16
+    )
+    online = DistillationModule(
+        copy.deepcopy(student), teacher, kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm"
+    )
+    cached = DistillationModule(
+        copy.deepcopy(student), CachedTeacher(manifest), kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm"
+    )
+    times = _speed(
+        [("narrow", online, dm, cached, CachedTeacherDataModule(dm, store, "causal_lm"))],
+        teacher,
+        dm,
+        "causal_lm",
+        sizes["narrow_reps"],
+    )["narrow"]
     t_shape, s_shape = _shape(teacher, "causal_lm", seq), _shape(student, "causal_lm", seq)
-    return {"teacher": "Llama 6 layers, hidden 128, 8 heads, FFN 256 (random init)", "teacher_shape": t_shape,
-            "student": "tiny_llama: 2 layers, hidden 64, FFN 128 (fresh)", "student_shape": s_shape,
-            "flop_bound": _flop_bound(t_shape, s_shape), "build_s": build_s,
-            **_ratios(times["online"], times["cached"], statistics.median(times["teacher"]))}
+    return {
+        "teacher": "Llama 6 layers, hidden 128, 8 heads, FFN 256 (random init)",
+        "teacher_shape": t_shape,
+        "student": "tiny_llama: 2 layers, hidden 64, FFN 128 (fresh)",
+        "student_shape": s_shape,
+        "flop_bound": _flop_bound(t_shape, s_shape),
+        "build_s": build_s,
+        **_ratios(times["online"], times["cached"], statistics.median(times["teacher"])),
+    }
 
 
 def _train_tokenizer(train_file: str, vocab: int, out: Path) -> tuple[str, int]:
@@ -579,8 +783,15 @@ def _train_tokenizer(train_file: str, vocab: int, out: Path) -> tuple[str, int]:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<eos>"], show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<pad>", "<eos>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     learned = tok.get_vocab_size()
     if learned < vocab:
         tok.add_special_tokens([f"<reserved_{i}>" for i in range(vocab - learned)])
@@ -595,8 +806,8 @@ def _causal_llm_like(sizes: dict, work: Path, files: dict[str, str], kd_losses) 
     random weights, k = 64 raw; see the module docstring for the shapes)."""
     from litdistill.cache import CachedTeacher, CachedTeacherDataModule
     from litdistill.data.sft import SFTDataModule
-    from litdistill.models import from_config
-    from litdistill.module import DistillationModule
+    from litdistill.models.loading import from_config
+    from litdistill.training.module import DistillationModule
 
     path, learned = _train_tokenizer(files["train"], LM_SMALL_VOCAB, work / "bpe_tokenizer")
     dm = SFTDataModule(tokenizer=path, data_files=files, max_length=64, batch_size=8, seed=0)
@@ -605,52 +816,111 @@ def _causal_llm_like(sizes: dict, work: Path, files: dict[str, str], kd_losses) 
     teacher = from_config({**LM_LLM_TEACHER, **ids}, task="causal_lm", seed=0).eval()
     teacher.requires_grad_(False)
     student = from_config({**LM_LLM_STUDENT, **ids}, task="causal_lm", seed=1)
-    store, build_s, manifest = _build(work / "lm_store_llm_like", {"recipe": "lm_llm_like"}, teacher, dm, "causal_lm", "topk",
-                                      64, "raw", 16)
-    online = DistillationModule(copy.deepcopy(student), teacher, kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm")
-    cached = DistillationModule(copy.deepcopy(student), CachedTeacher(manifest), kd_losses(), optimizer=_optimizer(1e-3),
-                                task="causal_lm")
-    times = _speed([("llm_like", online, dm, cached, CachedTeacherDataModule(dm, store, "causal_lm"))], teacher, dm,
-                   "causal_lm", sizes["narrow_reps"])["llm_like"]
+    store, build_s, manifest = _build(
+        work / "lm_store_llm_like", {"recipe": "lm_llm_like"}, teacher, dm, "causal_lm", "topk", 64, "raw", 16
+    )
+    online = DistillationModule(
+        copy.deepcopy(student), teacher, kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm"
+    )
+    cached = DistillationModule(
+        copy.deepcopy(student), CachedTeacher(manifest), kd_losses(), optimizer=_optimizer(1e-3), task="causal_lm"
+    )
+    times = _speed(
+        [("llm_like", online, dm, cached, CachedTeacherDataModule(dm, store, "causal_lm"))],
+        teacher,
+        dm,
+        "causal_lm",
+        sizes["narrow_reps"],
+    )["llm_like"]
     seq = _mean_seq_len(dm)
     t_shape, s_shape = _shape(teacher, "causal_lm", seq), _shape(student, "causal_lm", seq)
-    return {"teacher": f"Llama 6 layers, hidden 256, 8 heads (2 KV), FFN 896, vocab {LM_SMALL_VOCAB:,} BPE (random init)",
-            "teacher_shape": t_shape, "student": f"2 layers, hidden 128, 4 heads (1 KV), FFN 512, vocab {LM_SMALL_VOCAB:,} (fresh)",
-            "student_shape": s_shape, "flop_bound": _flop_bound(t_shape, s_shape), "build_s": build_s,
-            "vocab": LM_SMALL_VOCAB, "bpe_learned_entries": learned, "mean_seq_len": seq,
-            "train_tokens": manifest["splits"]["train"]["rows"], "batches_per_epoch": len(dm.train_dataloader()),
-            **_ratios(times["online"], times["cached"], statistics.median(times["teacher"]))}
+    return {
+        "teacher": f"Llama 6 layers, hidden 256, 8 heads (2 KV), FFN 896, vocab {LM_SMALL_VOCAB:,} BPE (random init)",
+        "teacher_shape": t_shape,
+        "student": f"2 layers, hidden 128, 4 heads (1 KV), FFN 512, vocab {LM_SMALL_VOCAB:,} (fresh)",
+        "student_shape": s_shape,
+        "flop_bound": _flop_bound(t_shape, s_shape),
+        "build_s": build_s,
+        "vocab": LM_SMALL_VOCAB,
+        "bpe_learned_entries": learned,
+        "mean_seq_len": seq,
+        "train_tokens": manifest["splits"]["train"]["rows"],
+        "batches_per_epoch": len(dm.train_dataloader()),
+        **_ratios(times["online"], times["cached"], statistics.median(times["teacher"])),
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------
-ROW_NAMES = {"layer_subset": "student = teacher's layers 0, 3 (same width)", "narrow": "fresh student, 2x narrower",
-             "llm_like": f"fresh student, 2x narrower, {LM_SMALL_VOCAB:,}-token BPE vocabulary (LLM-like head share)"}
+ROW_NAMES = {
+    "layer_subset": "student = teacher's layers 0, 3 (same width)",
+    "narrow": "fresh student, 2x narrower",
+    "llm_like": f"fresh student, 2x narrower, {LM_SMALL_VOCAB:,}-token BPE vocabulary (LLM-like head share)",
+}
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for recipe in ("classification", "causal_lm"):
         for name, r in result[recipe]["rows"].items():
-            out.append({"target": f"{recipe}: epochs after the first >= 2x faster, teacher 3x the student's depth, {ROW_NAMES[name]}",
-                        "measured": r["speedup"], "unit": "x", "bound": 2.0, "met": r["speedup"] is not None and r["speedup"] >= 2.0,
-                        "note": f"teacher forward {r['teacher_forward_s_per_epoch']:.2f} s of the {r['online_epoch_s']:.2f} s online epoch: "
-                                f"at most {_x(r['speedup_bound'])} from removing it; FLOP-only bound {r['flop_bound']:.2f}x"})
+            out.append(
+                {
+                    "target": f"{recipe}: epochs after the first >= 2x faster, teacher 3x the student's depth, "
+                    f"{ROW_NAMES[name]}",
+                    "measured": r["speedup"],
+                    "unit": "x",
+                    "bound": 2.0,
+                    "met": r["speedup"] is not None and r["speedup"] >= 2.0,
+                    "note": f"teacher forward {r['teacher_forward_s_per_epoch']:.2f} s of the "
+                    f"{r['online_epoch_s']:.2f} s online epoch: "
+                    f"at most {_x(r['speedup_bound'])} from removing it; FLOP-only bound {r['flop_bound']:.2f}x",
+                }
+            )
     storage = {(s["k"], s["codec"]): s["bytes_per_token"] for s in result["causal_lm"]["storage"]}
     best = min(storage[(128, "raw")], storage[(128, "packed")])
-    out.append({"target": "<= 300 bytes/token at k=128 (codec packed; raw is the default layout)", "measured": best,
-                "unit": "B", "bound": 300, "met": best <= 300,
-                "note": f"raw {storage[(128, 'raw')]:.0f} B, packed {storage[(128, 'packed')]:.0f} B"})
+    out.append(
+        {
+            "target": "<= 300 bytes/token at k=128 (codec packed; raw is the default layout)",
+            "measured": best,
+            "unit": "B",
+            "bound": 300,
+            "met": best <= 300,
+            "note": f"raw {storage[(128, 'raw')]:.0f} B, packed {storage[(128, 'packed')]:.0f} B",
+        }
+    )
     for variant, q in result["causal_lm"]["quality"].items():
         if "vs_online" not in q or variant in NO_TARGET:
             continue
         b = q["vs_online"]
-        ci = f"95% CI [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], paired bootstrap over {b['seeds']} seeds x {b['examples']} test examples"
-        what = (f"{variant} vs online" if q.get("loss", "kd_ce") == "kd_ce" else
-                f"KD only (ForwardKL weight 1, no CE), {variant.removesuffix('_kd_only')} vs {b['reference'].removesuffix('_kd_only')}")
-        out.append({"target": f"student token accuracy, {what}, within noise (CI contains 0)", "measured": b["delta"],
-                    "unit": "", "bound": 0.0, "met": b["within_noise"], "note": ci})
-        out.append({"target": f"student token accuracy, {what}, non-inferior (CI lower bound >= -0.005)",
-                    "measured": b["ci95"][0], "unit": "", "bound": NON_INFERIORITY, "met": b["non_inferior"], "note": ci})
+        ci = (
+            f"95% CI [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], "
+            f"paired bootstrap over {b['seeds']} seeds x {b['examples']} test examples"
+        )
+        what = (
+            f"{variant} vs online"
+            if q.get("loss", "kd_ce") == "kd_ce"
+            else f"KD only (ForwardKL weight 1, no CE), {variant.removesuffix('_kd_only')} vs "
+            f"{b['reference'].removesuffix('_kd_only')}"
+        )
+        out.append(
+            {
+                "target": f"student token accuracy, {what}, within noise (CI contains 0)",
+                "measured": b["delta"],
+                "unit": "",
+                "bound": 0.0,
+                "met": b["within_noise"],
+                "note": ci,
+            }
+        )
+        out.append(
+            {
+                "target": f"student token accuracy, {what}, non-inferior (CI lower bound >= -0.005)",
+                "measured": b["ci95"][0],
+                "unit": "",
+                "bound": NON_INFERIORITY,
+                "met": b["non_inferior"],
+                "note": ci,
+            }
+        )
     return out
 
 
@@ -664,16 +934,23 @@ def _mf(value: float) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     c, m = result["classification"], result["causal_lm"]
-    lines = [f"Mode {result['mode']}, {result['threads']} thread(s) each side. Epoch = one training epoch, validation off; "
-             "online and cached epochs alternate; speed-up = median of the per-pair ratios. Every row's teacher has 3x its "
-             "student's depth.", "",
-             "**Shapes** (forward MFLOPs per token: layers / head; a student step counts 3 forwards):", "",
-             "| recipe | model | layers x hidden | params (M) | embedding (M) | MFLOPs layers | MFLOPs head | head share |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Mode {result['mode']}, {result['threads']} thread(s) each side. Epoch = one training epoch, validation off; "
+        "online and cached epochs alternate; speed-up = median of the per-pair ratios. Every row's teacher has 3x its "
+        "student's depth.",
+        "",
+        "**Shapes** (forward MFLOPs per token: layers / head; a student step counts 3 forwards):",
+        "",
+        "| recipe | model | layers x hidden | params (M) | embedding (M) | MFLOPs layers | MFLOPs head | head share |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
 
     def shape_row(recipe: str, who: str, s: dict[str, Any]) -> str:
-        return (f"| {recipe} | {who} | {s['layers']} x {s['hidden']} | {s['params_m']:.2f} | {s['embedding_params_m']:.2f} | "
-                f"{_mf(s['layer_mflops_per_token'])} | {_mf(s['head_mflops_per_token'])} | {s['head_share']:.0%} |")
+        return (
+            f"| {recipe} | {who} | {s['layers']} x {s['hidden']} | {s['params_m']:.2f} | "
+            f"{s['embedding_params_m']:.2f} | "
+            f"{_mf(s['layer_mflops_per_token'])} | {_mf(s['head_mflops_per_token'])} | {s['head_share']:.0%} |"
+        )
 
     lines.append(shape_row("classification", "teacher: MiniLM-L6", c["teacher_shape"]))
     for name, r in c["rows"].items():
@@ -681,79 +958,127 @@ def markdown(result: dict[str, Any]) -> str:
     for name, r in m["rows"].items():
         lines.append(shape_row("causal LM", f"teacher ({name}): {r['teacher']}", r["teacher_shape"]))
         lines.append(shape_row("causal LM", f"student ({name}): {r['student']}", r["student_shape"]))
-    lines += ["", "**Epoch time**:", "",
-              "| recipe | row | batches/epoch | online s/epoch | cached s/epoch | speed-up | teacher fwd s | online / (online - teacher fwd) | "
-              "FLOP-only bound | cached / (online - teacher fwd) | build s (once) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "**Epoch time**:",
+        "",
+        "| recipe | row | batches/epoch | online s/epoch | cached s/epoch | speed-up | teacher fwd s | online / "
+        "(online - teacher fwd) | "
+        "FLOP-only bound | cached / (online - teacher fwd) | build s (once) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for recipe, res in (("classification", c), ("causal LM", m)):
         for name, r in res["rows"].items():
             build = r.get("build_s", res.get("build_s"))
-            lines.append(f"| {recipe} | {ROW_NAMES[name]} | {r.get('batches_per_epoch', res['batches_per_epoch'])} | {r['online_epoch_s']:.2f} | "
-                         f"{r['cached_epoch_s']:.2f} | {r['speedup']:.2f}x | {r['teacher_forward_s_per_epoch']:.2f} | "
-                         f"{_x(r['speedup_bound'])} | {r['flop_bound']:.2f}x | {_x(r['cached_vs_online_minus_teacher'], '')} | {build:.2f} |")
-    lines += ["", "Teacher fwd = the teacher's forward alone over the epoch's batches (loaded beforehand). Classification "
-              "caches full logits and computes the same loss on both sides, so online / (online - teacher fwd) bounds its "
-              "speed-up. On the causal recipe the cache also removes the teacher's full-vocabulary log-softmax and the dense "
-              "KL (replaced by the k+1-bucket KL), so the speed-up can exceed that ratio; the FLOP-only bound counts matmul "
-              "FLOPs only (not the memory-bound log-softmax, CE, KL and AdamW over the embedding matrices). "
-              "cached / (online - teacher fwd): what the cached path costs against the online one without its teacher "
-              "(above 1: reading and joining the cache costs more than the rest of what it removes, or noise).", ""]
+            lines.append(
+                f"| {recipe} | {ROW_NAMES[name]} | {r.get('batches_per_epoch', res['batches_per_epoch'])} | "
+                f"{r['online_epoch_s']:.2f} | "
+                f"{r['cached_epoch_s']:.2f} | {r['speedup']:.2f}x | {r['teacher_forward_s_per_epoch']:.2f} | "
+                f"{_x(r['speedup_bound'])} | {r['flop_bound']:.2f}x | {_x(r['cached_vs_online_minus_teacher'], '')} "
+                f"| {build:.2f} |"
+            )
+    lines += [
+        "",
+        "Teacher fwd = the teacher's forward alone over the epoch's batches (loaded beforehand). Classification "
+        "caches full logits and computes the same loss on both sides, so online / (online - teacher fwd) bounds its "
+        "speed-up. On the causal recipe the cache also removes the teacher's full-vocabulary log-softmax and the dense "
+        "KL (replaced by the k+1-bucket KL), so the speed-up can exceed that ratio; the FLOP-only bound counts matmul "
+        "FLOPs only (not the memory-bound log-softmax, CE, KL and AdamW over the embedding matrices). "
+        "cached / (online - teacher fwd): what the cached path costs against the online one without its teacher "
+        "(above 1: reading and joining the cache costs more than the rest of what it removes, or noise).",
+        "",
+    ]
     llm = m["rows"].get("llm_like")
     if llm:
-        lines += [f"LLM-like row: byte-level BPE trained on the {m['train_examples']} training prompts + responses learned "
-                  f"{llm['bpe_learned_entries']} entries (256 bytes, 2 specials, merges), filled with reserved tokens to "
-                  f"{llm['vocab']:,}, so head, log-softmax and KL are {llm['vocab']:,} wide; mean padded batch length "
-                  f"{llm['mean_seq_len']:.1f} tokens (packaged vocabulary: {m['mean_seq_len']:.1f}), {llm['train_tokens']} "
-                  f"real train response tokens (packaged: {m['train_tokens']}; responses end in <eos> here). Head share "
-                  f"{llm['teacher_shape']['head_share']:.0%} (teacher) / {llm['student_shape']['head_share']:.0%} (student); "
-                  "Llama-3.1-8B / 3.2-1B by the same count: 7% / 21%, FLOP-only bound of 8B->1B 3.0x.", ""]
-    lines += [f"Classification stores {c['bytes_per_example']:.1f} bytes per example (float16 logits). Causal LM: a top-k "
-              f"store of {m['train_tokens']} real train tokens:", "",
-              "| k | codec | bytes / token | store (MiB) | build s | rows with empty slots |", "|---:|---|---:|---:|---:|---:|"]
-    lines += [f"| {s['k']} | {s['codec']} | {s['bytes_per_token']:.1f} | {s['store_mib']:.3f} | {s['build_s']:.2f} | "
-              f"{s['rows_with_empty_slots']:.1%} |" for s in m["storage"]]
+        lines += [
+            f"LLM-like row: byte-level BPE trained on the {m['train_examples']} training prompts + responses learned "
+            f"{llm['bpe_learned_entries']} entries (256 bytes, 2 specials, merges), filled with reserved tokens to "
+            f"{llm['vocab']:,}, so head, log-softmax and KL are {llm['vocab']:,} wide; mean padded batch length "
+            f"{llm['mean_seq_len']:.1f} tokens (packaged vocabulary: {m['mean_seq_len']:.1f}), {llm['train_tokens']} "
+            f"real train response tokens (packaged: {m['train_tokens']}; responses end in <eos> here). Head share "
+            f"{llm['teacher_shape']['head_share']:.0%} (teacher) / {llm['student_shape']['head_share']:.0%} (student); "
+            "Llama-3.1-8B / 3.2-1B by the same count: 7% / 21%, FLOP-only bound of 8B->1B 3.0x.",
+            "",
+        ]
+    lines += [
+        f"Classification stores {c['bytes_per_example']:.1f} bytes per example (float16 logits). Causal LM: a top-k "
+        f"store of {m['train_tokens']} real train tokens:",
+        "",
+        "| k | codec | bytes / token | store (MiB) | build s | rows with empty slots |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {s['k']} | {s['codec']} | {s['bytes_per_token']:.1f} | {s['store_mib']:.3f} | {s['build_s']:.2f} | "
+        f"{s['rows_with_empty_slots']:.1%} |"
+        for s in m["storage"]
+    ]
     tq, bl, ft = m["teacher_quality"], m["baselines"], m["teacher_finetune"]
     extra = [q for v, q in m["quality"].items() if q.get("loss", "kd_ce") != "kd_ce"]
-    extra_seeds = f"; KD-only and labels-only rows: {len(extra[0]['seeds'])} seeds ({', '.join(map(str, extra[0]['seeds']))})" if extra else ""
-    lines += ["", f"**Quality** of the causal student (layer subset) after {m['epochs']} epochs, {len(m['seeds'])} seeds "
-              f"(KD + CE rows: ForwardKL 0.5 + HardCE 0.5{extra_seeds}; KD only: ForwardKL weight 1, no CE), "
-              f"{m['test_examples']} held-out test examples ({m['test_tokens']} response tokens). Delta = the row minus its "
-              "reference (cached - online of the same loss; labels only - online KD + CE) in pooled token accuracy, on the "
-              "seeds both have; 95% CI from a paired bootstrap (seeds and test examples resampled together, "
-              f"{next((q['vs_online']['resamples'] for q in m['quality'].values() if 'vs_online' in q), 0)} resamples; "
-              "the examples-only CI treats the seeds as fixed). Within noise = the CI contains 0; non-inferior = its lower "
-              "bound >= -0.005. The labels-only row is a reference, with no target.", "",
-              "| model / teacher signal | token acc (mean) | per seed | perplexity (mean) | delta vs reference | 95% CI | "
-              "CI, examples only | perplexity ratio [95% CI] | within noise | non-inferior |",
-              "|---|---:|---|---:|---:|---|---|---|---|---|",
-              f"| teacher (fine-tuned {ft['epochs']} epochs) | {tq['token_acc']:.4f} | - | {tq['perplexity']:.2f} | | | | | | |",
-              f"| majority token (train) | {bl['majority_token_acc']:.4f} | - | - | | | | | | |",
-              f"| unigram, add-one (train) | - | - | {bl['unigram_perplexity']:.1f} | | | | | | |"]
+    extra_seeds = (
+        f"; KD-only and labels-only rows: {len(extra[0]['seeds'])} seeds ({', '.join(map(str, extra[0]['seeds']))})"
+        if extra
+        else ""
+    )
+    lines += [
+        "",
+        f"**Quality** of the causal student (layer subset) after {m['epochs']} epochs, {len(m['seeds'])} seeds "
+        f"(KD + CE rows: ForwardKL 0.5 + HardCE 0.5{extra_seeds}; KD only: ForwardKL weight 1, no CE), "
+        f"{m['test_examples']} held-out test examples ({m['test_tokens']} response tokens). Delta = the row minus its "
+        "reference (cached - online of the same loss; labels only - online KD + CE) in pooled token accuracy, on the "
+        "seeds both have; 95% CI from a paired bootstrap (seeds and test examples resampled together, "
+        f"{next((q['vs_online']['resamples'] for q in m['quality'].values() if 'vs_online' in q), 0)} resamples; "
+        "the examples-only CI treats the seeds as fixed). Within noise = the CI contains 0; non-inferior = its lower "
+        "bound >= -0.005. The labels-only row is a reference, with no target.",
+        "",
+        "| model / teacher signal | token acc (mean) | per seed | perplexity (mean) | delta vs reference | 95% CI | "
+        "CI, examples only | perplexity ratio [95% CI] | within noise | non-inferior |",
+        "|---|---:|---|---:|---:|---|---|---|---|---|",
+        f"| teacher (fine-tuned {ft['epochs']} epochs) | {tq['token_acc']:.4f} | - | {tq['perplexity']:.2f} | | | | "
+        "| | |",
+        f"| majority token (train) | {bl['majority_token_acc']:.4f} | - | - | | | | | | |",
+        f"| unigram, add-one (train) | - | - | {bl['unigram_perplexity']:.1f} | | | | | | |",
+    ]
     for variant, q in m["quality"].items():
         per_seed = ", ".join(f"{a:.3f}" for a in q["token_acc"])
         name = VARIANT_NAMES.get(variant, variant)
         if "vs_online" not in q:
-            lines.append(f"| student, {name} | {q['token_acc_mean']:.4f} | {per_seed} | {q['perplexity_mean']:.3f} "
-                         "| - | | | | | |")
+            lines.append(
+                f"| student, {name} | {q['token_acc_mean']:.4f} | {per_seed} | {q['perplexity_mean']:.3f} "
+                "| - | | | | | |"
+            )
             continue
         b = q["vs_online"]
-        judged = ("-", "-") if variant in NO_TARGET else tuple("yes" if b[k] else "no" for k in ("within_noise", "non_inferior"))
-        lines.append(f"| student, {name} (vs {VARIANT_NAMES[b['reference']].split(' (')[0]}) | {q['token_acc_mean']:.4f} | "
-                     f"{per_seed} | {q['perplexity_mean']:.3f} | "
-                     f"{b['delta']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] | "
-                     f"[{b['ci95_examples_only'][0]:+.4f}, {b['ci95_examples_only'][1]:+.4f}] | {b['perplexity_ratio']:.3f} "
-                     f"[{b['perplexity_ratio_ci95'][0]:.3f}, {b['perplexity_ratio_ci95'][1]:.3f}] | {judged[0]} | {judged[1]} |")
+        judged = (
+            ("-", "-")
+            if variant in NO_TARGET
+            else tuple("yes" if b[k] else "no" for k in ("within_noise", "non_inferior"))
+        )
+        lines.append(
+            f"| student, {name} (vs {VARIANT_NAMES[b['reference']].split(' (')[0]}) | {q['token_acc_mean']:.4f} | "
+            f"{per_seed} | {q['perplexity_mean']:.3f} | "
+            f"{b['delta']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] | "
+            f"[{b['ci95_examples_only'][0]:+.4f}, {b['ci95_examples_only'][1]:+.4f}] | {b['perplexity_ratio']:.3f} "
+            f"[{b['perplexity_ratio_ci95'][0]:.3f}, {b['perplexity_ratio_ci95'][1]:.3f}] | {judged[0]} | {judged[1]} |"
+        )
     lab = m["quality"].get("labels_only", {})
     if "vs_online" in lab and "vs_online_kd_only" in lab:
         a, k = lab["vs_online"], lab["vs_online_kd_only"]
-        lines += ["", f"Labels only vs online KD + CE: {a['delta']:+.4f} [{a['ci95'][0]:+.4f}, {a['ci95'][1]:+.4f}]; labels only vs "
-                  f"online KD only: {k['delta']:+.4f} [{k['ci95'][0]:+.4f}, {k['ci95'][1]:+.4f}] (seeds "
-                  f"{', '.join(map(str, k['seed_ids']))}). A KD-only student learns only the teacher's distribution "
-                  f"(teacher token accuracy {tq['token_acc']:.4f}), so the KD-only cached - online pair is the one where what "
-                  "the top-k truncation loses can show."]
+        lines += [
+            "",
+            f"Labels only vs online KD + CE: {a['delta']:+.4f} [{a['ci95'][0]:+.4f}, {a['ci95'][1]:+.4f}]; labels "
+            "only vs "
+            f"online KD only: {k['delta']:+.4f} [{k['ci95'][0]:+.4f}, {k['ci95'][1]:+.4f}] (seeds "
+            f"{', '.join(map(str, k['seed_ids']))}). A KD-only student learns only the teacher's distribution "
+            f"(teacher token accuracy {tq['token_acc']:.4f}), so the KD-only cached - online pair is the one where "
+            "what "
+            "the top-k truncation loses can show.",
+        ]
     lines += ["", "Targets:", ""]
-    lines += [f"- {t['target']}: {t['measured']:.3g}{t.get('unit') if t.get('unit') == 'x' else ' ' + t.get('unit', '')} -> "
-              f"{'met' if t['met'] else 'MISSED'}" + (f" ({t['note']})" if t.get("note") else "") for t in result["targets"]]
+    lines += [
+        f"- {t['target']}: {t['measured']:.3g}{t.get('unit') if t.get('unit') == 'x' else ' ' + t.get('unit', '')} -> "
+        f"{'met' if t['met'] else 'MISSED'}" + (f" ({t['note']})" if t.get("note") else "")
+        for t in result["targets"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -768,8 +1093,13 @@ def update_summary(result: dict[str, Any], out: Path) -> Path | None:
     summary = json.loads(path.read_text())
     old = summary.get("sections", {}).get("cache_speed", {})
     flag = "" if result["mode"] == "full" else f" --{result['mode']}"
-    summary["sections"]["cache_speed"] = {"command": f"python -m bench.cache_speed{flag}", "status": "ok", "result": result,
-                                          "markdown": markdown(result), "wall_s": result["wall_s"]}
+    summary["sections"]["cache_speed"] = {
+        "command": f"python -m bench.cache_speed{flag}",
+        "status": "ok",
+        "result": result,
+        "markdown": markdown(result),
+        "wall_s": result["wall_s"],
+    }
     summary["targets"] = collect_targets(summary["sections"])
     summary["wall_s"] = summary.get("wall_s", 0.0) - old.get("wall_s", 0.0) + result["wall_s"]
     summary["machine"], summary["rerun"] = result["machine"], ["cache_speed"]
@@ -799,13 +1129,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lm_start = time.perf_counter()
         lm = causal(sizes, Path(tmp))
         lm["wall_s"] = time.perf_counter() - lm_start
-    result = {"mode": mode, "threads": args.threads, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
-              "classification": cls, "causal_lm": lm, "wall_s": time.perf_counter() - start, "machine": machine_info()}
+    result = {
+        "mode": mode,
+        "threads": args.threads,
+        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        "classification": cls,
+        "causal_lm": lm,
+        "wall_s": time.perf_counter() - start,
+        "machine": machine_info(),
+    }
     result["targets"] = targets(result)
     out = args.out or result_path("cache_speed", mode, RESULTS)
     result["out"] = str(out)
     write_json(out, result)
-    from litdistill.io import atomic_write_text
+    from litdistill.core.io import atomic_write_text
 
     atomic_write_text(out.with_suffix(".md"), "# Teacher cache benchmark\n\n" + markdown(result))
     log(f"wrote {out} and {out.with_suffix('.md')} in {result['wall_s']:.0f} s (causal part {lm['wall_s']:.0f} s)")

@@ -38,7 +38,7 @@ def result_path(name: str, mode: str, results_dir: Path | None = None) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    from litdistill.io import atomic_write_text
+    from litdistill.core.io import atomic_write_text
 
     return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
@@ -96,8 +96,12 @@ def machine_info() -> dict[str, Any]:
         usable = os.cpu_count()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -108,9 +112,17 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "load_avg_1_5_15": list(load) if load else None,
-        "versions": {name: _version(dist) for name, dist in
-                     (("torch", "torch"), ("lightning", "lightning"), ("transformers", "transformers"),
-                      ("trl", "trl"), ("litdistill", "litdistill"), ("onnxruntime", "onnxruntime"))},
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("torch", "torch"),
+                ("lightning", "lightning"),
+                ("transformers", "transformers"),
+                ("trl", "trl"),
+                ("litdistill", "litdistill"),
+                ("onnxruntime", "onnxruntime"),
+            )
+        },
         "git_commit": commit,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -155,16 +167,26 @@ class PeakMemory:
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.peak = peak
-        return {"rss_before_mib": self.before, "peak_rss_mib": peak, "added_peak_mib": peak - self.before,
-                "memory_method": self.method}
+        return {
+            "rss_before_mib": self.before,
+            "peak_rss_mib": peak,
+            "added_peak_mib": peak - self.before,
+            "memory_method": self.method,
+        }
 
 
 # ---- workers in fresh processes --------------------------------------------------------------------
 def run_worker(module: str, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """``python -m <module> --worker '<json spec>'`` in a fresh interpreter; returns its last JSON line."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRL_EXPERIMENTAL_SILENCE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     cmd = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
@@ -182,8 +204,17 @@ def quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "transformers", "trl",
-                 "accelerate", "datasets", "litdistill"):
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "pytorch_lightning",
+        "transformers",
+        "trl",
+        "accelerate",
+        "datasets",
+        "litdistill",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import transformers

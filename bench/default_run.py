@@ -30,7 +30,12 @@ ARGS = {"full": [], "quick": [], "smoke": ["experiment=tiny", "debug=fast", "bas
 
 def run(mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="litdistill-default-run-") as tmp:
-        env = {**os.environ, "LITDISTILL_CACHE": f"{tmp}/cache", "LITDISTILL_OUTPUTS": f"{tmp}/outputs", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "LITDISTILL_CACHE": f"{tmp}/cache",
+            "LITDISTILL_OUTPUTS": f"{tmp}/outputs",
+            "HF_HUB_OFFLINE": "1",
+        }
         cmd = ["litdistill", *ARGS[mode]]
         log(f"running {' '.join(cmd)} on a fresh cache")
         start = time.perf_counter()
@@ -42,22 +47,48 @@ def run(mode: str) -> dict[str, Any]:
     models = report["models"]
     teacher_acc = models["teacher"]["metrics"]["acc"]
     result = {
-        "command": " ".join(cmd), "wall_s": wall, "machine": machine_info(),
-        "speedup": report.get("speedup"), "throughput_ratio": report.get("throughput_ratio"),
-        "agreement": report["agreement"], "majority_class_rate": report.get("majority_class_rate"),
-        "rows": {name: {"params_m": row["params_m"], "disk_mb": row.get("disk_mb"), "latency_ms": row.get("latency_ms"),
-                        **row["metrics"]} for name, row in models.items()},
+        "command": " ".join(cmd),
+        "wall_s": wall,
+        "machine": machine_info(),
+        "speedup": report.get("speedup"),
+        "throughput_ratio": report.get("throughput_ratio"),
+        "agreement": report["agreement"],
+        "majority_class_rate": report.get("majority_class_rate"),
+        "rows": {
+            name: {
+                "params_m": row["params_m"],
+                "disk_mb": row.get("disk_mb"),
+                "latency_ms": row.get("latency_ms"),
+                **row["metrics"],
+            }
+            for name, row in models.items()
+        },
     }
     if mode != "smoke":  # the tiny models of --smoke say nothing about these targets
         result["targets"] = [
-            {"target": "default run: student >= 2x faster than the teacher on CPU (b=1)", "measured": result["speedup"],
-             "unit": "x", "met": result["speedup"] >= 2.0},
-            {"target": "default run: agreement with the teacher >= 0.90", "measured": result["agreement"],
-             "met": result["agreement"] >= 0.9},
-            {"target": "default run: teacher accuracy >= majority-class rate + 0.2", "measured": teacher_acc,
-             "met": teacher_acc >= result["majority_class_rate"] + 0.2, "note": f"majority {result['majority_class_rate']:.3f}"},
-            {"target": "default run: a few minutes on the machine (<= 5 min, fresh cache)", "measured": wall / 60,
-             "unit": "min", "met": wall <= 300},
+            {
+                "target": "default run: student >= 2x faster than the teacher on CPU (b=1)",
+                "measured": result["speedup"],
+                "unit": "x",
+                "met": result["speedup"] >= 2.0,
+            },
+            {
+                "target": "default run: agreement with the teacher >= 0.90",
+                "measured": result["agreement"],
+                "met": result["agreement"] >= 0.9,
+            },
+            {
+                "target": "default run: teacher accuracy >= majority-class rate + 0.2",
+                "measured": teacher_acc,
+                "met": teacher_acc >= result["majority_class_rate"] + 0.2,
+                "note": f"majority {result['majority_class_rate']:.3f}",
+            },
+            {
+                "target": "default run: a few minutes on the machine (<= 5 min, fresh cache)",
+                "measured": wall / 60,
+                "unit": "min",
+                "met": wall <= 300,
+            },
         ]
     return result
 
@@ -65,12 +96,20 @@ def run(mode: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     from bench.markdown import fmt, table
 
-    lines = [f"`{r['command']}` in a subprocess on an empty cache (teacher fine-tuned, data written), "
-             f"{r['wall_s'] / 60:.1f} min wall clock. Speed-up (b=1) {fmt(r['speedup'])}x, throughput ratio (b=32) "
-             f"{fmt(r['throughput_ratio'])}x, agreement {fmt(r['agreement'])}, majority-class rate {fmt(r['majority_class_rate'])}.", ""]
-    lines += table(["model", "params (M)", "on disk (MB)", "CPU ms/example (b=1)", "acc", "f1"],
-                   [[name, row["params_m"], row.get("disk_mb"), row.get("latency_ms"), row.get("acc"), row.get("f1")]
-                    for name, row in r["rows"].items()])
+    lines = [
+        f"`{r['command']}` in a subprocess on an empty cache (teacher fine-tuned, data written), "
+        f"{r['wall_s'] / 60:.1f} min wall clock. Speed-up (b=1) {fmt(r['speedup'])}x, throughput ratio (b=32) "
+        f"{fmt(r['throughput_ratio'])}x, agreement {fmt(r['agreement'])}, majority-class rate "
+        f"{fmt(r['majority_class_rate'])}.",
+        "",
+    ]
+    lines += table(
+        ["model", "params (M)", "on disk (MB)", "CPU ms/example (b=1)", "acc", "f1"],
+        [
+            [name, row["params_m"], row.get("disk_mb"), row.get("latency_ms"), row.get("acc"), row.get("f1")]
+            for name, row in r["rows"].items()
+        ],
+    )
     return "\n".join(lines)
 
 

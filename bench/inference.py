@@ -4,11 +4,11 @@
     python -m bench.inference --quick    # fewer repetitions
     python -m bench.inference --student-dir DIR --teacher-dir DIR   # given Hugging Face folders
 
-The student is the plain Hugging Face folder ``litdistill.export.export_student`` writes (by default the
+The student is the plain Hugging Face folder ``litdistill.models.saving.export_student`` writes (by default the
 2-layer ADE student of ``bench.ade_quality`` when the runner passes it; standalone, a 2-layer student
 made from the packaged MiniLM-L6 with ``student_from_teacher`` and exported the same way); it is
 loaded back with ``AutoModelForSequenceClassification.from_pretrained`` like a user would. ONNX and
-int8 come from ``litdistill.export_formats`` (``export_onnx`` + ``onnx_session``, ``quantize_int8`` +
+int8 come from ``litdistill.models.export_formats`` (``export_onnx`` + ``onnx_session``, ``quantize_int8`` +
 ``save_int8``/``load_int8``) when the package has them.
 
 Inputs: real ADE test sentences. Batch 1: the median-length sentence; batch 32: 32 fixed sentences,
@@ -32,9 +32,11 @@ from typing import Any
 from bench.common import log, machine_info, quiet, result_path, write_json
 
 NAME = "inference"
-SIZES = {"full": dict(repeats=40, batch=32, threads=2, check_batches=8),
-         "quick": dict(repeats=12, batch=32, threads=2, check_batches=4),
-         "smoke": dict(repeats=2, batch=4, threads=1, check_batches=1)}
+SIZES = {
+    "full": dict(repeats=40, batch=32, threads=2, check_batches=8),
+    "quick": dict(repeats=12, batch=32, threads=2, check_batches=4),
+    "smoke": dict(repeats=2, batch=4, threads=1, check_batches=1),
+}
 
 
 def sentences(n: int = 600) -> tuple[list[str], str]:
@@ -60,9 +62,9 @@ def sentences(n: int = 600) -> tuple[list[str], str]:
 
 def build_default_models(work: Path, layers: list[int]) -> tuple[str, str]:
     """Teacher folder = the packaged MiniLM; student = its layers, exported with ``export_student``."""
-    from litdistill.export import export_student
-    from litdistill.layer_subset import student_from_teacher
-    from litdistill.models import load_pretrained, load_tokenizer, packaged_minilm
+    from litdistill.models.layer_subset import student_from_teacher
+    from litdistill.models.loading import load_pretrained, load_tokenizer, packaged_minilm
+    from litdistill.models.saving import export_student
 
     teacher = load_pretrained(packaged_minilm(), task="classification", num_labels=2)
     student = student_from_teacher(teacher, layers=layers)
@@ -85,14 +87,20 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run(mode: str = "full", results_dir=None, teacher_dir: str | None = None, student_dir: str | None = None,
-        layers: list[int] | None = None, source: str | None = None) -> dict[str, Any]:
+def run(
+    mode: str = "full",
+    results_dir=None,
+    teacher_dir: str | None = None,
+    student_dir: str | None = None,
+    layers: list[int] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     quiet()
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from litdistill.export import directory_size_mb
-    from litdistill.models import count_parameters
+    from litdistill.models.loading import count_parameters
+    from litdistill.models.saving import directory_size_mb
 
     sizes = SIZES[mode]
     threads = sizes["threads"]
@@ -110,12 +118,20 @@ def run(mode: str = "full", results_dir=None, teacher_dir: str | None = None, st
         lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         one = dict(tokenizer([texts[order[len(order) // 2]]], return_tensors="pt"))
-        many = dict(tokenizer(texts[: sizes["batch"]], padding=True, truncation=True, max_length=128, return_tensors="pt"))
-        check = [dict(tokenizer(texts[i * 32:(i + 1) * 32], padding=True, truncation=True, max_length=128, return_tensors="pt"))
-                 for i in range(sizes["check_batches"])]
+        many = dict(
+            tokenizer(texts[: sizes["batch"]], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        )
+        check = [
+            dict(
+                tokenizer(
+                    texts[i * 32 : (i + 1) * 32], padding=True, truncation=True, max_length=128, return_tensors="pt"
+                )
+            )
+            for i in range(sizes["check_batches"])
+        ]
 
         try:
-            from litdistill import export_formats as ef
+            from litdistill.models.loading import export_formats as ef
         except ImportError:
             ef = None
         torch_logits = getattr(ef, "torch_logits", None) or (lambda m, b, task="classification": m(**b).logits)
@@ -123,7 +139,10 @@ def run(mode: str = "full", results_dir=None, teacher_dir: str | None = None, st
             "teacher (PyTorch)": lambda b: torch_logits(teacher, b, "classification"),
             "student (PyTorch)": lambda b: torch_logits(student, b, "classification"),
         }
-        files = {"teacher (PyTorch)": directory_size_mb(teacher_dir), "student (PyTorch)": directory_size_mb(student_dir)}
+        files = {
+            "teacher (PyTorch)": directory_size_mb(teacher_dir),
+            "student (PyTorch)": directory_size_mb(student_dir),
+        }
         notes: dict[str, str] = {}
         torch.set_num_threads(threads)
         if ef is not None and all(hasattr(ef, f) for f in ("export_onnx", "onnx_session", "onnx_logits")):
@@ -131,7 +150,9 @@ def run(mode: str = "full", results_dir=None, teacher_dir: str | None = None, st
                 path = ef.export_onnx(student, check[0], work / "student.onnx", task="classification")
                 session = ef.onnx_session(path, threads=threads)
                 runners["student (ONNX Runtime)"] = lambda b: ef.onnx_logits(session, b)
-                files["student (ONNX Runtime)"] = ef.file_size_mb(path) if hasattr(ef, "file_size_mb") else path.stat().st_size / 2**20
+                files["student (ONNX Runtime)"] = (
+                    ef.file_size_mb(path) if hasattr(ef, "file_size_mb") else path.stat().st_size / 2**20
+                )
             except Exception as exc:  # noqa: BLE001
                 notes["student (ONNX Runtime)"] = f"export failed: {exc}"
         else:
@@ -155,32 +176,53 @@ def run(mode: str = "full", results_dir=None, teacher_dir: str | None = None, st
                     continue
                 got = [fn(b).float() for b in check]
                 fidelity[name] = {
-                    "agreement": sum(int((r.argmax(-1) == g.argmax(-1)).sum()) for r, g in zip(reference, got)) / sum(r.shape[0] for r in reference),
+                    "agreement": sum(int((r.argmax(-1) == g.argmax(-1)).sum()) for r, g in zip(reference, got))
+                    / sum(r.shape[0] for r in reference),
                     "max_abs_diff": max(float((r - g).abs().max()) for r, g in zip(reference, got)),
                 }
             single = interleaved({k: (lambda fn=fn: fn(one)) for k, fn in runners.items()}, sizes["repeats"])
-            batched = interleaved({k: (lambda fn=fn: fn(many)) for k, fn in runners.items()}, max(3, sizes["repeats"] // 3))
-        params = {"teacher (PyTorch)": count_parameters(teacher) / 1e6, "student (PyTorch)": count_parameters(student) / 1e6}
+            batched = interleaved(
+                {k: (lambda fn=fn: fn(many)) for k, fn in runners.items()}, max(3, sizes["repeats"] // 3)
+            )
+        params = {
+            "teacher (PyTorch)": count_parameters(teacher) / 1e6,
+            "student (PyTorch)": count_parameters(student) / 1e6,
+        }
         ref1, ref32 = single["teacher (PyTorch)"], batched["teacher (PyTorch)"]
         rows = {}
         for name in runners:
             rows[name] = {
-                "latency_ms_b1": 1000 * single[name], "throughput_per_s_b32": many["input_ids"].shape[0] / batched[name],
-                "speedup_b1_vs_teacher": ref1 / single[name], "throughput_ratio_vs_teacher": ref32 / batched[name],
-                "size_mb": files.get(name), "params_m": params.get(name, params["student (PyTorch)"]),
+                "latency_ms_b1": 1000 * single[name],
+                "throughput_per_s_b32": many["input_ids"].shape[0] / batched[name],
+                "speedup_b1_vs_teacher": ref1 / single[name],
+                "throughput_ratio_vs_teacher": ref32 / batched[name],
+                "size_mb": files.get(name),
+                "params_m": params.get(name, params["student (PyTorch)"]),
                 **fidelity.get(name, {}),
             }
         torch.set_num_threads(threads)
     result = {
-        "benchmark": NAME, "mode": mode, "sizes": sizes, "threads": threads, "models_source": source,
-        "teacher_dir": teacher_dir, "student_dir": student_dir, "data": data_name,
+        "benchmark": NAME,
+        "mode": mode,
+        "sizes": sizes,
+        "threads": threads,
+        "models_source": source,
+        "teacher_dir": teacher_dir,
+        "student_dir": student_dir,
+        "data": data_name,
         "inputs": {"b1_tokens": int(one["input_ids"].shape[1]), "b32_shape": list(many["input_ids"].shape)},
-        "rows": rows, "not_run": notes, "machine": machine_info(), "wall_s": time.perf_counter() - start,
+        "rows": rows,
+        "not_run": notes,
+        "machine": machine_info(),
+        "wall_s": time.perf_counter() - start,
         "command": "python -m bench.inference" + ("" if mode == "full" else f" --{mode}"),
     }
     write_json(result_path(NAME, mode, results_dir), result)
     for name, row in rows.items():
-        log(f"inference {name:24s} {row['latency_ms_b1']:7.2f} ms (b=1)  {row['throughput_per_s_b32']:7.1f} ex/s (b={many['input_ids'].shape[0]})")
+        log(
+            f"inference {name:24s} {row['latency_ms_b1']:7.2f} ms (b=1)  {row['throughput_per_s_b32']:7.1f} ex/s "
+            f"(b={many['input_ids'].shape[0]})"
+        )
     return result
 
 
@@ -194,8 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--results-dir", default=None)
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    result = run(mode, args.results_dir, args.teacher_dir, args.student_dir,
-                 source="given folders" if args.student_dir else None)
+    result = run(
+        mode, args.results_dir, args.teacher_dir, args.student_dir, source="given folders" if args.student_dir else None
+    )
     print(json.dumps(result["rows"], indent=2), file=sys.stdout)
     return result
 

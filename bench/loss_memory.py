@@ -124,8 +124,8 @@ def _make_inputs(scenario: str, n: int, v: int, h: int, seed: int = 0, dtype: st
 
 def _step(variant: str, x: dict, chunk_size: int | None, fused_chunk_size: int | None) -> float:
     """Forward + backward of the loss; returns the loss value."""
+    from litdistill.core.outputs import ModelOutputs
     from litdistill.losses import ChunkedDivergence, ForwardKL, FusedLinearKD
-    from litdistill.outputs import ModelOutputs
 
     scenario, kind = variant.split("/")
     if kind == "fused":
@@ -144,9 +144,17 @@ def _step(variant: str, x: dict, chunk_size: int | None, fused_chunk_size: int |
     return loss.item()
 
 
-def measure(variant: str, tokens: int, vocab: int, hidden: int, threads: int,
-            chunk_size: int | None, fused_chunk_size: int | None, fix_malloc: bool = True,
-            dtype: str = "float32") -> dict:
+def measure(
+    variant: str,
+    tokens: int,
+    vocab: int,
+    hidden: int,
+    threads: int,
+    chunk_size: int | None,
+    fused_chunk_size: int | None,
+    fix_malloc: bool = True,
+    dtype: str = "float32",
+) -> dict:
     """One loss step of ``variant`` in THIS process (call it in a fresh one): time and added peak."""
     import torch
 
@@ -155,7 +163,9 @@ def measure(variant: str, tokens: int, vocab: int, hidden: int, threads: int,
     scenario = variant.split("/")[0]
     # Warm-up on tiny inputs: load the kernels' code and start the thread pool before measuring.
     _step(variant, _make_inputs(scenario, 8, 64, 16, seed=1, dtype=dtype), 4, 4)
-    x = _make_inputs(scenario, tokens, vocab, hidden, dtype=dtype)  # no gc.collect(): ~1 s over the imported heap, and no cycles here
+    x = _make_inputs(
+        scenario, tokens, vocab, hidden, dtype=dtype
+    )  # no gc.collect(): ~1 s over the imported heap, and no cycles here
     inputs_mib = sum(t.numel() * t.element_size() for t in x.values()) / MiB
     reset = _reset_peak()
     before = _status_mib("VmRSS")
@@ -168,14 +178,32 @@ def measure(variant: str, tokens: int, vocab: int, hidden: int, threads: int,
         # An upper bound if the step stayed below an earlier high-water mark of this process.
         peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
     return {
-        "variant": variant, "seconds": seconds, "added_peak_mib": peak - before, "rss_before_mib": before,
-        "inputs_mib": inputs_mib, "loss": value, "method": method, "mmap_threshold_fixed": malloc_fixed,
+        "variant": variant,
+        "seconds": seconds,
+        "added_peak_mib": peak - before,
+        "rss_before_mib": before,
+        "inputs_mib": inputs_mib,
+        "loss": value,
+        "method": method,
+        "mmap_threshold_fixed": malloc_fixed,
     }
 
 
 def worker(args: argparse.Namespace) -> None:
-    print(json.dumps(measure(args.worker, args.tokens, args.vocab, args.hidden, args.threads,
-                             args.chunk_size, args.fused_chunk_size, dtype=args.dtype)))
+    print(
+        json.dumps(
+            measure(
+                args.worker,
+                args.tokens,
+                args.vocab,
+                args.hidden,
+                args.threads,
+                args.chunk_size,
+                args.fused_chunk_size,
+                dtype=args.dtype,
+            )
+        )
+    )
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -188,8 +216,18 @@ def _run_forked(variant: str, cfg: dict, args: argparse.Namespace) -> dict:
         os.close(read_fd)
         code = 0
         try:
-            payload = json.dumps(measure(variant, cfg["tokens"], cfg["vocab"], cfg["hidden"], args.threads,
-                                         cfg["chunk_size"], cfg["fused_chunk_size"], dtype=cfg["dtype"]))
+            payload = json.dumps(
+                measure(
+                    variant,
+                    cfg["tokens"],
+                    cfg["vocab"],
+                    cfg["hidden"],
+                    args.threads,
+                    cfg["chunk_size"],
+                    cfg["fused_chunk_size"],
+                    dtype=cfg["dtype"],
+                )
+            )
         except BaseException:  # report any failure to the parent
             import traceback
 
@@ -209,9 +247,21 @@ def _run_forked(variant: str, cfg: dict, args: argparse.Namespace) -> dict:
 
 def _run_subprocess(variant: str, cfg: dict, args: argparse.Namespace) -> dict:
     cmd = [
-        sys.executable, "-m", "bench.loss_memory", "--worker", variant, "--tokens", str(cfg["tokens"]),
-        "--vocab", str(cfg["vocab"]), "--hidden", str(cfg["hidden"]), "--threads", str(args.threads),
-        "--dtype", cfg["dtype"],
+        sys.executable,
+        "-m",
+        "bench.loss_memory",
+        "--worker",
+        variant,
+        "--tokens",
+        str(cfg["tokens"]),
+        "--vocab",
+        str(cfg["vocab"]),
+        "--hidden",
+        str(cfg["hidden"]),
+        "--threads",
+        str(args.threads),
+        "--dtype",
+        cfg["dtype"],
     ]
     if cfg["chunk_size"]:
         cmd += ["--chunk-size", str(cfg["chunk_size"])]
@@ -241,7 +291,13 @@ def evaluate_targets(summary: dict, cfg: dict | None = None) -> list[dict]:
         for key, bound, what in (("mem_ratio", TARGET_MEM, "added peak"), ("time_ratio", TARGET_TIME, "time")):
             value = row.get(key)
             met = None if value is None or value != value or not full else bool(value <= bound)
-            row_out = {"target": f"{variant}: {what} <= {bound}x plain", "bound": bound, "measured": value, "unit": "x", "met": met}
+            row_out = {
+                "target": f"{variant}: {what} <= {bound}x plain",
+                "bound": bound,
+                "measured": value,
+                "unit": "x",
+                "met": met,
+            }
             if not full:
                 row_out["note"] = "target applies at 2,048 x 128,256 only"
             out.append(row_out)
@@ -251,7 +307,8 @@ def evaluate_targets(summary: dict, cfg: dict | None = None) -> list[dict]:
 def _table(summary: dict, cfg: dict) -> str:
     lines = [
         f"Loss step (forward + backward of ForwardKL, T=1) on {cfg['tokens']:,} tokens x vocab {cfg['vocab']:,}"
-        f" (hidden {cfg['hidden']}), {cfg['dtype']} inputs, {cfg['threads']} CPU threads; median of {cfg['reps']} interleaved runs,"
+        f" (hidden {cfg['hidden']}), {cfg['dtype']} inputs, {cfg['threads']} CPU threads; median of {cfg['reps']} "
+        "interleaved runs,"
         " each in a fresh process.",
         "",
         "| scenario | variant | added peak (MiB) | vs plain | time (s) | vs plain |",
@@ -260,7 +317,8 @@ def _table(summary: dict, cfg: dict) -> str:
     for variant, row in summary.items():
         scenario, kind = variant.split("/")
         lines.append(
-            f"| {scenario} | {kind} | {row['added_peak_mib']:,.0f} | {row['mem_ratio']:.3f} | {row['seconds']:.2f} | {row['time_ratio']:.2f} |"
+            f"| {scenario} | {kind} | {row['added_peak_mib']:,.0f} | {row['mem_ratio']:.3f} | {row['seconds']:.2f} | "
+            f"{row['time_ratio']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -285,7 +343,9 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
     p.add_argument("--hidden", type=int)
     p.add_argument("--reps", type=int)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of all inputs (logits, hidden, head)")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of all inputs (logits, hidden, head)"
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk for 'chunked' (default: auto, ~2^24/V)")
     p.add_argument("--fused-chunk-size", type=int, default=None, help="rows per chunk for 'fused' (default: auto)")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -324,7 +384,10 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
         for variant in variants:
             r = run(variant, cfg, args)
             runs[variant].append(r)
-            print(f"rep {rep + 1}/{cfg['reps']} {variant:15s} {r['seconds']:7.2f} s  +{r['added_peak_mib']:8.0f} MiB", file=sys.stderr)
+            print(
+                f"rep {rep + 1}/{cfg['reps']} {variant:15s} {r['seconds']:7.2f} s  +{r['added_peak_mib']:8.0f} MiB",
+                file=sys.stderr,
+            )
 
     summary: dict[str, dict] = {}
     for variant in variants:
@@ -336,7 +399,9 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
         }
     for variant, row in summary.items():
         base = summary.get(variant.split("/")[0] + "/plain")
-        row["mem_ratio"] = row["added_peak_mib"] / base["added_peak_mib"] if base and base["added_peak_mib"] > 0 else float("nan")
+        row["mem_ratio"] = (
+            row["added_peak_mib"] / base["added_peak_mib"] if base and base["added_peak_mib"] > 0 else float("nan")
+        )
         row["time_ratio"] = row["seconds"] / base["seconds"] if base and base["seconds"] > 0 else float("nan")
         if base and abs(row["loss"] - base["loss"]) > 1e-4 * max(1.0, abs(base["loss"])):
             raise RuntimeError(f"{variant} loss {row['loss']} != plain {base['loss']}")
@@ -350,8 +415,12 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
         "summary": summary,
         "targets": evaluate_targets(summary, cfg),
         "runs": runs,
-        "platform": {"python": platform.python_version(), "machine": platform.machine(), "processor": cpu_model(),
-                     "torch": _torch_version()},
+        "platform": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": cpu_model(),
+            "torch": _torch_version(),
+        },
         "wall_seconds": time.perf_counter() - start,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -362,7 +431,9 @@ def main(argv: list[str] | None = None, allow_fork: bool = False, runner=None) -
         command = "python -m bench.loss_memory" + ("" if cfg["dtype"] == "float32" else f" --dtype {cfg['dtype']}")
         if args.variants != ",".join(VARIANTS):
             command += f" --variants {args.variants}"
-        _write_atomic(RESULTS / f"loss_memory{suffix}.md", f"# Loss-step memory benchmark\n\n`{command}`\n\n" + table + "\n")
+        _write_atomic(
+            RESULTS / f"loss_memory{suffix}.md", f"# Loss-step memory benchmark\n\n`{command}`\n\n" + table + "\n"
+        )
     print(table)
     print(f"\nwrote {out} ({result['wall_seconds']:.0f} s)")
     return result
@@ -376,8 +447,14 @@ def _default_out(args: argparse.Namespace, cfg: dict) -> Path:
 def _rerun_as_command(argv: list[str], args: argparse.Namespace, cfg: dict) -> dict:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH", "")]))}
-    proc = subprocess.run([sys.executable, "-m", "bench.loss_memory", *argv], cwd=root, env=env, check=False,
-                          stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loss_memory", *argv],
+        cwd=root,
+        env=env,
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"python -m bench.loss_memory {' '.join(argv)} failed with status {proc.returncode}")
     print(proc.stdout, end="")

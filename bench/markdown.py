@@ -25,12 +25,21 @@ def fmt(value: Any, digits: int = 3) -> str:
             return f"{value:,.0f}"
         if abs(value) >= 100:
             return f"{value:.1f}"
-        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:.2f}"
+        return (
+            f"{value:.{digits}g}"
+            if abs(value) < 1
+            else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+            if abs(value) < 10
+            else f"{value:.2f}"
+        )
     return str(value)
 
 
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return out
 
@@ -42,16 +51,46 @@ def met_cell(met: Any) -> str:
 # ---- sections ----------------------------------------------------------------------------------------
 def machine_section(machine: dict[str, Any], mode: str, wall_s: float | None, commands: list[str]) -> list[str]:
     v = machine.get("versions", {})
-    lines = [f"Mode **{mode}**, generated {machine.get('date')} (commit {machine.get('git_commit') or '-'})"
-             + (f", whole run {wall_s / 60:.1f} min." if wall_s else "."), ""]
-    lines += table(["CPU", "cores (usable)", "RAM (GiB)", "OS", "Python", "torch", "lightning", "transformers", "trl", "litdistill"],
-                   [[machine.get("cpu"), f"{machine.get('cores_logical')} ({machine.get('cores_usable')})",
-                     machine.get("ram_gib"), machine.get("os"), machine.get("python"), v.get("torch"), v.get("lightning"),
-                     v.get("transformers"), v.get("trl"), v.get("litdistill")]])
+    lines = [
+        f"Mode **{mode}**, generated {machine.get('date')} (commit {machine.get('git_commit') or '-'})"
+        + (f", whole run {wall_s / 60:.1f} min." if wall_s else "."),
+        "",
+    ]
+    lines += table(
+        [
+            "CPU",
+            "cores (usable)",
+            "RAM (GiB)",
+            "OS",
+            "Python",
+            "torch",
+            "lightning",
+            "transformers",
+            "trl",
+            "litdistill",
+        ],
+        [
+            [
+                machine.get("cpu"),
+                f"{machine.get('cores_logical')} ({machine.get('cores_usable')})",
+                machine.get("ram_gib"),
+                machine.get("os"),
+                machine.get("python"),
+                v.get("torch"),
+                v.get("lightning"),
+                v.get("transformers"),
+                v.get("trl"),
+                v.get("litdistill"),
+            ]
+        ],
+    )
     load = machine.get("load_avg_1_5_15")
     if load:
-        lines += ["", f"Load average at the end (1/5/15 min): {', '.join(f'{x:.2f}' for x in load)} "
-                  "(the machine may be shared: wall-clock numbers carry that noise; ratios are taken side by side)."]
+        lines += [
+            "",
+            f"Load average at the end (1/5/15 min): {', '.join(f'{x:.2f}' for x in load)} "
+            "(the machine may be shared: wall-clock numbers carry that noise; ratios are taken side by side).",
+        ]
     lines += ["", "Commands (from the repository root):", "", "```bash", *commands, "```"]
     return lines
 
@@ -63,7 +102,14 @@ def targets_section(targets: list[dict[str, Any]]) -> list[str]:
         unit = t.get("unit", "")
         measured = t.get("measured")
         shown = "-" if measured is None else (f"{fmt(measured)} {unit}".strip() if unit != "x" else f"{fmt(measured)}x")
-        rows.append([t.get("section", ""), t["target"], shown, met_cell(t.get("met")) + (f" ({t['note']})" if t.get("note") else "")])
+        rows.append(
+            [
+                t.get("section", ""),
+                t["target"],
+                shown,
+                met_cell(t.get("met")) + (f" ({t['note']})" if t.get("note") else ""),
+            ]
+        )
         del bound
     out = ["| section | target | measured | met |", "|---|---|---:|---|"]
     out += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in rows]
@@ -74,47 +120,109 @@ def step_time_section(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
     sizes = r["sizes"]
     lines = []
-    names = {"lightning": "litdistill `DistillationModule` + `L.Trainer` (ForwardKL)",
-             "lightning_chunked": "litdistill + `ChunkedDivergence` (forward KL, chunk 128)",
-             "lightning_fused": "litdistill + `FusedLinearKD` (forward KL through the LM heads, chunk 128)",
-             "plain": "hand-written PyTorch loop (same forward, loss, fused AdamW)",
-             "trl": "TRL `GKDTrainer` (lmbda=0, beta=0, seq_kd=False)"}
+    names = {
+        "lightning": "litdistill `DistillationModule` + `L.Trainer` (ForwardKL)",
+        "lightning_chunked": "litdistill + `ChunkedDivergence` (forward KL, chunk 128)",
+        "lightning_fused": "litdistill + `FusedLinearKD` (forward KL through the LM heads, chunk 128)",
+        "plain": "hand-written PyTorch loop (same forward, loss, fused AdamW)",
+        "trl": "TRL `GKDTrainer` (lmbda=0, beta=0, seq_kd=False)",
+    }
     if "causal" in s:
         c = sizes["causal"]
-        lines += [f"**Causal LM recipe**: Llama-family teacher (LlamaConfig, vocab {c['vocab']:,}, {c['teacher_layers']} layers, "
-                  f"hidden {c['hidden']}) -> 2-layer student (teacher layers {c['student_layers']}); seq {c['seq']}, batch {c['batch']}, "
-                  f"token-level forward KL, fused AdamW lr {c['lr']}, fp32, {r['threads']} threads; median of {c['steps']} steps after "
-                  f"{c['warmup']} warm-up steps, median over {sizes['reps']} interleaved runs.", ""]
+        lines += [
+            f"**Causal LM recipe**: Llama-family teacher (LlamaConfig, vocab {c['vocab']:,}, {c['teacher_layers']} "
+            "layers, "
+            f"hidden {c['hidden']}) -> 2-layer student (teacher layers {c['student_layers']}); seq {c['seq']}, batch "
+            f"{c['batch']}, "
+            f"token-level forward KL, fused AdamW lr {c['lr']}, fp32, {r['threads']} threads; median of {c['steps']} "
+            "steps after "
+            f"{c['warmup']} warm-up steps, median over {sizes['reps']} interleaved runs.",
+            "",
+        ]
         rows = []
         for v, row in s["causal"].items():
-            rows.append([names.get(v, v), row["step_ms"], row.get("step_ratio_vs_plain", 1.0 if v == "plain" else None),
-                         row.get("step_ratio_vs_trl", 1.0 if v == "trl" else None), row.get("cpu_step_ms"),
-                         row.get("cpu_ratio_vs_plain", 1.0 if v == "plain" else None),
-                         row.get("cpu_ratio_vs_trl", 1.0 if v == "trl" else None), row["added_peak_mib"],
-                         row.get("mem_ratio_vs_trl", 1.0 if v == "trl" else None), row["peak_rss_mib"], row["final_loss"]])
-        lines += table(["variant", "ms/step (wall)", "vs plain loop", "vs TRL", "CPU ms/step", "vs plain loop", "vs TRL",
-                        "added peak (MiB)", "vs TRL", "peak RSS (MiB)", "last loss"], rows)
+            rows.append(
+                [
+                    names.get(v, v),
+                    row["step_ms"],
+                    row.get("step_ratio_vs_plain", 1.0 if v == "plain" else None),
+                    row.get("step_ratio_vs_trl", 1.0 if v == "trl" else None),
+                    row.get("cpu_step_ms"),
+                    row.get("cpu_ratio_vs_plain", 1.0 if v == "plain" else None),
+                    row.get("cpu_ratio_vs_trl", 1.0 if v == "trl" else None),
+                    row["added_peak_mib"],
+                    row.get("mem_ratio_vs_trl", 1.0 if v == "trl" else None),
+                    row["peak_rss_mib"],
+                    row["final_loss"],
+                ]
+            )
+        lines += table(
+            [
+                "variant",
+                "ms/step (wall)",
+                "vs plain loop",
+                "vs TRL",
+                "CPU ms/step",
+                "vs plain loop",
+                "vs TRL",
+                "added peak (MiB)",
+                "vs TRL",
+                "peak RSS (MiB)",
+                "last loss",
+            ],
+            rows,
+        )
         lines.append("")
     if "classification" in s:
         c = sizes["classification"]
-        lines += [f"**Classification recipe**: packaged all-MiniLM-L6-v2 teacher -> 2-layer student (layers {c['student_layers']}); "
-                  f"seq {c['seq']}, batch {c['batch']}, SoftTargetKL(T={c['temperature']}) + HardCE, fused AdamW lr {c['lr']}; median of "
-                  f"{c['steps']} steps after {c['warmup']} warm-up, over {sizes['reps']} interleaved runs.", ""]
-        rows = [[names.get(v, v).replace(" (ForwardKL)", ""), row["step_ms"], row.get("step_ratio_vs_plain", 1.0 if v == "plain" else None),
-                 row.get("cpu_step_ms"), row.get("cpu_ratio_vs_plain", 1.0 if v == "plain" else None),
-                 row["added_peak_mib"], row.get("mem_ratio_vs_plain", 1.0 if v == "plain" else None), row["final_loss"]]
-                for v, row in s["classification"].items()]
-        lines += table(["variant", "ms/step (wall)", "vs plain loop", "CPU ms/step", "vs plain loop", "added peak (MiB)",
-                        "vs plain loop", "last loss"], rows)
+        lines += [
+            "**Classification recipe**: packaged all-MiniLM-L6-v2 teacher -> 2-layer student (layers "
+            f"{c['student_layers']}); "
+            f"seq {c['seq']}, batch {c['batch']}, SoftTargetKL(T={c['temperature']}) + HardCE, fused AdamW lr "
+            f"{c['lr']}; median of "
+            f"{c['steps']} steps after {c['warmup']} warm-up, over {sizes['reps']} interleaved runs.",
+            "",
+        ]
+        rows = [
+            [
+                names.get(v, v).replace(" (ForwardKL)", ""),
+                row["step_ms"],
+                row.get("step_ratio_vs_plain", 1.0 if v == "plain" else None),
+                row.get("cpu_step_ms"),
+                row.get("cpu_ratio_vs_plain", 1.0 if v == "plain" else None),
+                row["added_peak_mib"],
+                row.get("mem_ratio_vs_plain", 1.0 if v == "plain" else None),
+                row["final_loss"],
+            ]
+            for v, row in s["classification"].items()
+        ]
+        lines += table(
+            [
+                "variant",
+                "ms/step (wall)",
+                "vs plain loop",
+                "CPU ms/step",
+                "vs plain loop",
+                "added peak (MiB)",
+                "vs plain loop",
+                "last loss",
+            ],
+            rows,
+        )
         lines.append("")
     if r.get("skipped"):
         lines += [f"Not run: {k}: {v}" for k, v in r["skipped"].items()] + [""]
-    lines += ["Last loss: the loss of the last step (TRL: its reported training loss, the mean over all its steps); "
-              "the same value in the litdistill and plain-loop rows shows they computed the same thing.", ""]
-    lines += [f"Peak memory: {r.get('memory_method')} ({r.get('process')}); see `bench/common.py`. "
-              "Ratios are per-repetition ratios (variants run back to back), then the median. Targets are judged on wall "
-              "time; CPU time per step (process user + system time, all threads) is shown because it is far less "
-              "sensitive to other jobs on a shared machine."]
+    lines += [
+        "Last loss: the loss of the last step (TRL: its reported training loss, the mean over all its steps); "
+        "the same value in the litdistill and plain-loop rows shows they computed the same thing.",
+        "",
+    ]
+    lines += [
+        f"Peak memory: {r.get('memory_method')} ({r.get('process')}); see `bench/common.py`. "
+        "Ratios are per-repetition ratios (variants run back to back), then the median. Targets are judged on wall "
+        "time; CPU time per step (process user + system time, all threads) is shown because it is far less "
+        "sensitive to other jobs on a shared machine."
+    ]
     return lines
 
 
@@ -123,13 +231,19 @@ def loss_memory_section(r: dict[str, Any]) -> list[str]:
     summary = r.get("summary", {})
     if not summary:
         return generic_section(r)
-    lines = [f"Loss step (forward + backward of the loss alone) on {fmt(cfg.get('tokens'))} tokens x vocab {fmt(cfg.get('vocab'))} "
-             f"(hidden {cfg.get('hidden')}), {cfg.get('threads')} threads, median of {cfg.get('reps')} interleaved runs, "
-             f"each in a fresh process; memory method: {r.get('method')}.", ""]
+    lines = [
+        f"Loss step (forward + backward of the loss alone) on {fmt(cfg.get('tokens'))} tokens x vocab "
+        f"{fmt(cfg.get('vocab'))} "
+        f"(hidden {cfg.get('hidden')}), {cfg.get('threads')} threads, median of {cfg.get('reps')} interleaved runs, "
+        f"each in a fresh process; memory method: {r.get('method')}.",
+        "",
+    ]
     rows = []
     for variant, row in summary.items():
         scenario, _, kind = variant.partition("/")
-        rows.append([scenario, kind, row.get("added_peak_mib"), row.get("mem_ratio"), row.get("seconds"), row.get("time_ratio")])
+        rows.append(
+            [scenario, kind, row.get("added_peak_mib"), row.get("mem_ratio"), row.get("seconds"), row.get("time_ratio")]
+        )
     lines += table(["given", "loss", "added peak (MiB)", "vs plain", "time (s)", "vs plain"], rows)
     return lines
 
@@ -144,12 +258,18 @@ def generic_section(r: dict[str, Any]) -> list[str]:
             columns += [k for k, v in row.items() if k not in columns and not isinstance(v, (dict, list))]
         lines += table(["", *columns], [[name, *[row.get(c) for c in columns]] for name, row in summary.items()])
     else:
-        scalars = {k: v for k, v in (summary if isinstance(summary, dict) else r).items()
-                   if isinstance(v, (int, float, str)) and k not in ("command",)}
+        scalars = {
+            k: v
+            for k, v in (summary if isinstance(summary, dict) else r).items()
+            if isinstance(v, (int, float, str)) and k not in ("command",)
+        }
         lines += table(["quantity", "value"], [[k, v] for k, v in scalars.items()])
     for key in ("config", "sizes"):
         if isinstance(r.get(key), dict):
-            lines += ["", f"{key}: `" + ", ".join(f"{k}={v}" for k, v in r[key].items() if not isinstance(v, dict)) + "`"]
+            lines += [
+                "",
+                f"{key}: `" + ", ".join(f"{k}={v}" for k, v in r[key].items() if not isinstance(v, dict)) + "`",
+            ]
     return lines
 
 
@@ -170,50 +290,121 @@ def ade_section(r: dict[str, Any]) -> list[str]:
         test = f"a fixed sample of {fmt(n_test or sizes['max_eval'])} held-out test sentences (quick mode)"
     else:
         test = f"the whole held-out test split ({fmt(n_test)} sentences)" if n_test else "the whole held-out test split"
-    lines = [f"Data: {r['data']}; de-duplicated sentences, 70/10/20 train/validation/test split without sentence leakage "
-             f"(seed 13); test: {test}. "
-             f"Max length {sizes['max_length']}, batch {sizes['batch']}; teacher fine-tuned {sizes['teacher_steps']} steps at lr {sizes.get('teacher_lr')} "
-             f"({r['runs']['main'].get('teacher_source')}); students {_student_length(sizes, r)} each, same seed, "
-             f"AdamW lr {sizes['lr']} with linear warm-up/decay. CPU speed: batch 1 and 32, {sizes['threads']} threads, "
-             f"{sizes['repeats']} interleaved repetitions.", ""]
-    names = {"teacher": "teacher: MiniLM-L6 fine-tuned (labels)", "student": f"student {sizes['layers']}: distilled (SoftTargetKL T=2 + HardCE)",
-             "baseline": f"student {sizes['layers']}: labels only (HardCE)"}
+    lines = [
+        f"Data: {r['data']}; de-duplicated sentences, 70/10/20 train/validation/test split without sentence leakage "
+        f"(seed 13); test: {test}. "
+        f"Max length {sizes['max_length']}, batch {sizes['batch']}; teacher fine-tuned {sizes['teacher_steps']} "
+        f"steps at lr {sizes.get('teacher_lr')} "
+        f"({r['runs']['main'].get('teacher_source')}); students {_student_length(sizes, r)} each, same seed, "
+        f"AdamW lr {sizes['lr']} with linear warm-up/decay. CPU speed: batch 1 and 32, {sizes['threads']} threads, "
+        f"{sizes['repeats']} interleaved repetitions.",
+        "",
+    ]
+    names = {
+        "teacher": "teacher: MiniLM-L6 fine-tuned (labels)",
+        "student": f"student {sizes['layers']}: distilled (SoftTargetKL T=2 + HardCE)",
+        "baseline": f"student {sizes['layers']}: labels only (HardCE)",
+    }
     table_rows = []
     for name in ("teacher", "student", "baseline"):
         row = rows[name]
         retained = 100.0 * row["f1"] / t_f1 if t_f1 and row["f1"] is not None else None
-        table_rows.append([names[name], row["params_m"], row["f1"], row["acc"], retained, row["latency_ms"],
-                           rows["teacher"]["latency_ms"] / row["latency_ms"] if row.get("latency_ms") else None,
-                           row["throughput_per_s"], row.get("agreement") if name != "teacher" else None])
-    lines += table(["model", "params (M)", "F1 (ADE class)", "accuracy", "% of teacher F1", "CPU ms (b=1)", "speed-up (b=1)",
-                    "examples/s (b=32)", "agreement w/ teacher"], table_rows)
+        table_rows.append(
+            [
+                names[name],
+                row["params_m"],
+                row["f1"],
+                row["acc"],
+                retained,
+                row["latency_ms"],
+                rows["teacher"]["latency_ms"] / row["latency_ms"] if row.get("latency_ms") else None,
+                row["throughput_per_s"],
+                row.get("agreement") if name != "teacher" else None,
+            ]
+        )
+    lines += table(
+        [
+            "model",
+            "params (M)",
+            "F1 (ADE class)",
+            "accuracy",
+            "% of teacher F1",
+            "CPU ms (b=1)",
+            "speed-up (b=1)",
+            "examples/s (b=32)",
+            "agreement w/ teacher",
+        ],
+        table_rows,
+    )
     lines += ["", f"Majority-class rate (accuracy of always predicting 'no ADE'): {fmt(s.get('majority_class_rate'))}."]
     if r.get("feature_rows"):
         lines += ["", "**Feature terms** (same student, steps and seed; the teacher from the same cache):", ""]
-        lines += table(["loss terms", "F1", "F1 vs logits only", "accuracy", "% of teacher F1", "agreement w/ teacher"],
-                       [[k, v["f1"], v.get("minus_logits_only_f1"), v["acc"], v.get("retained_pct"), v.get("agreement")]
-                        for k, v in r["feature_rows"].items()])
-        lines += ["", "One seed per row: a difference of about a point of F1 or less is within what a change of "
-                  "seed or of step count has moved this recipe's F1 (see the history of settings above), so it "
-                  "does not show that a term helps."]
+        lines += table(
+            ["loss terms", "F1", "F1 vs logits only", "accuracy", "% of teacher F1", "agreement w/ teacher"],
+            [
+                [k, v["f1"], v.get("minus_logits_only_f1"), v["acc"], v.get("retained_pct"), v.get("agreement")]
+                for k, v in r["feature_rows"].items()
+            ],
+        )
+        lines += [
+            "",
+            "One seed per row: a difference of about a point of F1 or less is within what a change of "
+            "seed or of step count has moved this recipe's F1 (see the history of settings above), so it "
+            "does not show that a term helps.",
+        ]
     if r.get("feature_rows_skipped"):
         lines += ["", f"Feature terms: not all run: {r['feature_rows_skipped']}."]
-    lines += ["", "Runs (`LITDISTILL_OUTPUTS`/`LITDISTILL_CACHE` pointed at scratch and cache folders, "
-              "`ADE_CORPUS_DIR` at the corpus):", "", "```bash"] + [info["command"] for info in r["runs"].values()] + ["```"]
+    lines += (
+        [
+            "",
+            "Runs (`LITDISTILL_OUTPUTS`/`LITDISTILL_CACHE` pointed at scratch and cache folders, "
+            "`ADE_CORPUS_DIR` at the corpus):",
+            "",
+            "```bash",
+        ]
+        + [info["command"] for info in r["runs"].values()]
+        + ["```"]
+    )
     return lines
 
 
 def inference_section(r: dict[str, Any]) -> list[str]:
-    lines = [f"Models: {r.get('models_source')}. Inputs: {r.get('data')}; batch 1 = the median-length sentence "
-             f"({r['inputs']['b1_tokens']} tokens), batch {r['inputs']['b32_shape'][0]} = fixed sentences padded to "
-             f"{r['inputs']['b32_shape'][1]} tokens. {r['threads']} threads, {r['sizes']['repeats']} interleaved repetitions, medians. "
-             "Agreement / max |logit diff| of each student format against the PyTorch student on held-out batches.", ""]
-    rows = [[name, row.get("params_m"), row.get("size_mb"), row["latency_ms_b1"], row["speedup_b1_vs_teacher"],
-             row["throughput_per_s_b32"], row["throughput_ratio_vs_teacher"], row.get("agreement"),
-             None if row.get("max_abs_diff") is None else f"{row['max_abs_diff']:.1e}"] for name, row in r["rows"].items()]
-    lines += table(["model / format", "params (M)", "size (MB)", "ms/example (b=1)", "speed-up vs teacher",
-                    f"examples/s (b={r['inputs']['b32_shape'][0]})",
-                    "vs teacher", "agreement", "max abs diff"], rows)
+    lines = [
+        f"Models: {r.get('models_source')}. Inputs: {r.get('data')}; batch 1 = the median-length sentence "
+        f"({r['inputs']['b1_tokens']} tokens), batch {r['inputs']['b32_shape'][0]} = fixed sentences padded to "
+        f"{r['inputs']['b32_shape'][1]} tokens. {r['threads']} threads, {r['sizes']['repeats']} interleaved "
+        "repetitions, medians. "
+        "Agreement / max |logit diff| of each student format against the PyTorch student on held-out batches.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            row.get("params_m"),
+            row.get("size_mb"),
+            row["latency_ms_b1"],
+            row["speedup_b1_vs_teacher"],
+            row["throughput_per_s_b32"],
+            row["throughput_ratio_vs_teacher"],
+            row.get("agreement"),
+            None if row.get("max_abs_diff") is None else f"{row['max_abs_diff']:.1e}",
+        ]
+        for name, row in r["rows"].items()
+    ]
+    lines += table(
+        [
+            "model / format",
+            "params (M)",
+            "size (MB)",
+            "ms/example (b=1)",
+            "speed-up vs teacher",
+            f"examples/s (b={r['inputs']['b32_shape'][0]})",
+            "vs teacher",
+            "agreement",
+            "max abs diff",
+        ],
+        rows,
+    )
     if r.get("not_run"):
         lines += [""] + [f"Not run: {k}: {v}" for k, v in r["not_run"].items()]
     return lines
@@ -221,7 +412,11 @@ def inference_section(r: dict[str, Any]) -> list[str]:
 
 SECTIONS = {
     "default_run": ("0. The default run: `litdistill` on a fresh machine", "bench/default_run.py", generic_section),
-    "step_time": ("1. Training step time and peak memory vs a hand-written loop and TRL", "bench/step_time.py", step_time_section),
+    "step_time": (
+        "1. Training step time and peak memory vs a hand-written loop and TRL",
+        "bench/step_time.py",
+        step_time_section,
+    ),
     "loss_memory": ("2. Loss memory: plain vs chunked vs fused", "bench/loss_memory.py", loss_memory_section),
     "cache_speed": ("3. Teacher cache speed-up", "bench/cache_speed.py", generic_section),
     "ade_quality": ("4. Quality on real data: ADE corpus", "bench/ade_quality.py", ade_section),
@@ -233,14 +428,23 @@ def render(summary: dict[str, Any]) -> str:
     lines = [BEGIN, "", "## Results", ""]
     lines += machine_section(summary["machine"], summary["mode"], summary.get("wall_s"), summary.get("commands", []))
     if summary.get("rerun"):
-        lines += ["", f"Sections {', '.join(summary['rerun'])} were rerun at the date above "
-                      f"(`python -m bench --only {','.join(summary['rerun'])}`); the others are kept from the previous run "
-                      "of this mode on the same machine (each section's JSON in `bench/results/` carries its own date)."]
+        lines += [
+            "",
+            f"Sections {', '.join(summary['rerun'])} were rerun at the date above "
+            f"(`python -m bench --only {','.join(summary['rerun'])}`); the others are kept from the previous run "
+            "of this mode on the same machine (each section's JSON in `bench/results/` carries its own date).",
+        ]
     lines += ["", "### Targets", ""] + targets_section(summary.get("targets", []))
     for name, (title, file, renderer) in SECTIONS.items():
         info = summary["sections"].get(name, {"status": "not run"})
-        lines += ["", f"### {title}", "", f"`{file}` · `{info.get('command', '-')}` · status: {info.get('status')}"
-                  + (f" · {info['wall_s']:.0f} s" if info.get("wall_s") else ""), ""]
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            f"`{file}` · `{info.get('command', '-')}` · status: {info.get('status')}"
+            + (f" · {info['wall_s']:.0f} s" if info.get("wall_s") else ""),
+            "",
+        ]
         result = info.get("result")
         if info.get("status") == "ok" and result:
             custom = info.get("markdown")
@@ -256,7 +460,7 @@ def render(summary: dict[str, Any]) -> str:
 
 def update_file(path: Path, generated: str, intro: str) -> Path:
     """Replace the generated block of ``path`` (or write ``intro`` + block if the file or markers are missing)."""
-    from litdistill.io import atomic_write_text
+    from litdistill.core.io import atomic_write_text
 
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if BEGIN in text and END in text:

@@ -12,7 +12,8 @@ Two recipes, each with the same models, batch, sequence length, loss and optimiz
   ``causal_lm``, trained by ``L.Trainer(max_steps=...)``), ``lightning_chunked`` (the same with
   ``ChunkedDivergence("forward_kl", chunk_size=128)``, litdistill's memory-lean loss),
   ``lightning_fused`` (``FusedLinearKD``: the LM heads applied chunk by chunk, so neither model's
-  [tokens x vocab] logits exist; litdistill's loss for large vocabularies), ``plain`` (a hand-written PyTorch loop: same forward, same ``ForwardKL``, same
+  [tokens x vocab] logits exist; litdistill's loss for large vocabularies), ``plain`` (a hand-written PyTorch
+  loop: same forward, same ``ForwardKL``, same
   AdamW) and ``trl`` (``trl.experimental.gkd.GKDTrainer`` with ``lmbda=0``, ``seq_kd=False``,
   ``beta=0``: its generalized-JSD loss is then exactly the forward KL, on the same batches).
 * ``classification``: the packaged all-MiniLM-L6-v2 as teacher (``load_pretrained``, 2 labels) and a
@@ -48,29 +49,97 @@ from typing import Any
 from bench.common import PeakMemory, log, machine_info, median, quiet, result_path, run_worker, write_json
 
 NAME = "step_time"
-CAUSAL = dict(vocab=32000, hidden=256, intermediate=768, heads=4, teacher_layers=4, student_layers=[0, 3],
-              seq=128, batch=4, lr=1e-4, chunk_size=128)
+CAUSAL = dict(
+    vocab=32000,
+    hidden=256,
+    intermediate=768,
+    heads=4,
+    teacher_layers=4,
+    student_layers=[0, 3],
+    seq=128,
+    batch=4,
+    lr=1e-4,
+    chunk_size=128,
+)
 CLASSIFICATION = dict(seq=64, batch=16, lr=1e-4, student_layers=[0, 3], temperature=2.0)
 SIZES = {
-    "full": dict(causal=dict(CAUSAL, steps=20, warmup=3), classification=dict(CLASSIFICATION, steps=15, warmup=3),
-                 reps=4, subprocess=True),
-    "quick": dict(causal=dict(CAUSAL, steps=6, warmup=2), classification=dict(CLASSIFICATION, steps=4, warmup=2),
-                  reps=2, subprocess=True),
-    "smoke": dict(causal=dict(CAUSAL, vocab=512, hidden=32, intermediate=64, heads=2, seq=16, batch=2, chunk_size=8,
-                              steps=2, warmup=1),
-                  classification=dict(CLASSIFICATION, seq=16, batch=2, steps=2, warmup=1), reps=1, subprocess=False),
+    "full": dict(
+        causal=dict(CAUSAL, steps=20, warmup=3),
+        classification=dict(CLASSIFICATION, steps=15, warmup=3),
+        reps=4,
+        subprocess=True,
+    ),
+    "quick": dict(
+        causal=dict(CAUSAL, steps=6, warmup=2),
+        classification=dict(CLASSIFICATION, steps=4, warmup=2),
+        reps=2,
+        subprocess=True,
+    ),
+    "smoke": dict(
+        causal=dict(
+            CAUSAL, vocab=512, hidden=32, intermediate=64, heads=2, seq=16, batch=2, chunk_size=8, steps=2, warmup=1
+        ),
+        classification=dict(CLASSIFICATION, seq=16, batch=2, steps=2, warmup=1),
+        reps=1,
+        subprocess=False,
+    ),
 }
-VARIANTS = {"causal": ("lightning", "lightning_chunked", "lightning_fused", "plain", "trl"), "classification": ("lightning", "plain")}
+VARIANTS = {
+    "causal": ("lightning", "lightning_chunked", "lightning_fused", "plain", "trl"),
+    "classification": ("lightning", "plain"),
+}
 TARGETS = [  # (recipe, variant, reference, quantity, bound, description)
     ("causal", "lightning", "plain", "step_s", 1.05, "causal LM: Lightning step time <= 1.05x hand-written loop"),
-    ("classification", "lightning", "plain", "step_s", 1.05, "classification: Lightning step time <= 1.05x hand-written loop"),
+    (
+        "classification",
+        "lightning",
+        "plain",
+        "step_s",
+        1.05,
+        "classification: Lightning step time <= 1.05x hand-written loop",
+    ),
     ("causal", "lightning", "trl", "step_s", 0.8, "causal LM (vocab 32k), ForwardKL: step time <= 0.8x TRL GKDTrainer"),
-    ("causal", "lightning", "trl", "added_peak_mib", 0.5, "causal LM (vocab 32k), ForwardKL: peak memory <= 0.5x TRL GKDTrainer"),
+    (
+        "causal",
+        "lightning",
+        "trl",
+        "added_peak_mib",
+        0.5,
+        "causal LM (vocab 32k), ForwardKL: peak memory <= 0.5x TRL GKDTrainer",
+    ),
     # The same forward KL through litdistill's memory-lean losses (each judged; all rows are in the table).
-    ("causal", "lightning_chunked", "trl", "step_s", 0.8, "causal LM (vocab 32k), ChunkedDivergence: step time <= 0.8x TRL GKDTrainer"),
-    ("causal", "lightning_chunked", "trl", "added_peak_mib", 0.5, "causal LM (vocab 32k), ChunkedDivergence: peak memory <= 0.5x TRL GKDTrainer"),
-    ("causal", "lightning_fused", "trl", "step_s", 0.8, "causal LM (vocab 32k), FusedLinearKD: step time <= 0.8x TRL GKDTrainer"),
-    ("causal", "lightning_fused", "trl", "added_peak_mib", 0.5, "causal LM (vocab 32k), FusedLinearKD: peak memory <= 0.5x TRL GKDTrainer"),
+    (
+        "causal",
+        "lightning_chunked",
+        "trl",
+        "step_s",
+        0.8,
+        "causal LM (vocab 32k), ChunkedDivergence: step time <= 0.8x TRL GKDTrainer",
+    ),
+    (
+        "causal",
+        "lightning_chunked",
+        "trl",
+        "added_peak_mib",
+        0.5,
+        "causal LM (vocab 32k), ChunkedDivergence: peak memory <= 0.5x TRL GKDTrainer",
+    ),
+    (
+        "causal",
+        "lightning_fused",
+        "trl",
+        "step_s",
+        0.8,
+        "causal LM (vocab 32k), FusedLinearKD: step time <= 0.8x TRL GKDTrainer",
+    ),
+    (
+        "causal",
+        "lightning_fused",
+        "trl",
+        "added_peak_mib",
+        0.5,
+        "causal LM (vocab 32k), FusedLinearKD: peak memory <= 0.5x TRL GKDTrainer",
+    ),
 ]
 
 
@@ -78,19 +147,27 @@ TARGETS = [  # (recipe, variant, reference, quantity, bound, description)
 def build_models(recipe: str, cfg: dict[str, Any]):
     import torch
 
-    from litdistill.layer_subset import student_from_teacher
+    from litdistill.models.layer_subset import student_from_teacher
 
     torch.manual_seed(0)
     if recipe == "causal":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["intermediate"],
-                             num_hidden_layers=cfg["teacher_layers"], num_attention_heads=cfg["heads"],
-                             num_key_value_heads=cfg["heads"], max_position_embeddings=max(256, cfg["seq"]),
-                             tie_word_embeddings=False, use_cache=False, pad_token_id=0)
+        config = LlamaConfig(
+            vocab_size=cfg["vocab"],
+            hidden_size=cfg["hidden"],
+            intermediate_size=cfg["intermediate"],
+            num_hidden_layers=cfg["teacher_layers"],
+            num_attention_heads=cfg["heads"],
+            num_key_value_heads=cfg["heads"],
+            max_position_embeddings=max(256, cfg["seq"]),
+            tie_word_embeddings=False,
+            use_cache=False,
+            pad_token_id=0,
+        )
         teacher = LlamaForCausalLM(config)
     else:
-        from litdistill.models import load_pretrained, packaged_minilm
+        from litdistill.models.loading import load_pretrained, packaged_minilm
 
         teacher = load_pretrained(packaged_minilm(), task="classification", num_labels=2)
         teacher.config.use_cache = False
@@ -143,20 +220,34 @@ def run_lightning(recipe, cfg, teacher, student, examples, stamps, variant="ligh
     from torch.utils.data import DataLoader
 
     from litdistill import DistillationModule
-    from litdistill.optim import adamw
+    from litdistill.training.optim import adamw
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
             stamps.append((time.perf_counter(), time.process_time()))
 
-    module = DistillationModule(student, teacher, build_losses(recipe, cfg, variant),
-                                optimizer=adamw(cfg["lr"], weight_decay=0.0),  # fused AdamW, as the plain loop and TRL
-                                task=task_of(recipe))
+    module = DistillationModule(
+        student,
+        teacher,
+        build_losses(recipe, cfg, variant),
+        optimizer=adamw(cfg["lr"], weight_decay=0.0),  # fused AdamW, as the plain loop and TRL
+        task=task_of(recipe),
+    )
     loader = DataLoader(examples, batch_size=cfg["batch"], shuffle=False, collate_fn=collate)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(loader), max_epochs=1, precision="32-true",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        callbacks=[Stamp()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=len(loader),
+        max_epochs=1,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Stamp()],
+    )
     stamps.append((time.perf_counter(), time.process_time()))
     trainer.fit(module, train_dataloaders=loader)
     return float(trainer.callback_metrics.get("train/loss_step", float("nan")))
@@ -167,7 +258,7 @@ def run_plain(recipe, cfg, teacher, student, examples, stamps):
     import torch
     from torch.utils.data import DataLoader
 
-    from litdistill.outputs import ModelOutputs
+    from litdistill.core.outputs import ModelOutputs
 
     losses = build_losses(recipe, cfg)
     loader = DataLoader(examples, batch_size=cfg["batch"], shuffle=False, collate_fn=collate)
@@ -187,8 +278,10 @@ def run_plain(recipe, cfg, teacher, student, examples, stamps):
             s_logits, t_logits, labels = s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:]
             extra["token_mask"] = labels != -100
         targets = {"labels": labels, **extra}
-        loss = sum(fn.weight * fn(ModelOutputs(logits=s_logits), ModelOutputs(logits=t_logits), targets)
-                   for fn in losses.values())
+        loss = sum(
+            fn.weight * fn(ModelOutputs(logits=s_logits), ModelOutputs(logits=t_logits), targets)
+            for fn in losses.values()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -203,7 +296,7 @@ def run_trl(recipe, cfg, teacher, student, examples, stamps, out_dir):
     from transformers import AutoTokenizer, TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from litdistill.models import packaged_minilm
+    from litdistill.models.loading import packaged_minilm
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -212,16 +305,42 @@ def run_trl(recipe, cfg, teacher, student, examples, stamps, out_dir):
     # GKDTrainer wants a tokenizer (for the pad id of its generation config); the batches are already token ids.
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm())
     args = GKDConfig(
-        output_dir=out_dir, lmbda=0.0, seq_kd=False, beta=0.0, temperature=1.0,
-        per_device_train_batch_size=cfg["batch"], max_steps=len(examples) // cfg["batch"], learning_rate=cfg["lr"],
-        weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, optim="adamw_torch_fused",
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, max_length=cfg["seq"],
-        logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False, seed=0,
+        output_dir=out_dir,
+        lmbda=0.0,
+        seq_kd=False,
+        beta=0.0,
+        temperature=1.0,
+        per_device_train_batch_size=cfg["batch"],
+        max_steps=len(examples) // cfg["batch"],
+        learning_rate=cfg["lr"],
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        optim="adamw_torch_fused",
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        max_length=cfg["seq"],
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=0,
     )
     dataset = Dataset.from_list(examples)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, data_collator=collate, callbacks=[Stamp()])
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=collate,
+        callbacks=[Stamp()],
+    )
     stamps.append((time.perf_counter(), time.process_time()))
     result = trainer.train()
     return float(result.training_loss)
@@ -239,7 +358,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if variant.startswith("lightning"):
         import lightning  # noqa: F401  (framework imports happen before the memory baseline)
 
-        import litdistill.module  # noqa: F401
+        import litdistill.training.module  # noqa: F401
     elif variant == "trl":
         import trl.experimental.gkd  # noqa: F401
     teacher, student = build_models(recipe, cfg)
@@ -263,9 +382,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     expected = cfg["warmup"] + cfg["steps"]
     if len(steps) != expected:
         raise RuntimeError(f"{recipe}/{variant}: recorded {len(steps)} steps, expected {expected}")
-    return {"recipe": recipe, "variant": variant, "step_s": median(steps[cfg["warmup"]:]),
-            "cpu_step_s": median(cpu_steps[cfg["warmup"]:]), "steps_s": steps, "cpu_steps_s": cpu_steps,
-            "warmup": cfg["warmup"], "final_loss": loss, "wall_s": wall, "threads": torch.get_num_threads(), **mem}
+    return {
+        "recipe": recipe,
+        "variant": variant,
+        "step_s": median(steps[cfg["warmup"] :]),
+        "cpu_step_s": median(cpu_steps[cfg["warmup"] :]),
+        "steps_s": steps,
+        "cpu_steps_s": cpu_steps,
+        "warmup": cfg["warmup"],
+        "final_loss": loss,
+        "wall_s": wall,
+        "threads": torch.get_num_threads(),
+        **mem,
+    }
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -296,15 +425,24 @@ def run(mode: str = "full", threads: int = 2, results_dir=None, recipes: list[st
                 spec = {"recipe": recipe, "variant": variant, "cfg": sizes[recipe], "threads": threads}
                 r = run_worker("bench.step_time", spec) if sizes["subprocess"] else measure(spec)
                 runs[recipe][variant].append(r)
-                log(f"step_time rep {rep + 1}/{sizes['reps']} {recipe:14s} {variant:17s} "
-                    f"{1000 * r['step_s']:8.1f} ms/step  +{r['added_peak_mib']:7.0f} MiB")
+                log(
+                    f"step_time rep {rep + 1}/{sizes['reps']} {recipe:14s} {variant:17s} "
+                    f"{1000 * r['step_s']:8.1f} ms/step  +{r['added_peak_mib']:7.0f} MiB"
+                )
     summary = summarize(runs)
     result = {
-        "benchmark": NAME, "mode": mode, "threads": threads, "sizes": sizes, "summary": summary,
-        "targets": evaluate_targets(summary), "skipped": skipped, "runs": runs,
+        "benchmark": NAME,
+        "mode": mode,
+        "threads": threads,
+        "sizes": sizes,
+        "summary": summary,
+        "targets": evaluate_targets(summary),
+        "skipped": skipped,
+        "runs": runs,
         "process": "fresh subprocess per run" if sizes["subprocess"] else "in-process (smoke)",
         "memory_method": next((r["memory_method"] for rr in runs.values() for v in rr.values() for r in v), None),
-        "machine": machine_info(), "wall_s": time.perf_counter() - start,
+        "machine": machine_info(),
+        "wall_s": time.perf_counter() - start,
         "command": "python -m bench.step_time" + ("" if mode == "full" else f" --{mode}"),
     }
     write_json(result_path(NAME, mode, results_dir), result)
@@ -319,11 +457,14 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, dic
         for variant, rs in by_variant.items():
             if not rs:
                 continue
-            rows[variant] = {"step_ms": 1000 * median(r["step_s"] for r in rs),
-                             "cpu_step_ms": 1000 * median(r["cpu_step_s"] for r in rs),
-                             "added_peak_mib": median(r["added_peak_mib"] for r in rs),
-                             "peak_rss_mib": median(r["peak_rss_mib"] for r in rs),
-                             "final_loss": rs[-1]["final_loss"], "reps": len(rs)}
+            rows[variant] = {
+                "step_ms": 1000 * median(r["step_s"] for r in rs),
+                "cpu_step_ms": 1000 * median(r["cpu_step_s"] for r in rs),
+                "added_peak_mib": median(r["added_peak_mib"] for r in rs),
+                "peak_rss_mib": median(r["peak_rss_mib"] for r in rs),
+                "final_loss": rs[-1]["final_loss"],
+                "reps": len(rs),
+            }
         for variant, row in rows.items():
             for ref in rows:
                 if ref == variant:
@@ -331,8 +472,9 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, dic
                 pairs = list(zip(by_variant[variant], by_variant[ref]))
                 row[f"step_ratio_vs_{ref}"] = median(a["step_s"] / b["step_s"] for a, b in pairs)
                 row[f"cpu_ratio_vs_{ref}"] = median(a["cpu_step_s"] / b["cpu_step_s"] for a, b in pairs)
-                row[f"mem_ratio_vs_{ref}"] = median(a["added_peak_mib"] / b["added_peak_mib"] for a, b in pairs
-                                                    if b["added_peak_mib"] > 0)
+                row[f"mem_ratio_vs_{ref}"] = median(
+                    a["added_peak_mib"] / b["added_peak_mib"] for a, b in pairs if b["added_peak_mib"] > 0
+                )
         summary[recipe] = rows
     return summary
 
@@ -343,8 +485,15 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row = summary.get(recipe, {}).get(variant, {})
         key = ("step_ratio_vs_" if quantity == "step_s" else "mem_ratio_vs_") + ref
         value = row.get(key)
-        out.append({"target": description, "bound": bound, "measured": value, "unit": "x",
-                    "met": None if value is None or value != value else bool(value <= bound)})
+        out.append(
+            {
+                "target": description,
+                "bound": bound,
+                "measured": value,
+                "unit": "x",
+                "met": None if value is None or value != value else bool(value <= bound),
+            }
+        )
     return out
 
 

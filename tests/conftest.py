@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from transformers import BertConfig, BertForSequenceClassification
 
-from litdistill.config import config_dir
-from litdistill.models import packaged_minilm
+from litdistill.core.conf import config_dir
+from litdistill.models.loading import packaged_minilm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,11 +47,21 @@ def tokenizer_with_renamed_ids(source: str, target: Path) -> Path:
     return target
 
 
-def tiny_bert(layers: int = 4, hidden: int = 32, seed: int = 0, num_labels: int = 2, dropout: float = 0.1) -> BertForSequenceClassification:
+def tiny_bert(
+    layers: int = 4, hidden: int = 32, seed: int = 0, num_labels: int = 2, dropout: float = 0.1
+) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForSequenceClassification(config)
 
 

@@ -1,8 +1,8 @@
 """Test-only callback that interrupts a real CLI run at an exact point (configured by Hydra override).
 
-    +callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.step=3          SIGTERM after step 3
-    +callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.val_batch=0     SIGTERM in validation
-    +callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.write_at_step=8 SIGKILL mid checkpoint write
++callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.step=3          SIGTERM after step 3
++callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.val_batch=0     SIGTERM in validation
++callbacks.killer._target_=tests.killer.KillAt +callbacks.killer.write_at_step=8 SIGKILL mid checkpoint write
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import lightning as L
 
 
 class KillAt(L.Callback):
-    def __init__(self, step: int | None = None, val_batch: int | None = None, val_epoch: int = 0,
-                 write_at_step: int | None = None, sig: str = "SIGTERM") -> None:
+    def __init__(
+        self,
+        step: int | None = None,
+        val_batch: int | None = None,
+        val_epoch: int = 0,
+        write_at_step: int | None = None,
+        sig: str = "SIGTERM",
+    ) -> None:
         self.step, self.val_batch, self.val_epoch, self.write_at_step = step, val_batch, val_epoch, write_at_step
         self.sig = getattr(signal, sig)
         self.fired = False
@@ -30,7 +36,7 @@ class KillAt(L.Callback):
             return
         fsync = os.fsync
 
-        def dying_fsync(fd: int) -> None:  # inside litdistill.io.atomic_write_bytes, before the rename
+        def dying_fsync(fd: int) -> None:  # inside litdistill.core.io.atomic_write_bytes, before the rename
             if trainer.global_step == self.write_at_step:
                 os.ftruncate(fd, os.fstat(fd).st_size // 2)  # half of the checkpoint reached the disk
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -43,6 +49,10 @@ class KillAt(L.Callback):
             self._fire()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if (self.val_batch is not None and not trainer.sanity_checking and batch_idx == self.val_batch
-                and trainer.current_epoch == self.val_epoch):
+        if (
+            self.val_batch is not None
+            and not trainer.sanity_checking
+            and batch_idx == self.val_batch
+            and trainer.current_epoch == self.val_epoch
+        ):
             self._fire()

@@ -7,15 +7,15 @@ import math
 import lightning as L
 import pytest
 import torch
+from tests.conftest import tiny_bert
+from tests.test_features import PlainNet
 from torch import nn
 
 from litdistill import DistillationModule, HardCE, SoftTargetKL
-from litdistill.attention_impl import AttentionOutputsError, attention_implementation, ensure_attention_outputs
+from litdistill.core.attention_impl import AttentionOutputsError, attention_implementation, ensure_attention_outputs
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses import LOSSES, AttentionLoss, FeatureLoss, HiddenStateLoss
 from litdistill.losses.attention import attention_kl, attention_mse
-from litdistill.outputs import ModelOutputs
-from tests.conftest import tiny_bert
-from tests.test_features import PlainNet
 
 
 def _maps(b: int, h: int, t: int, seed: int, requires_grad: bool = False) -> torch.Tensor:
@@ -103,8 +103,11 @@ class KwargRecorder:
 
 
 def test_attention_outputs_only_when_an_attention_loss_is_configured():
-    batch = {"input_ids": torch.randint(1000, 2000, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
-             "labels": torch.tensor([0, 1])}
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (2, 6)),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+        "labels": torch.tensor([0, 1]),
+    }
     teacher, student = tiny_bert(), tiny_bert(layers=2, seed=1)
     plain = DistillationModule(student, teacher, {"kd": SoftTargetKL(), "h": HiddenStateLoss()})
     recorder = KwargRecorder(student, teacher)
@@ -135,21 +138,39 @@ def test_models_without_attention_maps_are_refused_clearly():
 def test_short_fit_with_feature_and_attention_losses(tmp_path, tiny_data):
     teacher = tiny_bert(layers=4, hidden=32)
     student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
-    losses = {"kd": SoftTargetKL(weight=0.5), "ce": HardCE(weight=0.5), "hidden": HiddenStateLoss(metric="nmse", weight=1.0),
-              "attn": AttentionLoss(layer_map="last"), "ffn": FeatureLoss("bert.encoder.layer.1.intermediate", "bert.encoder.layer.3.intermediate")}
+    losses = {
+        "kd": SoftTargetKL(weight=0.5),
+        "ce": HardCE(weight=0.5),
+        "hidden": HiddenStateLoss(metric="nmse", weight=1.0),
+        "attn": AttentionLoss(layer_map="last"),
+        "ffn": FeatureLoss("bert.encoder.layer.1.intermediate", "bert.encoder.layer.3.intermediate"),
+    }
     module = DistillationModule(student, teacher, losses)
     assert module.losses["ffn"].projection.weight.shape == (64, 32)  # intermediate sizes 32 -> 64
     before = {k: v.detach().clone() for k, v in module.losses.state_dict().items()}
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        accelerator="cpu",
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, datamodule=tiny_data)
     logged = trainer.callback_metrics
     for name in losses:
-        assert torch.isfinite(logged[f"train/loss/{name}_epoch"] if f"train/loss/{name}_epoch" in logged else logged[f"train/loss/{name}"])
+        assert torch.isfinite(
+            logged[f"train/loss/{name}_epoch"] if f"train/loss/{name}_epoch" in logged else logged[f"train/loss/{name}"]
+        )
     after = module.losses.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert any(k.startswith("hidden.projections") for k in changed) and any(k.startswith("ffn.projection") for k in changed)
+    assert any(k.startswith("hidden.projections") for k in changed) and any(
+        k.startswith("ffn.projection") for k in changed
+    )
     assert "val/student/f1" in logged and "val/teacher/f1" in logged
     # eager attention was for training only: inference, export and timing use sdpa again
     assert attention_implementation(student) == attention_implementation(teacher) == "sdpa"
@@ -159,7 +180,11 @@ def test_short_fit_with_feature_and_attention_losses(tmp_path, tiny_data):
 def _padded_batch(b: int = 3, t: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = torch.tensor([[1] * n + [0] * (t - n) for n in ([t, 4, 2] * b)[:b]])
-    return {"input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask, "attention_mask": mask, "labels": torch.arange(b) % 2}
+    return {
+        "input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask,
+        "attention_mask": mask,
+        "labels": torch.arange(b) % 2,
+    }
 
 
 @pytest.mark.parametrize("metric", ["kl", "mse"])
@@ -193,15 +218,23 @@ def test_attention_loss_gradients_in_a_distillation_module(metric):
     total, terms, _ = module.loss_terms(_padded_batch())
     total.backward()
     for layer in student.bert.encoder.layer:
-        assert layer.attention.self.query.weight.grad.abs().sum() > 0 and layer.attention.self.key.weight.grad.abs().sum() > 0
+        assert (
+            layer.attention.self.query.weight.grad.abs().sum() > 0
+            and layer.attention.self.key.weight.grad.abs().sum() > 0
+        )
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 
 def test_head_averaging_by_hand_when_head_counts_differ():
     """Student 2 heads, teacher 3 heads, 2 tokens: both sides averaged over heads, then KL / MSE."""
     s = torch.tensor([[[[0.4, 0.6], [0.2, 0.8]], [[0.8, 0.2], [0.2, 0.8]]]])  # mean [[0.6, 0.4], [0.2, 0.8]]
-    t = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]], [[0.9, 0.1], [0.0, 1.0]], [[0.7, 0.3], [0.5, 0.5]]]])  # mean [[0.7, 0.3], [0.5, 0.5]]
-    kl_rows = [0.7 * math.log(0.7 / 0.6) + 0.3 * math.log(0.3 / 0.4), 0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8)]
+    t = torch.tensor(
+        [[[[0.5, 0.5], [1.0, 0.0]], [[0.9, 0.1], [0.0, 1.0]], [[0.7, 0.3], [0.5, 0.5]]]]
+    )  # mean [[0.7, 0.3], [0.5, 0.5]]
+    kl_rows = [
+        0.7 * math.log(0.7 / 0.6) + 0.3 * math.log(0.3 / 0.4),
+        0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8),
+    ]
     assert float(attention_kl(s, t)) == pytest.approx(sum(kl_rows) / 2, rel=1e-5)
     assert float(attention_mse(s, t)) == pytest.approx((0.1**2 + 0.1**2 + 0.3**2 + 0.3**2) / 4, rel=1e-5)
     one_query = torch.tensor([[1, 0]])  # the second position is padding: only query row 0 (KL), entry (0, 0) (MSE)
@@ -209,8 +242,16 @@ def test_head_averaging_by_hand_when_head_counts_differ():
     assert float(attention_mse(s, t, one_query)) == pytest.approx(0.1**2, rel=1e-5)
     # equal head counts: heads matched 1:1, not averaged
     t2 = t[:, :2]
-    matched = sum(float(p) * math.log(float(p) / float(r)) for h in range(2) for q in range(2)
-                  for p, r in zip(t2[0, h, q], s[0, h, q]) if p > 0) / 4
+    matched = (
+        sum(
+            float(p) * math.log(float(p) / float(r))
+            for h in range(2)
+            for q in range(2)
+            for p, r in zip(t2[0, h, q], s[0, h, q])
+            if p > 0
+        )
+        / 4
+    )
     assert float(attention_kl(s, t2)) == pytest.approx(matched, rel=1e-5)
     s_grad = s.clone().requires_grad_(True)
     attention_mse(s_grad, t).backward()
@@ -219,7 +260,7 @@ def test_head_averaging_by_hand_when_head_counts_differ():
 
 # ---- with a MultiTeacher -------------------------------------------------------------------------
 def _multi_pair():
-    from litdistill.teachers import MultiTeacher
+    from litdistill.models.multi_teacher import MultiTeacher
 
     a, b = tiny_bert(layers=4, hidden=32, seed=0), tiny_bert(layers=2, hidden=16, seed=5)
     return a, b, MultiTeacher
@@ -236,7 +277,10 @@ def test_averaging_multi_teacher_attention_loss_matches_the_primary_or_named_tea
     multi = MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7])
     student = tiny_bert(layers=2, seed=1, dropout=0.0)
     batch = _padded_batch()
-    losses = {"prim": AttentionLoss(layer_map="uniform", metric=metric), "b": AttentionLoss(layer_map="uniform", metric=metric, teacher="b")}
+    losses = {
+        "prim": AttentionLoss(layer_map="uniform", metric=metric),
+        "b": AttentionLoss(layer_map="uniform", metric=metric, teacher="b"),
+    }
     module = DistillationModule(student, multi, losses)
     assert module.losses["prim"].pairs == [(1, 2), (2, 4)] and module.losses["b"].pairs == [(1, 1), (2, 2)]
     _, terms, _ = module.loss_terms(batch)
@@ -248,23 +292,34 @@ def test_averaging_multi_teacher_attention_loss_matches_the_primary_or_named_tea
 
 @pytest.mark.parametrize("metric", ["kl", "mse"])
 def test_routed_multi_teacher_attention_loss_uses_each_examples_teacher(metric):
-    from litdistill.teachers import subset_batch
+    from litdistill.models.multi_teacher import subset_batch
 
     a, b, MultiTeacher = _multi_pair()
     c = tiny_bert(layers=4, hidden=32, seed=7)  # a's shape: routed attentions without a name
     student = tiny_bert(layers=2, seed=1, dropout=0.0)
     batch = {**_padded_batch(4, seed=2), "teacher_id": torch.tensor([1, 0, 1, 1])}
     rows_b = torch.tensor([0, 2, 3])
-    named = DistillationModule(student, MultiTeacher({"a": a, "b": b}, route_field="teacher_id"),
-                               {"b": AttentionLoss(metric=metric, teacher="b"), "a": AttentionLoss(metric=metric, teacher="a")})
+    named = DistillationModule(
+        student,
+        MultiTeacher({"a": a, "b": b}, route_field="teacher_id"),
+        {"b": AttentionLoss(metric=metric, teacher="b"), "a": AttentionLoss(metric=metric, teacher="a")},
+    )
     _, terms, _ = named.loss_terms(batch)
     sub_b, sub_a = subset_batch(batch, rows_b), subset_batch(batch, torch.tensor([1]))
-    assert torch.allclose(terms["b"], _attention_terms(student, b, {"x": AttentionLoss(metric=metric)}, sub_b)["x"], atol=1e-6)
-    assert torch.allclose(terms["a"], _attention_terms(student, a, {"x": AttentionLoss(metric=metric)}, sub_a)["x"], atol=1e-6)
-    with pytest.raises(ValueError, match=r"teachers must share \('num_hidden_layers', 'num_attention_heads'\).*teacher=<name>"):
+    assert torch.allclose(
+        terms["b"], _attention_terms(student, b, {"x": AttentionLoss(metric=metric)}, sub_b)["x"], atol=1e-6
+    )
+    assert torch.allclose(
+        terms["a"], _attention_terms(student, a, {"x": AttentionLoss(metric=metric)}, sub_a)["x"], atol=1e-6
+    )
+    with pytest.raises(
+        ValueError, match=r"teachers must share \('num_hidden_layers', 'num_attention_heads'\).*teacher=<name>"
+    ):
         DistillationModule(student, MultiTeacher({"a": a, "b": b}, route_field="teacher_id"), {"x": AttentionLoss()})
 
-    same_shape = DistillationModule(student, MultiTeacher({"a": a, "c": c}, route_field="teacher_id"), {"x": AttentionLoss(metric=metric)})
+    same_shape = DistillationModule(
+        student, MultiTeacher({"a": a, "c": c}, route_field="teacher_id"), {"x": AttentionLoss(metric=metric)}
+    )
     _, terms, s_out = same_shape.loss_terms(batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
@@ -272,6 +327,10 @@ def test_routed_multi_teacher_attention_loss_uses_each_examples_teacher(metric):
     own = batch["teacher_id"].bool()[:, None, None, None]  # id 1: c's rows
     fn = attention_kl if metric == "kl" else attention_mse
     pairs = same_shape.losses["x"].pairs
-    expected = torch.stack([fn(s_out.attentions[s - 1], torch.where(own, t_c[t - 1], t_a[t - 1]), batch["attention_mask"])
-                            for s, t in pairs]).mean()
+    expected = torch.stack(
+        [
+            fn(s_out.attentions[s - 1], torch.where(own, t_c[t - 1], t_a[t - 1]), batch["attention_mask"])
+            for s, t in pairs
+        ]
+    ).mean()
     assert torch.allclose(terms["x"], expected, atol=1e-6)

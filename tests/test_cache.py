@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import tiny_bert
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from litdistill.cache import (
@@ -40,13 +41,20 @@ from litdistill.cache import (
 )
 from litdistill.cache.codec import decode_topk, encode_topk
 from litdistill.cache.keys import differing_fields
+from litdistill.core.forward import align_labels
+from litdistill.core.outputs import ModelOutputs, TopK
 from litdistill.data.sft import collate as sft_collate
-from litdistill.forward import align_labels
-from litdistill.losses import ChunkedDivergence, ForwardKL, GeneralizedJSD, HardCE, ReverseKL, SoftTargetKL, TotalVariation
+from litdistill.losses import (
+    ChunkedDivergence,
+    ForwardKL,
+    GeneralizedJSD,
+    HardCE,
+    ReverseKL,
+    SoftTargetKL,
+    TotalVariation,
+)
 from litdistill.losses.sparse import coarse_log_probs, dense_to_topk, tail_gap_bound
-from litdistill.module import DistillationModule
-from litdistill.outputs import ModelOutputs, TopK
-from tests.conftest import tiny_bert
+from litdistill.training.module import DistillationModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +62,16 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- shared tiny set-ups -------------------------------------------------------------------------------
 def tiny_llama(layers: int, seed: int, vocab: int = 512, head_scale: float = 1.0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(head_scale)  # a peaked (trained-looking) next-token distribution
@@ -76,28 +92,45 @@ def causal_store_inputs(k: int = 64, codec: str = "raw", dtype: str = "float16",
     """(teacher, sources, spec, key) of the tiny causal recipe used by several tests and the kill script."""
     teacher = tiny_llama(2, seed=0, head_scale=40.0)
     collate = partial(sft_collate, pad_id=0)
-    sources = {"train": SplitSource(causal_examples(n, seed=0), collate),
-               "validation": SplitSource(causal_examples(8, seed=1), collate)}
+    sources = {
+        "train": SplitSource(causal_examples(n, seed=0), collate),
+        "validation": SplitSource(causal_examples(8, seed=1), collate),
+    }
     spec = StoreSpec(task="causal_lm", outputs="topk", k=k, dtype=dtype, codec=codec, shard_size=shard_size)
     key = {"test": "causal", "k": k, "codec": codec, "dtype": dtype, "n": n}
     return teacher, sources, spec, key
 
 
 def store_files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def cached_batches(store: TeacherStore, sources, split: str, task: str, batch_size: int = 8) -> list[dict]:
     reader = store.reader(split)
     collate = CachedCollate(sources[split].collate, reader, task)
     ds = sources[split].dataset
-    return [collate([(i, ds[i]) for i in range(s, min(s + batch_size, len(ds)))]) for s in range(0, len(ds), batch_size)]
+    return [
+        collate([(i, ds[i]) for i in range(s, min(s + batch_size, len(ds)))]) for s in range(0, len(ds), batch_size)
+    ]
 
 
 # ---- sparse losses ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss", [ForwardKL(), ForwardKL(temperature=2.0), SoftTargetKL(temperature=2.0), ReverseKL(),
-                                  GeneralizedJSD(beta=0.5), TotalVariation()], ids=repr)
+@pytest.mark.parametrize(
+    "loss",
+    [
+        ForwardKL(),
+        ForwardKL(temperature=2.0),
+        SoftTargetKL(temperature=2.0),
+        ReverseKL(),
+        GeneralizedJSD(beta=0.5),
+        TotalVariation(),
+    ],
+    ids=repr,
+)
 def test_topk_with_k_equal_vocab_is_the_full_loss(loss):
     torch.manual_seed(0)
     s, t = torch.randn(2, 5, 40, dtype=torch.float64) * 2, torch.randn(2, 5, 40, dtype=torch.float64) * 3
@@ -127,14 +160,18 @@ def test_topk_kl_gap_is_exactly_the_chain_rule_tail_term_and_gradients_are_finit
     assert torch.isfinite(s.grad).all()
     # in the top-k the gradient is q_i - p_i, as with full logits
     grad_top = s.grad.gather(-1, topk.ids)
-    torch.testing.assert_close(grad_top, q.exp().gather(-1, topk.ids).detach() - topk.logprobs.exp(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        grad_top, q.exp().gather(-1, topk.ids).detach() - topk.logprobs.exp(), atol=1e-10, rtol=0
+    )
 
 
 def test_empty_slots_and_padding_rows_carry_no_mass_and_no_nan():
     s = torch.randn(3, 20, requires_grad=True)
-    topk = TopK(torch.tensor([[-0.5, -1.5, -9.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0]]),
-                torch.tensor([[3, 7, -1], [5, -1, -1], [-1, -1, -1]]),
-                torch.log(torch.tensor([1 - 0.6065 - 0.2231, 1 - 0.9048, 1.0])))
+    topk = TopK(
+        torch.tensor([[-0.5, -1.5, -9.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+        torch.tensor([[3, 7, -1], [5, -1, -1], [-1, -1, -1]]),
+        torch.log(torch.tensor([1 - 0.6065 - 0.2231, 1 - 0.9048, 1.0])),
+    )
     loss = ForwardKL()(ModelOutputs(logits=s), ModelOutputs(topk=topk), {})
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
@@ -182,8 +219,18 @@ def test_two_ranks_build_disjoint_shards_and_the_same_bytes_as_one(tmp_path):
 
     def rank(r: int) -> None:
         try:
-            build_store(two, teacher, sources, spec, batch_size=4, rank=r, world=2, progress=False, poll=0.05,
-                        on_shard=lambda s: written[r].append(s.name))
+            build_store(
+                two,
+                teacher,
+                sources,
+                spec,
+                batch_size=4,
+                rank=r,
+                world=2,
+                progress=False,
+                poll=0.05,
+                on_shard=lambda s: written[r].append(s.name),
+            )
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -192,8 +239,9 @@ def test_two_ranks_build_disjoint_shards_and_the_same_bytes_as_one(tmp_path):
     [t.join(120) for t in threads]
     assert not errors, errors
     assert written[0] and written[1] and not set(written[0]) & set(written[1])
-    assert sorted(written[0] + written[1]) == sorted(f"{s.split}/{s.index:05d}" for s in plan_shards(
-        {k: len(v.dataset) for k, v in sources.items()}, 6))
+    assert sorted(written[0] + written[1]) == sorted(
+        f"{s.split}/{s.index:05d}" for s in plan_shards({k: len(v.dataset) for k, v in sources.items()}, 6)
+    )
     assert store_files(two.path) == store_files(one.path)
 
 
@@ -207,8 +255,15 @@ def test_two_concurrent_builds_of_one_key_leave_one_valid_store(tmp_path):
 
     def builder(i: int) -> None:
         try:
-            build_store(TeacherStore(shared.path, key), teacher, sources, spec, batch_size=4, progress=False,
-                        on_shard=lambda s: built[i].append(s.name))
+            build_store(
+                TeacherStore(shared.path, key),
+                teacher,
+                sources,
+                spec,
+                batch_size=4,
+                progress=False,
+                on_shard=lambda s: built[i].append(s.name),
+            )
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -232,25 +287,38 @@ def test_cached_topk_batches_line_up_with_real_tokens_and_losses_stay_within_tol
         batch = align_labels(batch, "causal_lm")
         with torch.no_grad():
             t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            s_out = ModelOutputs(logits=student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1])
+            s_out = ModelOutputs(
+                logits=student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            )
         mask = batch["token_mask"]
         # alignment: at every real token the cached top-1 is the teacher's argmax there
         assert torch.equal(batch["teacher_topk_ids"][..., 0][mask], t_logits.argmax(-1)[mask])
         assert bool((batch["teacher_topk_ids"][~mask] == -1).all())
         full = loss(s_out, ModelOutputs(logits=t_logits), batch)
-        sparse = loss(s_out, ModelOutputs(topk=TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"],
-                                                    batch["teacher_topk_log_tail"])), batch)
+        sparse = loss(
+            s_out,
+            ModelOutputs(
+                topk=TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"])
+            ),
+            batch,
+        )
         assert float(sparse) <= float(full) + 2e-3  # float16 storage rounding aside, a lower bound
         full_total += float(full)
         sparse_total += float(sparse)
     assert abs(full_total - sparse_total) / full_total < 0.03
     # the module trains from the cache (teacher stand-in, no weights) with a finite loss and gradients
-    module = DistillationModule(student.train(), CachedTeacher(manifest), {"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)},
-                                task="causal_lm")
+    module = DistillationModule(
+        student.train(),
+        CachedTeacher(manifest),
+        {"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)},
+        task="causal_lm",
+    )
     batch = align_labels(cached_batches(store, sources, "train", "causal_lm")[0], "causal_lm")
     total, terms, _ = module.loss_terms(batch)
     total.backward()
-    assert torch.isfinite(total) and all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    assert torch.isfinite(total) and all(
+        torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None
+    )
 
 
 def test_key_mismatch_is_refused_naming_the_field(tmp_path):
@@ -258,7 +326,9 @@ def test_key_mismatch_is_refused_naming_the_field(tmp_path):
     store = TeacherStore(tmp_path / "s", key)
     store.claim("w0")
     other = dict(key, max_length=32, splits={"train": "y"})
-    with pytest.raises(CacheKeyMismatch, match=r"field 'max_length' differs \(store: 24, this run: 32\); also differ: 'splits.train'"):
+    with pytest.raises(
+        CacheKeyMismatch, match=r"field 'max_length' differs \(store: 24, this run: 32\); also differ: 'splits.train'"
+    ):
         TeacherStore(tmp_path / "s", other).check_key()
     with pytest.raises(CacheKeyMismatch, match="field 'teacher.revision' differs"):
         TeacherStore(tmp_path / "s", dict(key, teacher={"name": "t", "revision": "b"})).check_key()
@@ -286,7 +356,9 @@ def test_corrupted_shard_is_named_and_a_build_repairs_it(tmp_path):
 
 def mapped_files() -> set[str]:
     """Files this process has memory-mapped (Linux /proc/self/maps)."""
-    return {line.split(maxsplit=5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split()) == 6}
+    return {
+        line.split(maxsplit=5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split()) == 6
+    }
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
@@ -377,7 +449,9 @@ def test_cached_classification_losses_equal_the_online_ones(tmp_path, cls_data):
     for dtype, atol in (("float16", 1e-3), ("float32", 1e-5)):
         spec = StoreSpec(task="classification", outputs="logits", dtype=dtype, shard_size=16)
         store = TeacherStore(tmp_path / dtype, {"test": "cls", "dtype": dtype})
-        build_store(store, teacher, split_sources(cls_data, ["train", "validation"]), spec, batch_size=8, progress=False)
+        build_store(
+            store, teacher, split_sources(cls_data, ["train", "validation"]), spec, batch_size=8, progress=False
+        )
         cached_dm = CachedTeacherDataModule(cls_data, store, "classification")
         cached = DistillationModule(student, CachedTeacher(store.manifest()), losses)
         n = 0
@@ -387,7 +461,9 @@ def test_cached_classification_losses_equal_the_online_ones(tmp_path, cls_data):
                 a, a_terms, _ = online.loss_terms(align_labels(plain, "classification"))
                 b, b_terms, _ = cached.loss_terms(align_labels(from_cache, "classification"))
                 t_logits = teacher(**{k: plain[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
-            torch.testing.assert_close(from_cache["teacher_logits"], t_logits, atol=atol * 10, rtol=0)  # joined per example
+            torch.testing.assert_close(
+                from_cache["teacher_logits"], t_logits, atol=atol * 10, rtol=0
+            )  # joined per example
             torch.testing.assert_close(b, a, atol=atol, rtol=0)
             torch.testing.assert_close(b_terms["kd"], a_terms["kd"], atol=atol, rtol=0)
             n += 1
@@ -414,8 +490,10 @@ def test_indexed_dataset_reads_a_batch_in_one_call_like_the_plain_loader(cls_dat
 
     rows = IndexedDataset(Counting()).__getitems__([5, 2, 7])
     assert calls == [[5, 2, 7]] and [i for i, _ in rows] == [5, 2, 7]
-    for (i, row), plain in zip(rows, dataset.__getitems__([5, 2, 7])):
-        assert row.keys() == plain.keys() and all(torch.equal(torch.as_tensor(row[k]), torch.as_tensor(plain[k])) for k in row)
+    for (_, row), plain in zip(rows, dataset.__getitems__([5, 2, 7])):
+        assert row.keys() == plain.keys() and all(
+            torch.equal(torch.as_tensor(row[k]), torch.as_tensor(plain[k])) for k in row
+        )
     assert IndexedDataset([10, 11, 12]).__getitems__([2, 0]) == [(2, 12), (0, 10)]  # no __getitems__: row by row
 
 
@@ -437,19 +515,23 @@ def test_use_refuses_a_student_built_from_the_teacher_and_a_missing_store_names_
     with pytest.raises(CacheMissingError, match=r"differs: field 'max_length' differs \(store: 32, this run: 24\)"):
         teacher_cache(cfg, {"kd": SoftTargetKL()}, cls_data)
     with pytest.raises(ValueError, match="needs the teacher's full logits"):
-        teacher_cache(compose_train(["experiment=tiny_causal", "cache=use", "student=tiny_bert", "loss=chunked_forward_kl"]),
-                      {"kd": ChunkedDivergence()}, cls_data)
+        teacher_cache(
+            compose_train(["experiment=tiny_causal", "cache=use", "student=tiny_bert", "loss=chunked_forward_kl"]),
+            {"kd": ChunkedDivergence()},
+            cls_data,
+        )
 
 
 RECORDING_CLI = """
 import json, os, sys
-import litdistill.models as models
+import litdistill.models.loading as models
 log = os.environ["MODEL_LOG"]
 def record(fn):
     def wrapped(*args, **kwargs):
         with open(log, "a") as f:
             config = kwargs.get("config") or {}
-            f.write(json.dumps({"fn": fn.__name__, "hidden_size": config.get("hidden_size"), "name": kwargs.get("name_or_path")}) + "\\n")
+            record = {"fn": fn.__name__, "hidden_size": config.get("hidden_size"), "name": kwargs.get("name_or_path")}
+            f.write(json.dumps(record) + "\\n")
         return fn(*args, **kwargs)
     return wrapped
 models.from_config = record(models.from_config)
@@ -464,13 +546,25 @@ def recording_cli(tmp_path: Path, common: list[str]):
     ``tmp_path/models.jsonl``: the teacher is the only 64-wide model of experiment=tiny."""
     script = tmp_path / "cli.py"
     script.write_text(RECORDING_CLI)
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "MODEL_LOG": str(tmp_path / "models.jsonl")}
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "MODEL_LOG": str(tmp_path / "models.jsonl"),
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         (tmp_path / "models.jsonl").unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, str(script), *common, *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(script), *common, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc
 
@@ -483,8 +577,9 @@ def built_widths(tmp_path: Path) -> list[int]:
 
 
 def test_cli_build_then_use_never_loads_the_teacher(tmp_path):
-    cli = recording_cli(tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
-                                   "cache.shard_size=64"])
+    cli = recording_cli(
+        tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false", "cache.shard_size=64"]
+    )
     build = cli("cache=build")
     assert "bytes/example" in build.stdout + build.stderr
     assert "teacher cache" in build.stderr  # the tqdm bar while the teacher runs over the data
@@ -500,12 +595,25 @@ def test_cli_build_then_use_never_loads_the_teacher(tmp_path):
 
 
 def test_cli_auto_builds_once_reuses_across_student_settings_and_rebuilds_for_new_teacher_outputs(tmp_path):
-    cli = recording_cli(tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
-                                   "cache=auto", "student=tiny_bert", "cache.shard_size=64", "trainer.limit_train_batches=2"])
+    cli = recording_cli(
+        tmp_path,
+        [
+            "experiment=tiny",
+            "debug=fast",
+            "baseline=false",
+            "report.plots=false",
+            "cache=auto",
+            "student=tiny_bert",
+            "cache.shard_size=64",
+            "trainer.limit_train_batches=2",
+        ],
+    )
     root = tmp_path / "cache" / "teacher_outputs"
 
     def store_read(proc: subprocess.CompletedProcess) -> str:
-        line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "cache=auto: reading teacher outputs from" in x)
+        line = next(
+            x for x in (proc.stdout + proc.stderr).splitlines() if "cache=auto: reading teacher outputs from" in x
+        )
         return line.split("reading teacher outputs from ")[1].split(" (")[0]
 
     first = cli()

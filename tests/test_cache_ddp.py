@@ -33,8 +33,16 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_SIZE = 16  # drug_events_tiny: 128 train examples (8 shards), 32 validation (2 shards)
-COMMON = ["experiment=tiny", "debug=fast", "teacher_finetune=null", "baseline=false", "report.plots=false",
-          "+trainer.enable_progress_bar=false", f"cache.shard_size={SHARD_SIZE}", "cache.progress=false"]
+COMMON = [
+    "experiment=tiny",
+    "debug=fast",
+    "teacher_finetune=null",
+    "baseline=false",
+    "report.plots=false",
+    "+trainer.enable_progress_bar=false",
+    f"cache.shard_size={SHARD_SIZE}",
+    "cache.progress=false",
+]
 
 EVENT_CLI = """
 import json, os, sys
@@ -95,19 +103,33 @@ def free_port() -> int:
 def base_env(**extra: str) -> dict[str, str]:
     """Offline, one thread per process (2 ranks on 2 cores, and the same kernels in every build); never a
     launcher's child."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "MASTER_ADDR")}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false", **extra}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "MASTER_ADDR")
+    }
+    return {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": python_path(),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
 
 
 def sha256s(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def shard_names() -> list[str]:
-    return [f"train/{i:05d}" for i in range(128 // SHARD_SIZE)] + [f"validation/{i:05d}" for i in range(32 // SHARD_SIZE)]
+    return [f"train/{i:05d}" for i in range(128 // SHARD_SIZE)] + [
+        f"validation/{i:05d}" for i in range(32 // SHARD_SIZE)
+    ]
 
 
 # ---- the CLI: build with 2 processes, then train from the store with 2 processes -----------------------------
@@ -119,10 +141,20 @@ def ddp_cli(tmp_path_factory):
 
     def start(name: str, *args: str, cache: str | None = None) -> subprocess.Popen:
         (tmp / name).mkdir()
-        env = base_env(LITDISTILL_OUTPUTS=str(tmp / name / "outputs"), LITDISTILL_CACHE=str(tmp / (cache or name) / "cache"),
-                       CACHE_EVENTS=str(tmp / f"{name}.jsonl"))
-        return subprocess.Popen([sys.executable, str(script), *COMMON, *args], cwd=tmp / name, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        env = base_env(
+            LITDISTILL_OUTPUTS=str(tmp / name / "outputs"),
+            LITDISTILL_CACHE=str(tmp / (cache or name) / "cache"),
+            CACHE_EVENTS=str(tmp / f"{name}.jsonl"),
+        )
+        return subprocess.Popen(
+            [sys.executable, str(script), *COMMON, *args],
+            cwd=tmp / name,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def finish(name: str, proc: subprocess.Popen) -> list[dict]:
         try:  # the pipes close when rank 1 (which inherits them) is done too
@@ -226,15 +258,20 @@ dist.destroy_process_group()
 
 
 def test_a_rank_killed_mid_build_leaves_whole_shards_and_a_rerun_completes(tmp_path):
-    from litdistill.cache import TeacherStore, build_store
     from tests.test_cache import causal_store_inputs, store_files
+
+    from litdistill.cache import TeacherStore, build_store
 
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
     path = tmp_path / "store"
     env = partial(base_env, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    rank0, rank1 = (subprocess.Popen([sys.executable, str(script), str(path), "crash"], stdout=subprocess.PIPE, text=True,
-                                     env=env(RANK=str(r))) for r in (0, 1))
+    rank0, rank1 = (
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), "crash"], stdout=subprocess.PIPE, text=True, env=env(RANK=str(r))
+        )
+        for r in (0, 1)
+    )
     try:
         assert rank1.wait(120) == -signal.SIGKILL
         time.sleep(0.5)
@@ -258,8 +295,15 @@ def test_a_rank_killed_mid_build_leaves_whole_shards_and_a_rerun_completes(tmp_p
     try:
         teacher, sources, spec, key = causal_store_inputs(k=16, shard_size=2)
         rebuilt: list[str] = []  # the rerun here, as one process: shards do not depend on who builds them
-        build_store(TeacherStore(path, key), teacher, sources, spec, batch_size=2, progress=False,
-                    on_shard=lambda s: rebuilt.append(s.name))
+        build_store(
+            TeacherStore(path, key),
+            teacher,
+            sources,
+            spec,
+            batch_size=2,
+            progress=False,
+            on_shard=lambda s: rebuilt.append(s.name),
+        )
         build_store(TeacherStore(tmp_path / "one", key), teacher, sources, spec, batch_size=2, progress=False)
     finally:
         torch.set_num_threads(threads)

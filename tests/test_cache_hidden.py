@@ -16,6 +16,13 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from tests.test_cache import (
+    built_widths,
+    causal_examples,
+    cls_data,  # noqa: F401  (a fixture: tests take it by name)
+    recording_cli,
+    store_files,
+)
 from torch.utils.data import DataLoader
 
 from litdistill.cache import (
@@ -32,32 +39,63 @@ from litdistill.cache import (
     split_sources,
 )
 from litdistill.cache.run import teacher_cache
+from litdistill.core.outputs import ModelOutputs
 from litdistill.data.sft import collate as sft_collate
 from litdistill.losses import FeatureLoss, ForwardKL, HiddenStateLoss, SoftTargetKL
-from litdistill.models import from_config
-from litdistill.module import DistillationModule
-from litdistill.outputs import ModelOutputs
-from litdistill.train import build_losses
-from tests.test_cache import built_widths, causal_examples, cls_data, recording_cli, store_files  # noqa: F401 (cls_data: fixture)
+from litdistill.models.loading import from_config
+from litdistill.pipeline.train import build_losses
+from litdistill.training.module import DistillationModule
 
 RTOL, ATOL = 1e-3, 1e-5  # float16 hidden states (and logits) against the online float32 teacher
 
 
 def bert(layers: int, hidden: int, seed: int):
-    return from_config({"model_type": "bert", "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": layers,
-                        "num_attention_heads": 2, "intermediate_size": 2 * hidden, "max_position_embeddings": 64,
-                        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}, num_labels=2, seed=seed)
+    return from_config(
+        {
+            "model_type": "bert",
+            "vocab_size": 30522,
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "intermediate_size": 2 * hidden,
+            "max_position_embeddings": 64,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+        num_labels=2,
+        seed=seed,
+    )
 
 
 def llama(layers: int, seed: int):
-    return from_config({"model_type": "llama", "vocab_size": 512, "hidden_size": 48, "num_hidden_layers": layers,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 96,
-                        "max_position_embeddings": 64, "pad_token_id": 0}, task="causal_lm", seed=seed)
+    return from_config(
+        {
+            "model_type": "llama",
+            "vocab_size": 512,
+            "hidden_size": 48,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 96,
+            "max_position_embeddings": 64,
+            "pad_token_id": 0,
+        },
+        task="causal_lm",
+        seed=seed,
+    )
 
 
 def stored_layers(losses: dict, student_layers: int, teacher_layers: int) -> tuple[int, ...]:
-    return tuple(sorted({t for loss in losses.values() if isinstance(loss, HiddenStateLoss)
-                         for t in loss.teacher_layers(student_layers, teacher_layers)}))
+    return tuple(
+        sorted(
+            {
+                t
+                for loss in losses.values()
+                if isinstance(loss, HiddenStateLoss)
+                for t in loss.teacher_layers(student_layers, teacher_layers)
+            }
+        )
+    )
 
 
 def fit_terms(module: DistillationModule, steps: int, **data) -> list[dict[str, float]]:
@@ -71,15 +109,27 @@ def fit_terms(module: DistillationModule, steps: int, **data) -> list[dict[str, 
         return total, terms, out
 
     module.loss_terms = recording
-    L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0).fit(module, **data)
+    L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    ).fit(module, **data)
     return seen
 
 
-def online_and_cached(student, teacher, losses: dict, manifest: dict, task: str) -> tuple[DistillationModule, DistillationModule]:
+def online_and_cached(
+    student, teacher, losses: dict, manifest: dict, task: str
+) -> tuple[DistillationModule, DistillationModule]:
     """Two modules starting from the same student and projections: one runs the teacher, one reads the store."""
     online = DistillationModule(student, teacher, losses, task=task)  # setup creates the projections
-    cached = DistillationModule(copy.deepcopy(student), CachedTeacher(manifest), copy.deepcopy(losses), task=task)  # kept
+    cached = DistillationModule(
+        copy.deepcopy(student), CachedTeacher(manifest), copy.deepcopy(losses), task=task
+    )  # kept
     return online, cached
 
 
@@ -95,14 +145,18 @@ def assert_same_terms(cached: list[dict[str, float]], online: list[dict[str, flo
 def test_fit_from_hidden_state_cache_equals_online_classification_with_projection(tmp_path, cls_data):
     """4-layer BERT (hidden 64) -> 2-layer student of hidden 32: learned projections, logits alongside."""
     teacher, student = bert(4, 64, seed=0).eval(), bert(2, 32, seed=1)
-    losses = {"kd": SoftTargetKL(temperature=2.0, weight=0.5),
-              "hidden": HiddenStateLoss(layer_map="uniform", metric="mse"),  # teacher layers 2, 4
-              "cos": HiddenStateLoss(layer_map="last", metric="cosine", include_embeddings=True, weight=0.5)}  # 0, 4
+    losses = {
+        "kd": SoftTargetKL(temperature=2.0, weight=0.5),
+        "hidden": HiddenStateLoss(layer_map="uniform", metric="mse"),  # teacher layers 2, 4
+        "cos": HiddenStateLoss(layer_map="last", metric="cosine", include_embeddings=True, weight=0.5),
+    }  # 0, 4
     layers = stored_layers(losses, 2, 4)
     assert layers == (0, 2, 4)
     spec = StoreSpec(task="classification", outputs="logits", shard_size=16, hidden_layers=layers)
     store = TeacherStore(tmp_path / "s", {"test": "cls-hidden"})
-    manifest = build_store(store, teacher, split_sources(cls_data, ["train", "validation"]), spec, batch_size=8, progress=False)
+    manifest = build_store(
+        store, teacher, split_sources(cls_data, ["train", "validation"]), spec, batch_size=8, progress=False
+    )
     assert (manifest["hidden_layers"], manifest["hidden_size"], manifest["teacher_layers"]) == ([0, 2, 4], 64, 4)
     assert manifest["hidden_bytes_per_token"] == 2 * 64 * 3
     # bytes per example include the hidden states: 2 * 64 * 3 bytes for each of its real tokens
@@ -124,7 +178,9 @@ def test_fit_from_hidden_state_cache_equals_online_causal_lm_with_topk(tmp_path)
     examples, collate = causal_examples(24), partial(sft_collate, pad_id=0)
     spec = StoreSpec(task="causal_lm", outputs="topk", k=512, shard_size=8, hidden_layers=stored_layers(losses, 2, 4))
     store = TeacherStore(tmp_path / "s", {"test": "causal-hidden"})
-    manifest = build_store(store, teacher, {"train": SplitSource(examples, collate)}, spec, batch_size=4, progress=False)
+    manifest = build_store(
+        store, teacher, {"train": SplitSource(examples, collate)}, spec, batch_size=4, progress=False
+    )
     assert manifest["hidden_layers"] == [1, 3]
 
     cached_collate = CachedCollate(collate, store.reader("train"), "causal_lm")
@@ -183,7 +239,9 @@ def test_a_store_without_the_needed_hidden_states_is_never_used(compose_train, c
     last.build(instantiate(cfg.teacher))
     with pytest.raises(CacheKeyMismatch, match=r"field 'hidden_layers' differs \(store: \[4\], this run: \[2,4\]\)"):
         run("cache=use", f"cache.dir={last.store.path}")
-    with pytest.raises(CacheMissingError, match=r"differs: field 'hidden_layers' differs \(store: \[4\], this run: \[2,4\]\)"):
+    with pytest.raises(
+        CacheMissingError, match=r"differs: field 'hidden_layers' differs \(store: \[4\], this run: \[2,4\]\)"
+    ):
         run("cache=use")
     uniform, _ = run("cache=auto")  # auto: another store, built on first use
     assert uniform.needs_teacher and uniform.store.path != last.store.path and uniform.key["hidden_layers"] == [2, 4]
@@ -197,30 +255,46 @@ def test_refused_attention_features_unstored_layers_and_a_student_cut_from_the_t
         return teacher_cache(cfg, losses or build_losses(cfg.loss), cls_data)
 
     not_stored = "which a teacher cache does not store"
-    with pytest.raises(ValueError, match=rf"'attention' \(AttentionLoss\) needs the teacher's attention maps, {not_stored}"):
+    with pytest.raises(
+        ValueError, match=rf"'attention' \(AttentionLoss\) needs the teacher's attention maps, {not_stored}"
+    ):
         cache_run("loss=attention_kl")
-    with pytest.raises(ValueError, match=rf"'f' \(FeatureLoss\) needs the teacher's outputs of \['bert.pooler'\], {not_stored}"):
+    with pytest.raises(
+        ValueError, match=rf"'f' \(FeatureLoss\) needs the teacher's outputs of \['bert.pooler'\], {not_stored}"
+    ):
         cache_run(losses={"f": FeatureLoss("bert.pooler", "bert.pooler")})
-    with pytest.raises(ValueError, match=r"'hidden' \(HiddenStateLoss\) reads the teacher's hidden states of layers "
-                                         r"\[2, 4\], but the teacher cache stores \[2\] \(cache.hidden_states=\[2\]\): "
-                                         r"layers \[4\] are missing"):
+    with pytest.raises(
+        ValueError,
+        match=r"'hidden' \(HiddenStateLoss\) reads the teacher's hidden states of layers "
+        r"\[2, 4\], but the teacher cache stores \[2\] \(cache.hidden_states=\[2\]\): "
+        r"layers \[4\] are missing",
+    ):
         cache_run("loss=hidden_mse", "cache.hidden_states=[2]")
-    with pytest.raises(ValueError, match=r"layers \[2, 4\], but the teacher cache stores none \(cache.hidden_states=False\)"):
+    with pytest.raises(
+        ValueError, match=r"layers \[2, 4\], but the teacher cache stores none \(cache.hidden_states=False\)"
+    ):
         cache_run("loss=hidden_mse", "cache.hidden_states=false")
     for bad in ("some", "[-1]", "[]"):  # not auto/all/false, a negative layer, an empty list
-        with pytest.raises(ValueError, match=r"cache.hidden_states must be auto \(the layers the hidden-state losses map "
-                                             r"to\), all, false or a non-empty list of teacher layers \(0 = embeddings\), got"):
+        with pytest.raises(
+            ValueError,
+            match=r"cache.hidden_states must be auto \(the layers the hidden-state losses map "
+            r"to\), all, false or a non-empty list of teacher layers \(0 = embeddings\), got",
+        ):
             cache_run("loss=hidden_mse", f"cache.hidden_states={bad}")
     with pytest.raises(ValueError, match=r"cache.hidden_states=\[9\]: the teacher has layers 0..4 \(0 = embeddings\)"):
         cache_run("loss=hidden_mse", "cache.hidden_states=[9]")
     with pytest.raises(ValueError, match="depend on the student it trains: configure that student"):
-        cfg = compose_train(["experiment=tiny", "teacher_finetune=null", "cache=build", "loss=hidden_mse"])  # from_teacher
+        cfg = compose_train(
+            ["experiment=tiny", "teacher_finetune=null", "cache=build", "loss=hidden_mse"]
+        )  # from_teacher
         teacher_cache(cfg, build_losses(cfg.loss), cls_data)
 
     # the Python API: a stand-in teacher refuses layers it does not hold, at setup and when read
     manifest = {"splits": {"train": {}}, "hidden_layers": [2, 4], "teacher_layers": 4, "hidden_size": 64}
     student = bert(2, 32, seed=1)
-    with pytest.raises(ValueError, match=r"reads teacher layers \[3\], but the teacher's outputs come from .* layers \[2, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"reads teacher layers \[3\], but the teacher's outputs come from .* layers \[2, 4\]"
+    ):
         HiddenStateLoss(layer_map=[[1, 3], [2, 4]]).setup(student, CachedTeacher(manifest))
     with pytest.raises(ValueError, match="which stores none"):
         HiddenStateLoss().setup(student, CachedTeacher({"splits": {"train": {}}}))
@@ -229,20 +303,37 @@ def test_refused_attention_features_unstored_layers_and_a_student_cut_from_the_t
     loss.pairs = [(1, 3)]
     states = (torch.zeros(1, 3, 64),) * 3
     with pytest.raises(ValueError, match=r"teacher's outputs hold layers \[2, 4\] only \(a teacher cache"):
-        loss(ModelOutputs(hidden_states=states), ModelOutputs(hidden_states=(None, None, states[0], None, states[0])), {})
+        loss(
+            ModelOutputs(hidden_states=states), ModelOutputs(hidden_states=(None, None, states[0], None, states[0])), {}
+        )
 
 
 # ---- the real CLI ---------------------------------------------------------------------------------------------
 def test_cli_auto_builds_hidden_states_then_use_trains_without_the_teacher(tmp_path):
-    cli = recording_cli(tmp_path, ["experiment=tiny", "debug=fast", "baseline=false", "report.plots=false",
-                                   "cache.shard_size=64", "student=tiny_bert", "loss=distilbert", "teacher_finetune=null",
-                                   "trainer.limit_train_batches=2"])
+    cli = recording_cli(
+        tmp_path,
+        [
+            "experiment=tiny",
+            "debug=fast",
+            "baseline=false",
+            "report.plots=false",
+            "cache.shard_size=64",
+            "student=tiny_bert",
+            "loss=distilbert",
+            "teacher_finetune=null",
+            "trainer.limit_train_batches=2",
+        ],
+    )
     first = cli("cache=auto")
     assert "the teacher was loaded only to build it" in first.stdout + first.stderr
     assert 64 in built_widths(tmp_path)
     (store,) = (tmp_path / "cache" / "teacher_outputs").iterdir()
     manifest = json.loads((store / "manifest.json").read_text())
-    assert (manifest["hidden_layers"], manifest["hidden_size"], manifest["key"]["hidden_layers"]) == ([2, 4], 64, [2, 4])
+    assert (manifest["hidden_layers"], manifest["hidden_size"], manifest["key"]["hidden_layers"]) == (
+        [2, 4],
+        64,
+        [2, 4],
+    )
     assert "hidden states of teacher layers [2, 4]: 256 bytes/token" in first.stdout + first.stderr
 
     second = cli("cache=use")

@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses import (
     LOSSES,
     ChunkedDivergence,
@@ -23,7 +24,6 @@ from litdistill.losses import (
     lm_head_of,
 )
 from litdistill.losses.chunked import chunked_divergence_sum, fused_linear_divergence_sum
-from litdistill.outputs import ModelOutputs
 
 REPO = Path(__file__).resolve().parents[1]
 DIVERGENCES = {
@@ -60,7 +60,9 @@ def _grads(value, params):
 
 def _plain(name, kw, hidden, weight, bias, teacher, batch, ce_weight=0.0, temperature=2.0):
     logits = torch.nn.functional.linear(hidden, weight, bias)[:, :-1]
-    loss = build_loss(name, temperature=temperature, **kw)(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), batch)
+    loss = build_loss(name, temperature=temperature, **kw)(
+        ModelOutputs(logits=logits), ModelOutputs(logits=teacher), batch
+    )
     if ce_weight:
         loss = loss + ce_weight * HardCE()(ModelOutputs(logits=logits), None, batch)
     return loss
@@ -91,7 +93,9 @@ def test_chunked_logit_gradient_matches_and_is_zero_at_masked_positions():
     logits = torch.nn.functional.linear(hidden, weight, bias)[:, :-1].contiguous()
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     plain = GeneralizedJSD(beta=0.7)(ModelOutputs(logits=a), ModelOutputs(logits=teacher), batch)
-    chunked = ChunkedDivergence(GeneralizedJSD(beta=0.7), chunk_size=3)(ModelOutputs(logits=b), ModelOutputs(logits=teacher), batch)
+    chunked = ChunkedDivergence(GeneralizedJSD(beta=0.7), chunk_size=3)(
+        ModelOutputs(logits=b), ModelOutputs(logits=teacher), batch
+    )
     plain.backward()
     chunked.backward()
     mask = batch["token_mask"]
@@ -103,7 +107,9 @@ def test_chunked_logit_gradient_matches_and_is_zero_at_masked_positions():
     t2 = teacher.clone()
     t2[~mask] = float("inf")
     c.requires_grad_()
-    again = ChunkedDivergence(GeneralizedJSD(beta=0.7), chunk_size=3)(ModelOutputs(logits=c), ModelOutputs(logits=t2), batch)
+    again = ChunkedDivergence(GeneralizedJSD(beta=0.7), chunk_size=3)(
+        ModelOutputs(logits=c), ModelOutputs(logits=t2), batch
+    )
     again.backward()
     assert again.item() == chunked.item() and torch.equal(c.grad, b.grad)
 
@@ -205,8 +211,15 @@ def test_fused_masked_positions_change_nothing_and_get_zero_gradient():
 
 def test_fused_on_a_tiny_hugging_face_model_matches_plain_through_the_model():
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    config = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     ids = torch.randint(0, 32, (2, 7))
@@ -221,7 +234,7 @@ def test_fused_on_a_tiny_hugging_face_model_matches_plain_through_the_model():
     out = model(input_ids=ids, output_hidden_states=True)
     plain = ForwardKL()(ModelOutputs(logits=out.logits[:, :-1]), teacher, batch)
     g_plain = torch.autograd.grad(plain, list(model.parameters()))
-    from litdistill.forward import run_model
+    from litdistill.core.forward import run_model
 
     student = run_model(model, {"input_ids": ids}, FusedLinearKD.needs, "causal_lm")  # the module's own forward
     assert student.logits is None and student.hidden_states is None
@@ -252,8 +265,12 @@ def test_gradcheck_float64_chunked_and_fused():
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda h_, w_, b_: fused_linear_divergence_sum(h_, w_, b_, mask, div, teacher_logits=t, chunk_size=2, labels=labels, ce_weight=0.3),
-        (h, w, b), atol=1e-5, fast_mode=True,
+        lambda h_, w_, b_: fused_linear_divergence_sum(
+            h_, w_, b_, mask, div, teacher_logits=t, chunk_size=2, labels=labels, ce_weight=0.3
+        ),
+        (h, w, b),
+        atol=1e-5,
+        fast_mode=True,
     )
 
 
@@ -284,12 +301,14 @@ def test_a_divergence_without_a_closed_form_is_differentiated_with_autograd_in_b
     logits = torch.nn.functional.linear(h, w, b)[:, :-1]
     mask = batch["token_mask"]
     reference = div.per_token(logits[mask], teacher[mask]).sum() + 0.4 * torch.nn.functional.cross_entropy(
-        logits[mask], batch["labels"][mask], reduction="sum")
+        logits[mask], batch["labels"][mask], reduction="sum"
+    )
     expected = _grads(reference, [h, w, b])
     logits = torch.nn.functional.linear(h, w, b)[:, :-1]
     chunked = chunked_divergence_sum(logits, teacher, mask, div, chunk_size=4, labels=batch["labels"], ce_weight=0.4)
-    fused = fused_linear_divergence_sum(h[:, :-1], w, b, mask, div, teacher_logits=teacher, chunk_size=4,
-                                        labels=batch["labels"], ce_weight=0.4)
+    fused = fused_linear_divergence_sum(
+        h[:, :-1], w, b, mask, div, teacher_logits=teacher, chunk_size=4, labels=batch["labels"], ce_weight=0.4
+    )
     for value in (chunked, fused):
         assert torch.allclose(value, reference, atol=1e-5)
         for a, e in zip(_grads(value, [h, w, b]), expected):
@@ -306,7 +325,9 @@ def test_second_backward_with_retain_graph_recomputes_the_same_gradient():
     (2 * loss).backward()
     assert torch.allclose(first, s.grad)
     h, w = _leaves(hidden, weight)
-    fused = FusedLinearKD(chunk_size=3)(ModelOutputs(features={"lm_head_input": h, "lm_head_weight": w}), ModelOutputs(logits=teacher), batch)
+    fused = FusedLinearKD(chunk_size=3)(
+        ModelOutputs(features={"lm_head_input": h, "lm_head_weight": w}), ModelOutputs(logits=teacher), batch
+    )
     fused.backward(retain_graph=True)
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
@@ -334,9 +355,15 @@ def test_step_token_count_is_honoured_like_the_plain_loss():
     chunked = ChunkedDivergence(chunk_size=3)(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), step)
     fused = FusedLinearKD(chunk_size=3)(
         ModelOutputs(features={"lm_head_input": hidden, "lm_head_weight": weight, "lm_head_bias": bias}),
-        ModelOutputs(logits=teacher), step,
+        ModelOutputs(logits=teacher),
+        step,
     )
-    by_hand = ForwardKL()(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), batch) * batch["token_mask"].sum() * 2 / 40
+    by_hand = (
+        ForwardKL()(ModelOutputs(logits=logits), ModelOutputs(logits=teacher), batch)
+        * batch["token_mask"].sum()
+        * 2
+        / 40
+    )
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
     assert plain.item() == pytest.approx(by_hand.item(), rel=1e-6)
@@ -346,7 +373,9 @@ def test_chunked_works_on_classification_logits():
     torch.manual_seed(11)
     s, t = torch.randn(5, 4), torch.randn(5, 4)
     plain = ForwardKL(temperature=3.0)(ModelOutputs(logits=s), ModelOutputs(logits=t), {})
-    chunked = ChunkedDivergence("forward_kl", chunk_size=2, temperature=3.0)(ModelOutputs(logits=s), ModelOutputs(logits=t), {})
+    chunked = ChunkedDivergence("forward_kl", chunk_size=2, temperature=3.0)(
+        ModelOutputs(logits=s), ModelOutputs(logits=t), {}
+    )
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
@@ -357,7 +386,11 @@ def test_chunked_works_on_classification_logits():
         (lambda: ChunkedDivergence(chunk_size=0), ValueError, r"chunk_size.*got 0"),
         (lambda: FusedLinearKD(chunk_size=2.5), ValueError, r"chunk_size.*got 2\.5"),
         (lambda: ChunkedDivergence("soft_kl"), ValueError, r"divergence must be one of .*got 'soft_kl'"),
-        (lambda: ChunkedDivergence(ForwardKL(), temperature=2.0), ValueError, r"pass divergence parameters \['temperature'\]"),
+        (
+            lambda: ChunkedDivergence(ForwardKL(), temperature=2.0),
+            ValueError,
+            r"pass divergence parameters \['temperature'\]",
+        ),
         (lambda: ChunkedDivergence("jsd", beta=2.0), ValueError, r"beta must be in \[0, 1\], got 2\.0"),
         (lambda: FusedLinearKD(ce_weight=-1), ValueError, r"ce_weight.*got -1"),
     ],
@@ -396,11 +429,35 @@ def test_bench_script_runs_at_tiny_size(tmp_path):
         sys.path.remove(str(REPO))
 
     def in_process(variant, cfg, args):
-        return loss_memory.measure(variant, cfg["tokens"], cfg["vocab"], cfg["hidden"], 1, cfg["chunk_size"], cfg["fused_chunk_size"], fix_malloc=False)
+        return loss_memory.measure(
+            variant,
+            cfg["tokens"],
+            cfg["vocab"],
+            cfg["hidden"],
+            1,
+            cfg["chunk_size"],
+            cfg["fused_chunk_size"],
+            fix_malloc=False,
+        )
 
     out = tmp_path / "bench.json"
-    argv = ["--quick", "--reps", "2", "--tokens", "16", "--vocab", "64", "--hidden", "8", "--chunk-size", "4",
-            "--fused-chunk-size", "4", "--out", str(out)]
+    argv = [
+        "--quick",
+        "--reps",
+        "2",
+        "--tokens",
+        "16",
+        "--vocab",
+        "64",
+        "--hidden",
+        "8",
+        "--chunk-size",
+        "4",
+        "--fused-chunk-size",
+        "4",
+        "--out",
+        str(out),
+    ]
     result = loss_memory.main(argv, runner=in_process)
     saved = json.loads(out.read_text())
     assert set(saved["summary"]) == set(loss_memory.VARIANTS) == set(result["summary"])
@@ -415,9 +472,17 @@ def _tiny_causal_pair():
 
     def llama(layers: int, seed: int):
         torch.manual_seed(seed)
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=32)).eval()
+        return transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=97,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                max_position_embeddings=32,
+            )
+        ).eval()
 
     return llama(2, 0), llama(1, 1)
 
@@ -434,19 +499,22 @@ def _causal_batch():
 
 def test_fused_kd_through_the_module_matches_forward_kl_plus_ce_without_full_student_logits():
     from litdistill import DistillationModule
-    from litdistill.forward import align_labels
+    from litdistill.core.forward import align_labels
 
     teacher, student = _tiny_causal_pair()
     batch = align_labels(_causal_batch(), "causal_lm")
-    fused = DistillationModule(student, teacher, {"kd": FusedLinearKD("forward_kl", chunk_size=4, ce_weight=1.0, weight=0.5)},
-                               task="causal_lm")
+    fused = DistillationModule(
+        student, teacher, {"kd": FusedLinearKD("forward_kl", chunk_size=4, ce_weight=1.0, weight=0.5)}, task="causal_lm"
+    )
     outputs = fused.student_outputs(batch)
     assert outputs.logits is None and outputs.features["lm_head_weight"] is student.lm_head.weight
     assert fused.teacher_outputs(batch).logits is None  # the teacher side goes through its head chunk by chunk too
     total, _, _ = fused.loss_terms(batch)
     fused_grads = torch.autograd.grad(total, list(student.parameters()))
 
-    plain = DistillationModule(student, teacher, {"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)}, task="causal_lm")
+    plain = DistillationModule(
+        student, teacher, {"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)}, task="causal_lm"
+    )
     reference, _, _ = plain.loss_terms(batch)
     plain_grads = torch.autograd.grad(reference, list(student.parameters()))
     assert torch.allclose(total, reference, atol=1e-5)

@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], tmp_path: Path, module: bool = False, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
     cmd = [sys.executable, "-m", "litdistill", *args] if module else ["litdistill", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -66,7 +71,9 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
 
 def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bars(tmp_path):
     """logger=tensorboard still writes the CSV log the report's loss plot reads; training and export show bars."""
-    proc = run_cli(["experiment=tiny", "debug=fast", "baseline=false", "logger=tensorboard", "export.int8=true"], tmp_path)
+    proc = run_cli(
+        ["experiment=tiny", "debug=fast", "baseline=false", "logger=tensorboard", "export.int8=true"], tmp_path
+    )
     run = only_run_dir(tmp_path)
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run / "loss_curves.png").stat().st_size > 0
@@ -115,8 +122,14 @@ def test_pretrained_student_with_another_vocabulary_fails_before_any_model_loads
     assert "fine-tuning the teacher" not in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("loss", [["loss=distilbert", "loss.cos.layer_map=[[1,9]]"],
-                                  ["loss=[kd_ce,attention_kl]", "loss.attention.layer_map=[[1,9]]"]], ids=["hidden", "attention"])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        ["loss=distilbert", "loss.cos.layer_map=[[1,9]]"],
+        ["loss=[kd_ce,attention_kl]", "loss.attention.layer_map=[[1,9]]"],
+    ],
+    ids=["hidden", "attention"],
+)
 def test_out_of_range_layer_map_fails_before_the_teacher_is_fine_tuned(tmp_path, loss):
     proc = run_cli(["experiment=tiny", *loss], tmp_path, check=False)
     assert proc.returncode != 0
@@ -150,16 +163,42 @@ def test_user_loss_is_one_class_plus_one_yaml(tmp_path):
     (tmp_path / "my_losses.py").write_text(_readme_block("# my_losses.py"))
     (tmp_path / "myconf" / "loss").mkdir(parents=True)
     (tmp_path / "myconf" / "loss" / "argmax.yaml").write_text(_readme_block("# myconf/loss/argmax.yaml"))
-    check = subprocess.run([sys.executable, "-c", "import my_losses; from litdistill.losses import build_loss; "
-                            "print(type(build_loss('argmax_match', weight=0.5)).__name__)"],
-                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import my_losses; from litdistill.losses import build_loss; "
+            "print(type(build_loss('argmax_match', weight=0.5)).__name__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"},
+    )
     assert check.stdout.strip() == "ArgmaxMatch", check.stderr[-2000:]
     env_path = f"{tmp_path}{os.pathsep}{REPO}"
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": env_path}
-    proc = subprocess.run(["litdistill", "experiment=tiny", "debug=fast", "baseline=false", "loss=argmax",
-                           f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": env_path,
+    }
+    proc = subprocess.run(
+        [
+            "litdistill",
+            "experiment=tiny",
+            "debug=fast",
+            "baseline=false",
+            "loss=argmax",
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = next((tmp_path / "outputs").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train/loss/hard_teacher" in header
@@ -170,13 +209,19 @@ def test_runs_from_another_directory_with_the_packaged_configs(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = run_cli(["--cfg", "job", "experiment=tiny"], elsewhere)
-    assert "model_type: bert" in proc.stdout and "_target_: litdistill.layer_subset.student_from_teacher" in proc.stdout
+    assert (
+        "model_type: bert" in proc.stdout
+        and "_target_: litdistill.models.layer_subset.student_from_teacher" in proc.stdout
+    )
 
 
 @pytest.mark.slow
 def test_wheel_ships_the_configs(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     import zipfile
 
     wheel = next(tmp_path.glob("litdistill-*.whl"))
@@ -188,13 +233,19 @@ def test_wheel_ships_the_configs(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    script = (f"import sys; sys.path.insert(0, {str(site)!r}); import litdistill, litdistill.config as c; "
-              f"assert litdistill.__file__.startswith({str(site)!r}), litdistill.__file__; print('CONF', c.config_dir()); "
-              "sys.argv = ['litdistill', 'experiment=tiny', 'debug=fast', 'baseline=false', 'report.speed=false']; "
-              "from litdistill.cli import main; main()")
+    script = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); import litdistill, litdistill.core.conf as c; "
+        f"assert litdistill.__file__.startswith({str(site)!r}), litdistill.__file__; print('CONF', c.config_dir()); "
+        "sys.argv = ['litdistill', 'experiment=tiny', 'debug=fast', 'baseline=false', 'report.speed=false']; "
+        "from litdistill.cli import main; main()"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(LITDISTILL_OUTPUTS=str(tmp_path / "outputs"), LITDISTILL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    env.update(
+        LITDISTILL_OUTPUTS=str(tmp_path / "outputs"), LITDISTILL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"CONF {site / 'litdistill' / 'conf'}" in proc.stdout
     assert next((tmp_path / "outputs").rglob("report.json")).is_file()

@@ -11,12 +11,12 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
+from tests.conftest import tiny_bert
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from litdistill import DistillationModule
-from litdistill.clipping import clip_gradients
-from litdistill.strategies import configure_strategy, validate_scaling
-from tests.conftest import tiny_bert
+from litdistill.training.clipping import clip_gradients
+from litdistill.training.strategies import configure_strategy, validate_scaling
 
 
 def _norm(params) -> float:
@@ -40,9 +40,18 @@ class GradNorms(L.Callback):
 @pytest.mark.parametrize("clip", [None, 1e-3])
 def test_gradient_clip_val_bounds_the_total_gradient_norm(clip, tmp_path, tiny_data):
     norms = GradNorms()
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, gradient_clip_val=clip, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[norms], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        gradient_clip_val=clip,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[norms],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert()), datamodule=tiny_data)
     assert len(norms.before) == len(norms.after) == 3
     assert min(norms.before) > 1e-2  # so clipping at 1e-3 has something to do
@@ -72,11 +81,15 @@ def test_fsdp_config_clips_by_norm_through_the_root_fsdp_unit(gloo_world_of_one,
     module = DistillationModule(student, teacher)
     configure_strategy(SimpleNamespace(strategy=strategy), student, teacher)
     # As FSDPStrategy._setup_model wraps it (no mixed precision on CPU)
-    strategy.model = FSDP(module, sharding_strategy=strategy.sharding_strategy, device_id=torch.device("cpu"),
-                          **strategy.kwargs)
+    strategy.model = FSDP(
+        module, sharding_strategy=strategy.sharding_strategy, device_id=torch.device("cpu"), **strategy.kwargs
+    )
     torch.manual_seed(0)
-    batch = {"input_ids": torch.randint(0, 1000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "input_ids": torch.randint(0, 1000, (4, 12)),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
     strategy.model(**batch).loss.backward()
     assert _norm(student.parameters()) > 1e-2
 
@@ -89,24 +102,33 @@ def test_fsdp_config_clips_by_norm_through_the_root_fsdp_unit(gloo_world_of_one,
     monkeypatch.setattr(FSDP, "clip_grad_norm_", spy)
     # What Lightning's Trainer holds and passes (clip 1e-3 instead of 1.0, to see it act on these gradients).
     # Without the override, Lightning's clip_gradients would reach FSDPPrecision, which raises for "norm".
-    module.trainer = trainer = SimpleNamespace(strategy=strategy, gradient_clip_val=1e-3, gradient_clip_algorithm=None,
-                                               precision_plugin=FSDPPrecision(cfg.trainer.precision))
-    module.configure_gradient_clipping(module.configure_optimizers(), trainer.gradient_clip_val,
-                                       trainer.gradient_clip_algorithm)
+    module.trainer = trainer = SimpleNamespace(
+        strategy=strategy,
+        gradient_clip_val=1e-3,
+        gradient_clip_algorithm=None,
+        precision_plugin=FSDPPrecision(cfg.trainer.precision),
+    )
+    module.configure_gradient_clipping(
+        module.configure_optimizers(), trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+    )
     assert roots == [strategy.model]
     assert _norm(student.parameters()) <= 1e-3 * (1 + 1e-4)
     assert all(p.grad is None for p in teacher.parameters())
 
 
-@pytest.mark.parametrize(("strategy", "clip", "algorithm"), [
-    (FSDPStrategy(), 0.5, "value"),  # elementwise: correct on shards, Lightning's FSDPPrecision does it
-    (FSDPStrategy(), None, None),  # no clipping
-    (FSDPStrategy(), 0, "norm"),
-    (SimpleNamespace(), 0.5, "norm"),  # any other strategy
-])
+@pytest.mark.parametrize(
+    ("strategy", "clip", "algorithm"),
+    [
+        (FSDPStrategy(), 0.5, "value"),  # elementwise: correct on shards, Lightning's FSDPPrecision does it
+        (FSDPStrategy(), None, None),  # no clipping
+        (FSDPStrategy(), 0, "norm"),
+        (SimpleNamespace(), 0.5, "norm"),  # any other strategy
+    ],
+)
 def test_everything_but_fsdp_norm_clipping_is_left_to_lightning(strategy, clip, algorithm):
     deferred = []
-    module = SimpleNamespace(trainer=SimpleNamespace(strategy=strategy),
-                             clip_gradients=lambda *a, **k: deferred.append((a, k)))
+    module = SimpleNamespace(
+        trainer=SimpleNamespace(strategy=strategy), clip_gradients=lambda *a, **k: deferred.append((a, k))
+    )
     clip_gradients(module, "optimizer", clip, algorithm)
     assert deferred == [(("optimizer",), {"gradient_clip_val": clip, "gradient_clip_algorithm": algorithm})]

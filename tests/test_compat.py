@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import tiny_bert, tokenizer_with_renamed_ids
 from transformers import AutoTokenizer
 
-from litdistill.compat import IncompatibleModelsError, check_output_spaces, check_student_tokenizer, check_tokenizers
-from tests.conftest import tiny_bert, tokenizer_with_renamed_ids
+from litdistill.models.compatibility import (
+    IncompatibleModelsError,
+    check_output_spaces,
+    check_student_tokenizer,
+    check_tokenizers,
+)
 
 
 def test_same_tokenizer_passes(tokenizer_dir):

@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from litdistill.config import config_dir
+from litdistill.core.conf import config_dir
 
 CONF = config_dir()
 # Groups that belong to a primary config other than train.yaml.
@@ -18,7 +18,12 @@ PRIMARIES = sorted(p.stem for p in CONF.glob("*.yaml"))
 
 
 def _options() -> list[tuple[str, str]]:
-    return sorted((d.name, f.stem) for d in CONF.iterdir() if d.is_dir() and d.name not in ("hydra", "sweep") for f in d.glob("*.yaml"))
+    return sorted(
+        (d.name, f.stem)
+        for d in CONF.iterdir()
+        if d.is_dir() and d.name not in ("hydra", "sweep")
+        for f in d.glob("*.yaml")
+    )
 
 
 @pytest.mark.parametrize(("group", "option"), _options())
@@ -48,7 +53,9 @@ def test_primary_configs_compose_with_defaults(primary, compose_train):
 
 
 def test_override_any_key(compose_train):
-    cfg = compose_train(["loss=kd_ce", "loss.kd.temperature=4", "trainer.max_epochs=3", "student.layers=[0,2,4]", "student.every=null"])
+    cfg = compose_train(
+        ["loss=kd_ce", "loss.kd.temperature=4", "trainer.max_epochs=3", "student.layers=[0,2,4]", "student.every=null"]
+    )
     assert cfg.loss.kd.temperature == 4 and cfg.trainer.max_epochs == 3 and list(cfg.student.layers) == [0, 2, 4]
 
 
@@ -61,8 +68,15 @@ def test_shipped_loss_configs_instantiate(compose_train):
 
 
 def test_tiny_experiment_with_other_data_leaks_no_synthetic_sizes(compose_train):
-    cfg = compose_train(["experiment=tiny", "data=files", "data.data_files.train=a.csv", "data.data_files.validation=b.csv",
-                         "data.data_files.test=c.csv"])
+    cfg = compose_train(
+        [
+            "experiment=tiny",
+            "data=files",
+            "data.data_files.train=a.csv",
+            "data.data_files.validation=b.csv",
+            "data.data_files.test=c.csv",
+        ]
+    )
     assert dict(cfg.data.data_files) == {"train": "a.csv", "validation": "b.csv", "test": "c.csv"}
     assert compose_train(["experiment=tiny"]).data.data_files.n_train == 128
 
@@ -93,12 +107,18 @@ def test_configs_ship_inside_the_wheel():
 
 def test_scaled_student_shrinks_a_teacher_built_from_a_config(compose_train):
     """student=scaled reads the teacher's config when the teacher has no name_or_path (experiment=tiny)."""
-    cfg = compose_train(["experiment=tiny", "student=scaled", "student.config.hidden_size=32",
-                         "student.config.intermediate_size=64"])
+    cfg = compose_train(
+        ["experiment=tiny", "student=scaled", "student.config.hidden_size=32", "student.config.intermediate_size=64"]
+    )
     assert cfg.student.base is None
     teacher = instantiate(cfg.teacher)
     student = instantiate(cfg.student)(teacher=teacher)
     assert student.config.model_type == teacher.config.model_type == "bert"
     assert (student.config.num_hidden_layers, student.config.hidden_size) == (2, 32)
-    assert student.config.vocab_size == teacher.config.vocab_size and student.config.num_labels == teacher.config.num_labels
-    assert student.config.max_position_embeddings == teacher.config.max_position_embeddings  # the rest comes from the teacher
+    assert (
+        student.config.vocab_size == teacher.config.vocab_size
+        and student.config.num_labels == teacher.config.num_labels
+    )
+    assert (
+        student.config.max_position_embeddings == teacher.config.max_position_embeddings
+    )  # the rest comes from the teacher

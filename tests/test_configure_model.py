@@ -6,11 +6,11 @@ from functools import partial
 
 import lightning as L
 import torch
+from tests.conftest import tiny_bert
 
 from litdistill import DistillationModule, HardCE, SoftTargetKL
-from litdistill.checkpointing import AtomicCheckpointIO
-from litdistill.layer_subset import student_from_teacher
-from tests.conftest import tiny_bert
+from litdistill.models.layer_subset import student_from_teacher
+from litdistill.training.checkpointing import AtomicCheckpointIO
 
 
 class Factory:
@@ -27,8 +27,17 @@ class Factory:
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    defaults = dict(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0, plugins=[AtomicCheckpointIO()])
+    defaults = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        plugins=[AtomicCheckpointIO()],
+    )
     return L.Trainer(**{**defaults, **kw})
 
 
@@ -75,7 +84,9 @@ def test_a_student_factory_taking_teacher_is_cut_from_the_built_teacher(tmp_path
     module.configure_model()
     teacher = teacher_factory.built[0]
     assert module.student.config.num_hidden_layers == 2
-    assert torch.equal(module.student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[3].output.dense.weight)
+    assert torch.equal(
+        module.student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[3].output.dense.weight
+    )
 
 
 def test_checkpoint_of_a_factory_module_resumes_into_a_new_one(tmp_path, tiny_data):

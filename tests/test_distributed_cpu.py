@@ -6,13 +6,13 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
+from tests.conftest import tiny_bert
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from litdistill import DistillationModule
-from litdistill.strategies import block_classes
-from tests.conftest import tiny_bert
+from litdistill.training.strategies import block_classes
 
 
 @pytest.fixture
@@ -24,8 +24,11 @@ def gloo_world_of_one(tmp_path):
 
 def _batch() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return {"input_ids": torch.randint(0, 1000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long),
-            "labels": torch.tensor([0, 1, 0, 1])}
+    return {
+        "input_ids": torch.randint(0, 1000, (4, 12)),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
 
 
 def test_ddp_buckets_hold_only_the_student_and_the_teacher_gets_no_gradients(gloo_world_of_one):
@@ -48,8 +51,13 @@ def test_fsdp_wrapping_keeps_the_optimizer_on_the_student_only(placement, gloo_w
     teacher, student = tiny_bert(), tiny_bert(layers=2, seed=1)
     module = DistillationModule(student, teacher)
     replicate = placement == "replicate"
-    FSDP(module, auto_wrap_policy=ModuleWrapPolicy(block_classes(student, None if replicate else teacher)),
-         use_orig_params=True, device_id=torch.device("cpu"), ignored_modules=[teacher] if replicate else None)
+    FSDP(
+        module,
+        auto_wrap_policy=ModuleWrapPolicy(block_classes(student, None if replicate else teacher)),
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+        ignored_modules=[teacher] if replicate else None,
+    )
     assert any(isinstance(m, FSDP) for m in student.modules())
     assert any(isinstance(m, FSDP) for m in teacher.modules()) is not replicate
     optimizer = module.configure_optimizers()
@@ -70,9 +78,18 @@ def test_bf16_fits_on_cpu(precision, dtype, tmp_path, tiny_data):
     student = tiny_bert(layers=2, seed=1)
     before = student.classifier.weight.detach().clone()
     module = DistillationModule(student, tiny_bert())
-    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=3, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=tiny_data)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert student.classifier.weight.dtype == dtype  # mixed: fp32 master weights; true: bf16 weights
@@ -87,7 +104,7 @@ def test_fsdp_student_is_gathered_whole_for_export(gloo_world_of_one, compose_tr
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from litdistill.strategies import gather_full_student, unsharded_models
+    from litdistill.training.strategies import gather_full_student, unsharded_models
 
     cfg = compose_train(["experiment=tiny"])
     teacher = instantiate(cfg.teacher)
@@ -96,8 +113,12 @@ def test_fsdp_student_is_gathered_whole_for_export(gloo_world_of_one, compose_tr
         student.classifier.weight.add_(1.0)  # "trained": differs from what the configs build
     expected = copy.deepcopy(student.state_dict())
     strategy = FSDPStrategy()
-    strategy.model = FSDP(DistillationModule(student, teacher), use_orig_params=True, device_id=torch.device("cpu"),
-                          auto_wrap_policy=ModuleWrapPolicy(block_classes(student, teacher)))
+    strategy.model = FSDP(
+        DistillationModule(student, teacher),
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+        auto_wrap_policy=ModuleWrapPolicy(block_classes(student, teacher)),
+    )
     gathered = gather_full_student(SimpleNamespace(strategy=strategy))
     assert gathered.keys() == expected.keys()
     fresh_teacher, plain = unsharded_models(cfg, gathered)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses import (
     LOSSES,
     ForwardKL,
@@ -21,7 +22,6 @@ from litdistill.losses import (
     token_mean,
     token_scale,
 )
-from litdistill.outputs import ModelOutputs
 
 LN2 = math.log(2.0)
 ALL = {
@@ -48,8 +48,10 @@ HAND = {
     "reverse_kl": ((1 / 3) * math.log(32 / 27), 0.5 * math.log(1.5) + 0.5 * math.log(0.75)),
     # M = (p_T + p_S)/2 = (5/12, 7/24, 7/24); 0.5 KL(T||M) + 0.5 KL(S||M), symmetric in T and S
     "jsd": (
-        0.5 * (0.5 * math.log(6 / 5) + 0.5 * math.log(6 / 7)) + 0.5 * ((1 / 3) * math.log(4 / 5) + (2 / 3) * math.log(8 / 7)),
-        0.5 * (0.5 * math.log(6 / 5) + 0.5 * math.log(6 / 7)) + 0.5 * ((1 / 3) * math.log(4 / 5) + (2 / 3) * math.log(8 / 7)),
+        0.5 * (0.5 * math.log(6 / 5) + 0.5 * math.log(6 / 7))
+        + 0.5 * ((1 / 3) * math.log(4 / 5) + (2 / 3) * math.log(8 / 7)),
+        0.5 * (0.5 * math.log(6 / 5) + 0.5 * math.log(6 / 7))
+        + 0.5 * ((1 / 3) * math.log(4 / 5) + (2 / 3) * math.log(8 / 7)),
     ),
     # alpha = 0.1: token A M = 0.1 p_T + 0.9 p_S = (0.35, 0.325, 0.325); token B M = (0.1/3 + 0.45, 0.1/3 + 0.225, ..)
     "skew_kl": (
@@ -122,7 +124,9 @@ def test_generalized_jsd_equals_trl_with_the_same_beta(trl_jsd, beta):
     ref = trl_jsd(s, t, labels=labels, beta=beta, temperature=1.5)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     # TRL's num_items_in_batch = our num_tokens_in_step with accumulate = 1
-    ours_n = _call(GeneralizedJSD(beta=beta, scale_by_t2=False), s, t, {**batch, "num_tokens_in_step": torch.tensor(11.0)})
+    ours_n = _call(
+        GeneralizedJSD(beta=beta, scale_by_t2=False), s, t, {**batch, "num_tokens_in_step": torch.tensor(11.0)}
+    )
     ref_n = trl_jsd(s, t, labels=labels, beta=beta, num_items_in_batch=torch.tensor(11.0))
     assert ours_n.item() == pytest.approx(ref_n.item(), rel=1e-5)
 
@@ -239,9 +243,17 @@ def test_gradcheck_float64(name):
 
 
 CLOSED_FORM_CASES = [
-    ("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.3}), ("jsd", {"beta": 0.0}), ("jsd", {"beta": 1.0}),
-    ("skew_kl", {"alpha": 0.1}), ("skew_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.2}),
-    ("skew_reverse_kl", {"alpha": 0.0}), ("tvd", {}), ("tvd", {"scale_by_t2": True}),
+    ("forward_kl", {}),
+    ("reverse_kl", {}),
+    ("jsd", {"beta": 0.3}),
+    ("jsd", {"beta": 0.0}),
+    ("jsd", {"beta": 1.0}),
+    ("skew_kl", {"alpha": 0.1}),
+    ("skew_kl", {"alpha": 0.0}),
+    ("skew_reverse_kl", {"alpha": 0.2}),
+    ("skew_reverse_kl", {"alpha": 0.0}),
+    ("tvd", {}),
+    ("tvd", {"scale_by_t2": True}),
 ]
 
 
@@ -264,7 +276,7 @@ def test_closed_form_value_and_grad_equals_autograd_of_per_token(name, kwargs, t
     for own in (False, True):
         bufs = {}
 
-        def buffers(i):
+        def buffers(i, bufs=bufs):
             return bufs.setdefault(i, torch.empty_like(s_in))
 
         s_rows = buffers(0).copy_(s_in) if own else s_in
@@ -358,10 +370,16 @@ def test_micro_batches_with_step_token_count_give_the_exact_step_mean(name):
         (_call(loss, s_leaf[k], t[k], batch) / accumulate).backward()  # Lightning divides by A
 
     s_all = s.clone().requires_grad_()
-    whole = _call(loss, s_all.reshape(1, -1, 5), t.reshape(1, -1, 5),
-                  {"token_mask": masks.reshape(1, -1), "labels": labels.reshape(1, -1)})
+    whole = _call(
+        loss,
+        s_all.reshape(1, -1, 5),
+        t.reshape(1, -1, 5),
+        {"token_mask": masks.reshape(1, -1), "labels": labels.reshape(1, -1)},
+    )
     whole.backward()
-    total = sum(_call(loss, s[k], t[k], micro(k, num_tokens_in_step=n_step, accumulate=accumulate)).item() for k in range(3))
+    total = sum(
+        _call(loss, s[k], t[k], micro(k, num_tokens_in_step=n_step, accumulate=accumulate)).item() for k in range(3)
+    )
     assert total / accumulate == pytest.approx(whole.item(), rel=1e-6)
     assert torch.allclose(s_leaf.grad, s_all.grad, atol=1e-7)
     # The per-micro-batch mean (no step count) weighs the 1-token micro-batch like the 10-token one.

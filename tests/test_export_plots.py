@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import tiny_bert
-from litdistill.export_formats import (
+from litdistill.models.export_formats import (
     INT8_FILE,
     ONNX_FILE,
     export_formats,
@@ -22,13 +22,13 @@ from litdistill.export_formats import (
     quantize_int8,
     torch_logits,
 )
-from litdistill.plots import plot_comparison, read_loss_curves, report_figures
-from litdistill.report import to_markdown, write_report
+from litdistill.reporting.plots import plot_comparison, read_loss_curves, report_figures
+from litdistill.reporting.report import to_markdown, write_report
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from litdistill.models import packaged_minilm
+    from litdistill.models.loading import packaged_minilm
 
     return AutoTokenizer.from_pretrained(packaged_minilm())
 
@@ -41,10 +41,20 @@ def _batch(tokenizer, texts):
 def exported_bert(tmp_path, tokenizer):
     model = tiny_bert(layers=2, hidden=32, seed=3)
     model.save_pretrained(tmp_path / "student")
-    batches = [_batch(tokenizer, ["Lithium-induced hypothyroidism.", "Warfarin was effective for atrial fibrillation in this cohort."]),
-               _batch(tokenizer, ["Rash after cisplatin.", "No seizures were seen.", "Heparin is used to treat deep vein thrombosis."])]
+    batches = [
+        _batch(
+            tokenizer,
+            ["Lithium-induced hypothyroidism.", "Warfarin was effective for atrial fibrillation in this cohort."],
+        ),
+        _batch(
+            tokenizer,
+            ["Rash after cisplatin.", "No seizures were seen.", "Heparin is used to treat deep vein thrombosis."],
+        ),
+    ]
     model.train()  # as it leaves fit(): the export must not depend on, nor change, its mode
-    exports = export_formats(model, batches, tmp_path, task="classification", threads=1, repeats=2, hf_dir=tmp_path / "student")
+    exports = export_formats(
+        model, batches, tmp_path, task="classification", threads=1, repeats=2, hf_dir=tmp_path / "student"
+    )
     return model, exports, tmp_path
 
 
@@ -54,7 +64,9 @@ def test_export_reports_every_format_checked_and_timed(exported_bert):
     formats = exports["formats"]
     assert list(formats) == ["pytorch", "onnx", "int8"] and exports["threads"] == 1 and exports["batch_size"] == 1
     assert all(row["latency_ms"] > 0 and row["size_mb"] > 0 for row in formats.values())
-    assert formats["pytorch"]["agreement"] == 1.0 and formats["pytorch"]["max_abs_diff"] < 1e-5  # the HF folder, reloaded
+    assert (
+        formats["pytorch"]["agreement"] == 1.0 and formats["pytorch"]["max_abs_diff"] < 1e-5
+    )  # the HF folder, reloaded
     assert formats["onnx"] == pytest.approx({**formats["onnx"], "agreement": 1.0})
     assert formats["onnx"]["max_abs_diff"] < 1e-4
     assert formats["int8"]["agreement"] == 1.0 and formats["int8"]["max_abs_diff"] < 0.05
@@ -68,8 +80,15 @@ def test_onnx_has_dynamic_batch_and_sequence_and_matches_on_new_shapes(exported_
     for inp in graph.input:
         assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "sequence"], inp.name
     session = onnx_session(out / ONNX_FILE, threads=1)
-    batch = _batch(tokenizer, ["A much longer sentence than any in the export example, with many more word pieces.",
-                               "Short.", "Amiodarone pneumonitis.", "Clozapine agranulocytosis in a 40-year-old man."])
+    batch = _batch(
+        tokenizer,
+        [
+            "A much longer sentence than any in the export example, with many more word pieces.",
+            "Short.",
+            "Amiodarone pneumonitis.",
+            "Clozapine agranulocytosis in a 40-year-old man.",
+        ],
+    )
     expected = torch_logits(model.eval(), batch)
     got = onnx_logits(session, batch)
     assert got.shape == (4, 2)
@@ -85,13 +104,24 @@ def test_int8_file_loads_onto_the_hf_folder_and_predicts_like_the_student(export
     got = torch_logits(quantized, batch)
     assert torch.equal(got.argmax(-1), reference.argmax(-1))
     assert (got - reference).abs().max() < 0.05
-    assert torch.allclose(got, torch_logits(quantize_int8(model), batch))  # the file holds exactly the quantized weights
+    assert torch.allclose(
+        got, torch_logits(quantize_int8(model), batch)
+    )  # the file holds exactly the quantized weights
 
 
 def test_causal_lm_exports_with_dynamic_sequence(tmp_path, tokenizer):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     example = _batch(tokenizer, ["one two three", "four five six seven eight"])
     example.pop("token_type_ids")
     path = export_onnx(model, example, tmp_path / ONNX_FILE, task="causal_lm")
@@ -125,22 +155,66 @@ def test_a_failed_onnx_export_leaves_the_previous_file_intact(tmp_path, tokenize
 
 
 # ---- report pictures -------------------------------------------------------------------------------
-METRICS_CSV = """epoch,step,train/loss/ce_step,train/loss/kd_step,train/loss_step,train/loss/ce_epoch,train/loss/kd_epoch,train/loss_epoch,val/student/f1
-0,9,0.7,0.3,0.5,,,,
+METRICS_CSV = (
+    "epoch,step,train/loss/ce_step,train/loss/kd_step,train/loss_step,"
+    "train/loss/ce_epoch,train/loss/kd_epoch,train/loss_epoch,val/student/f1\n"
+    """0,9,0.7,0.3,0.5,,,,
 0,19,0.6,0.2,0.4,,,,
 0,19,,,,0.65,0.25,0.45,
 0,19,,,,,,,0.5
 1,29,0.5,0.1,0.3,,,,
 """
+)
 
-REPORT = {"metric": "f1", "threads": 2, "agreement": 0.9, "models": {
-    "teacher": {"params_m": 22.7, "size_mb": 86.0, "latency_ms": 9.0, "throughput_per_s": 300.0, "metrics": {"acc": 0.9, "f1": 0.88}},
-    "student": {"params_m": 12.0, "size_mb": 45.0, "latency_ms": 3.0, "throughput_per_s": 900.0, "metrics": {"acc": 0.88, "f1": 0.85}},
-    "baseline": {"params_m": 12.0, "size_mb": 45.0, "latency_ms": 3.1, "throughput_per_s": 880.0, "metrics": {"acc": 0.8, "f1": 0.75}}},
-    "exports": {"threads": 2, "batch_size": 1, "formats": {
-        "pytorch": {"file": "student/", "size_mb": 45.0, "latency_ms": 3.0},
-        "onnx": {"file": "student.onnx", "size_mb": 45.2, "latency_ms": 1.2, "agreement": 1.0, "max_abs_diff": 2e-6},
-        "int8": {"file": "student_int8.pt", "size_mb": 20.0, "latency_ms": 2.0, "agreement": 0.99, "max_abs_diff": 0.02}}}}
+REPORT = {
+    "metric": "f1",
+    "threads": 2,
+    "agreement": 0.9,
+    "models": {
+        "teacher": {
+            "params_m": 22.7,
+            "size_mb": 86.0,
+            "latency_ms": 9.0,
+            "throughput_per_s": 300.0,
+            "metrics": {"acc": 0.9, "f1": 0.88},
+        },
+        "student": {
+            "params_m": 12.0,
+            "size_mb": 45.0,
+            "latency_ms": 3.0,
+            "throughput_per_s": 900.0,
+            "metrics": {"acc": 0.88, "f1": 0.85},
+        },
+        "baseline": {
+            "params_m": 12.0,
+            "size_mb": 45.0,
+            "latency_ms": 3.1,
+            "throughput_per_s": 880.0,
+            "metrics": {"acc": 0.8, "f1": 0.75},
+        },
+    },
+    "exports": {
+        "threads": 2,
+        "batch_size": 1,
+        "formats": {
+            "pytorch": {"file": "student/", "size_mb": 45.0, "latency_ms": 3.0},
+            "onnx": {
+                "file": "student.onnx",
+                "size_mb": 45.2,
+                "latency_ms": 1.2,
+                "agreement": 1.0,
+                "max_abs_diff": 2e-6,
+            },
+            "int8": {
+                "file": "student_int8.pt",
+                "size_mb": 20.0,
+                "latency_ms": 2.0,
+                "agreement": 0.99,
+                "max_abs_diff": 0.02,
+            },
+        },
+    },
+}
 
 
 def test_loss_curves_prefer_step_values_over_epoch_means(tmp_path):
@@ -166,13 +240,17 @@ def test_report_figures_are_written_and_linked(tmp_path):
 
 
 def test_comparison_plot_copes_with_missing_speed(tmp_path):
-    report = {"metric": "f1", "threads": 2, "models": {"student": {"params_m": 1.0, "size_mb": 4.0, "metrics": {"f1": 0.5}}}}
+    report = {
+        "metric": "f1",
+        "threads": 2,
+        "models": {"student": {"params_m": 1.0, "size_mb": 4.0, "metrics": {"f1": 0.5}}},
+    }
     assert plot_comparison(report, tmp_path / "c.png").is_file()
     assert report_figures(report, tmp_path) == {"comparison": "comparison.png"}  # no CSV log: no loss curves
 
 
 def test_weights_on_disk_is_what_save_pretrained_writes_and_leaves_nothing_behind(tmp_path):
-    from litdistill.export import weights_on_disk_mb
+    from litdistill.models.saving import weights_on_disk_mb
 
     model = tiny_bert(layers=2)
     model.save_pretrained(tmp_path / "saved", safe_serialization=True)

@@ -12,17 +12,17 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
-
-import litdistill.io
-from litdistill import DistillationModule
-from litdistill.checkpointing import AtomicCheckpointIO
-from litdistill.data.resumable import ResumableSampler
-from litdistill.export import export_student
-from litdistill.fault_tolerance import FaultTolerance
-from litdistill.safe_logger import guard_logger
-from litdistill.tracking import log_run
 from tests.conftest import tiny_bert
 from tests.killer import KillAt
+
+import litdistill.core.io
+from litdistill import DistillationModule
+from litdistill.data.resumable import ResumableSampler
+from litdistill.models.saving import export_student
+from litdistill.reporting.tracking import log_run
+from litdistill.training.checkpointing import AtomicCheckpointIO
+from litdistill.training.fault_tolerance import FaultTolerance
+from litdistill.training.safe_logger import guard_logger
 
 
 # ---- data order -----------------------------------------------------------------------------
@@ -62,10 +62,18 @@ def test_datamodule_state_puts_the_next_batch_first(tiny_data):
 def _fit(tmp_path, tiny_data, callbacks, ckpt_path=None) -> DistillationModule:
     L.seed_everything(0)
     module = DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert())  # dropout 0.1: the RNG matters
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                        plugins=[AtomicCheckpointIO()], callbacks=[FaultTolerance(dirpath=str(tmp_path / "ckpt")),
-                                                                   *callbacks])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[FaultTolerance(dirpath=str(tmp_path / "ckpt")), *callbacks],
+    )
     trainer.fit(module, datamodule=tiny_data, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
     return module
 
@@ -81,8 +89,9 @@ def resume_data(tmp_path_factory, tokenizer_dir):
     return data, reference.student.state_dict()
 
 
-@pytest.mark.parametrize(("kill", "step"), [({"step": 11}, 11), ({"sig": "SIGINT", "step": 3}, 3),
-                                            ({"val_batch": 0, "val_epoch": 0}, 8)])
+@pytest.mark.parametrize(
+    ("kill", "step"), [({"step": 11}, 11), ({"sig": "SIGINT", "step": 3}, 3), ({"val_batch": 0, "val_epoch": 0}, 8)]
+)
 def test_a_stopped_and_resumed_fit_matches_an_uninterrupted_one(kill, step, tmp_path, resume_data):
     """Mid-epoch SIGTERM, Ctrl+C, and a stop during validation at the epoch's end."""
     data, reference = resume_data
@@ -106,7 +115,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_file_intact(where, tmp_pa
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     good = path.read_bytes()
-    monkeypatch.setattr(litdistill.io.os, where, _fail)
+    monkeypatch.setattr(litdistill.core.io.os, where, _fail)
     with pytest.raises(OSError, match="No space"):
         AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -127,7 +136,7 @@ def test_a_failed_export_leaves_the_previous_export_intact(tmp_path, tokenizer_d
     monkeypatch.undo()
     calls = []
     second_fails = lambda a, b: calls.append(a) or (_fail() if len(calls) == 2 else replace(a, b))  # noqa: E731
-    monkeypatch.setattr(litdistill.io.os, "replace", second_fails)
+    monkeypatch.setattr(litdistill.core.io.os, "replace", second_fails)
     with pytest.raises(OSError):  # the swap itself fails after the old export was moved aside
         export_student(tiny_bert(layers=1, seed=3), tokenizer, tmp_path / "student")
     monkeypatch.undo()
@@ -151,11 +160,18 @@ class UnreachableLogger(Logger):
 def test_a_failing_logger_is_reported_and_training_goes_on(tmp_path, tiny_data, caplog):
     csv = guard_logger(CSVLogger(tmp_path, name="csv"))
     assert isinstance(csv, CSVLogger)  # code that looks for a CSVLogger still finds it
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=1, log_every_n_steps=1,
-                        enable_progress_bar=False,
-                        logger=[guard_logger(UnreachableLogger()), csv], enable_checkpointing=False,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="litdistill.safe_logger"):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        logger=[guard_logger(UnreachableLogger()), csv],
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    with caplog.at_level(logging.WARNING, logger="litdistill.training.safe_logger"):
         trainer.fit(DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert()), datamodule=tiny_data)
     assert trainer.global_step == 4
     messages = [r.getMessage() for r in caplog.records]
@@ -178,8 +194,9 @@ def offline_wandb(tmp_path, monkeypatch):
     return wandb
 
 
-def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_raise(tmp_path, tiny_data, caplog,
-                                                                                    monkeypatch, offline_wandb):
+def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_raise(
+    tmp_path, tiny_data, caplog, monkeypatch, offline_wandb
+):
     attempts = []
 
     def unreachable(**kwargs):
@@ -189,9 +206,17 @@ def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_rais
     monkeypatch.setattr(offline_wandb, "init", unreachable)
     wb = guard_logger(WandbLogger(project="litdistill-test", save_dir=str(tmp_path)))
     csv = guard_logger(CSVLogger(tmp_path, name="csv"))
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, limit_val_batches=1, log_every_n_steps=1,
-                        enable_progress_bar=False, logger=[wb, csv], enable_checkpointing=False,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        logger=[wb, csv],
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     with caplog.at_level(logging.WARNING, logger="litdistill"):
         trainer.fit(DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert()), datamodule=tiny_data)
         assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 0  # the report is written: W&B must not fail it
@@ -201,8 +226,12 @@ def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_rais
     assert len(failures) == 1 and "CommError" in failures[0] and "switched off" in failures[0], failures
     assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()  # the others log on
 
-    never_used = L.Trainer(accelerator="cpu", logger=WandbLogger(project="litdistill-test", save_dir=str(tmp_path)),
-                           enable_progress_bar=False, default_root_dir=tmp_path)
+    never_used = L.Trainer(
+        accelerator="cpu",
+        logger=WandbLogger(project="litdistill-test", save_dir=str(tmp_path)),
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with caplog.at_level(logging.WARNING, logger="litdistill"):  # its first wandb.init is log_run's own
         assert log_run(never_used, WANDB_CFG, REPORT, tmp_path) == 0
     assert len(attempts) == 2 and "W&B is unreachable (CommError" in caplog.records[-1].getMessage()

@@ -14,15 +14,15 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import tiny_bert
 from torch import nn
 
 from litdistill import DistillationModule, HardCE, SoftTargetKL
-from litdistill.export import export_student
-from litdistill.layer_subset import student_from_teacher
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses import LOSSES, FeatureLoss, HiddenStateLoss
 from litdistill.losses.features import resolve_layer_map
-from litdistill.outputs import ModelOutputs
-from tests.conftest import tiny_bert
+from litdistill.models.layer_subset import student_from_teacher
+from litdistill.models.saving import export_student
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,11 @@ def _batch(b: int = 3, t: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     lengths = [t, 4, 2][:b] + [t] * max(0, b - 3)
     mask = torch.tensor([[1] * n + [0] * (t - n) for n in lengths])
-    return {"input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask, "attention_mask": mask,
-            "labels": torch.arange(b) % 2}
+    return {
+        "input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask,
+        "attention_mask": mask,
+        "labels": torch.arange(b) % 2,
+    }
 
 
 # ---- layer maps ------------------------------------------------------------------------------------
@@ -49,14 +52,17 @@ def test_named_layer_maps():
     assert resolve_layer_map([2, 6], 2, 6) == [(1, 2), (2, 6)]  # flat: one teacher layer per student layer
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ([[1, 7]], r"out of range: the student has 2 layers, the teacher 6"),
-    ([[3, 1]], r"out of range: the student has 2 layers, the teacher 6"),
-    ([[-1, 1]], r"out of range"),
-    ([1, 2, 3], r"lists 3 teacher layers, but the student has 2 layers, the teacher 6"),
-    ([[1, 2, 3]], r"pair of layer numbers.*the student has 2 layers, the teacher 6"),
-    ("init", r"needs a student built from the teacher's layers"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ([[1, 7]], r"out of range: the student has 2 layers, the teacher 6"),
+        ([[3, 1]], r"out of range: the student has 2 layers, the teacher 6"),
+        ([[-1, 1]], r"out of range"),
+        ([1, 2, 3], r"lists 3 teacher layers, but the student has 2 layers, the teacher 6"),
+        ([[1, 2, 3]], r"pair of layer numbers.*the student has 2 layers, the teacher 6"),
+        ("init", r"needs a student built from the teacher's layers"),
+    ],
+)
 def test_bad_layer_maps_name_both_layer_counts(spec, match):
     with pytest.raises(ValueError, match=match):
         resolve_layer_map(spec, 2, 6)
@@ -76,8 +82,8 @@ def test_layer_maps_are_checked_before_teacher_finetuning_without_touching_the_r
     the unfinetuned teacher and a throwaway student; the RNG state and the losses themselves are unchanged."""
     from hydra.utils import instantiate
 
-    from litdistill.finetune import check_layer_maps
-    from litdistill.train import build_losses
+    from litdistill.pipeline.train import build_losses
+    from litdistill.training.finetune import check_layer_maps
 
     cfg = compose_train(["experiment=tiny", "loss=distilbert"])
     teacher = instantiate(cfg.teacher)
@@ -108,10 +114,19 @@ def _decoders():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                         num_attention_heads=2, num_key_value_heads=2))
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=2, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     return {"llama": llama, "gpt2": gpt2}
 
 
@@ -120,7 +135,7 @@ def test_decoder_last_hidden_state_is_the_block_output_not_the_final_norm(family
     """Pre-norm decoders put their final norm into hidden_states[-1] only. litdistill hands the losses
     block outputs throughout, so the layers a student copied from the teacher match exactly at init
     (with Hugging Face's last entry the (2, 2) pair of a [0, 1] student was far from zero)."""
-    from litdistill.forward import run_model
+    from litdistill.core.forward import run_model
 
     teacher = _decoders()[family].eval()
     student = student_from_teacher(teacher, layers=[0, 1]).eval()
@@ -130,7 +145,9 @@ def test_decoder_last_hidden_state_is_the_block_output_not_the_final_norm(family
         s = run_model(student, batch, frozenset({"hidden_states"}), "causal_lm")
         t = run_model(teacher, batch, frozenset({"hidden_states"}), "causal_lm")
     assert len(s.hidden_states) == 3 and len(t.hidden_states) == 5
-    assert torch.equal(s.hidden_states[1], raw[1]) and not torch.allclose(s.hidden_states[2], raw[2])  # only the last is replaced
+    assert torch.equal(s.hidden_states[1], raw[1]) and not torch.allclose(
+        s.hidden_states[2], raw[2]
+    )  # only the last is replaced
     loss = HiddenStateLoss()
     loss.setup(student, teacher)
     assert loss.pairs == [(1, 1), (2, 2)]
@@ -195,8 +212,16 @@ def test_padding_positions_do_not_count():
 
 # ---- projections: trained, checkpointed, not exported ---------------------------------------------
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    defaults = dict(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0)
+    defaults = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     return L.Trainer(**{**defaults, **kw})
 
 
@@ -216,8 +241,11 @@ def test_projection_is_trained_checkpointed_and_not_exported(tmp_path, tiny_data
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert torch.equal(state["losses.h.projections.1_2.weight"], proj["1_2"].weight.detach())
     # a fresh module (same config) restores the projection from the checkpoint
-    fresh = DistillationModule(tiny_bert(layers=2, hidden=16, seed=5), teacher,
-                               {"h": HiddenStateLoss(metric="mse"), "kd": SoftTargetKL(), "ce": HardCE()})
+    fresh = DistillationModule(
+        tiny_bert(layers=2, hidden=16, seed=5),
+        teacher,
+        {"h": HiddenStateLoss(metric="mse"), "kd": SoftTargetKL(), "ce": HardCE()},
+    )
     fresh.load_state_dict(state)
     assert torch.equal(fresh.losses["h"].projections["1_2"].weight, proj["1_2"].weight.detach())
     # the exported student is the student alone
@@ -244,15 +272,24 @@ def test_feature_loss_on_named_hf_submodules():
     assert torch.allclose(t_out.features["bert.encoder.layer.3.output"], full.hidden_states[4], atol=1e-6)
     value = loss(s_out, t_out, batch)
     projected = loss.projection(s_out.features["bert.encoder.layer.1.output"])
-    assert math.isclose(float(value), _hand(projected.detach(), t_out.features["bert.encoder.layer.3.output"], batch["attention_mask"], "cosine"), rel_tol=1e-5)
+    assert math.isclose(
+        float(value),
+        _hand(projected.detach(), t_out.features["bert.encoder.layer.3.output"], batch["attention_mask"], "cosine"),
+        rel_tol=1e-5,
+    )
     value.backward()
     assert student.bert.encoder.layer[1].output.dense.weight.grad.abs().sum() > 0
     assert loss.projection.weight.grad.abs().sum() > 0
 
 
 def test_unknown_submodule_name_is_refused_at_setup_with_similar_names():
-    with pytest.raises(KeyError, match=r"no submodule named 'bert.encoder.layer.1.outptu'.*similar names: \['bert.encoder.layer.1.output'"):
-        DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert(), {"f": FeatureLoss("bert.encoder.layer.1.outptu", "bert.pooler")})
+    with pytest.raises(
+        KeyError,
+        match=r"no submodule named 'bert.encoder.layer.1.outptu'.*similar names: \['bert.encoder.layer.1.output'",
+    ):
+        DistillationModule(
+            tiny_bert(layers=2, seed=1), tiny_bert(), {"f": FeatureLoss("bert.encoder.layer.1.outptu", "bert.pooler")}
+        )
 
 
 class PlainNet(nn.Module):
@@ -302,31 +339,41 @@ def _terms_alone(student: nn.Module, teacher: nn.Module, loss: nn.Module, like: 
 
 
 def test_averaging_multi_teacher_feature_loss_named_teacher_matches_that_teacher_alone():
-    from litdistill.teachers import MultiTeacher
+    from litdistill.models.multi_teacher import MultiTeacher
 
     a, b = _two_teachers()
     student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
     multi = MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7])
-    losses = {name: FeatureLoss("bert.encoder.layer.1.output", module, metric="mse", teacher=name)
-              for name, module in (("a", "bert.encoder.layer.3.output"), ("b", "bert.encoder.layer.1.output"))}
+    losses = {
+        name: FeatureLoss("bert.encoder.layer.1.output", module, metric="mse", teacher=name)
+        for name, module in (("a", "bert.encoder.layer.3.output"), ("b", "bert.encoder.layer.1.output"))
+    }
     module = DistillationModule(student, multi, losses)
     assert module.losses["a"].projection.weight.shape == (32, 16) and module.losses["b"].projection is None
     batch = _batch()
     _, terms, _ = module.loss_terms(batch)
     for name, teacher in (("a", a), ("b", b)):
-        alone = _terms_alone(student, teacher, FeatureLoss("bert.encoder.layer.1.output", losses[name].teacher_module,
-                                                           metric="mse"), module.losses[name], batch)
+        alone = _terms_alone(
+            student,
+            teacher,
+            FeatureLoss("bert.encoder.layer.1.output", losses[name].teacher_module, metric="mse"),
+            module.losses[name],
+            batch,
+        )
         torch.testing.assert_close(terms[name], alone, atol=1e-6, rtol=0)
     assert not torch.allclose(terms["a"], terms["b"])  # the two teachers give different terms
 
 
 def test_averaging_multi_teacher_hidden_state_loss_named_teacher_matches_that_teacher_alone():
-    from litdistill.teachers import MultiTeacher
+    from litdistill.models.multi_teacher import MultiTeacher
 
     a, b = _two_teachers()
     student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
-    module = DistillationModule(student, MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7]),
-                                {"a": HiddenStateLoss(metric="cosine", teacher="a"), "b": HiddenStateLoss(metric="cosine", teacher="b")})
+    module = DistillationModule(
+        student,
+        MultiTeacher({"a": a, "b": b}, weights=[0.3, 0.7]),
+        {"a": HiddenStateLoss(metric="cosine", teacher="a"), "b": HiddenStateLoss(metric="cosine", teacher="b")},
+    )
     assert module.losses["a"].pairs == [(1, 2), (2, 4)] and module.losses["b"].pairs == [(1, 1), (2, 2)]
     batch = _batch()
     _, terms, _ = module.loss_terms(batch)
@@ -337,18 +384,24 @@ def test_averaging_multi_teacher_hidden_state_loss_named_teacher_matches_that_te
 
 
 def test_routed_teachers_of_different_shapes_need_a_named_feature_loss():
-    from litdistill.teachers import MultiTeacher
+    from litdistill.models.multi_teacher import MultiTeacher
 
     a, b = _two_teachers()
     student = tiny_bert(layers=2, hidden=16, seed=1, dropout=0.0)
     routed = MultiTeacher({"a": a, "b": b}, route_field="teacher_id")
     batch = {**_batch(), "teacher_id": torch.tensor([0, 1, 1])}
-    module = DistillationModule(student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output")})
-    with pytest.raises(ValueError, match=r"per-example shapes \{'a': \(7, 32\), 'b': \(7, 16\)\}.*Set `teacher: <name>` on the loss "
-                                         r"\(one of \['a', 'b'\]"):
+    module = DistillationModule(
+        student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output")}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"per-example shapes \{'a': \(7, 32\), 'b': \(7, 16\)\}.*Set `teacher: <name>` on the loss "
+        r"\(one of \['a', 'b'\]",
+    ):
         module.loss_terms(batch)
-    named = DistillationModule(student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output",
-                                                                  teacher="b")})
+    named = DistillationModule(
+        student, routed, {"f": FeatureLoss("bert.encoder.layer.1.output", "bert.encoder.layer.1.output", teacher="b")}
+    )
     _, terms, _ = named.loss_terms(batch)  # named: b's examples only, no error
     assert torch.isfinite(terms["f"])
 
@@ -363,8 +416,13 @@ def test_experiment_distilbert_minilm_composes(compose_train):
 
 
 def test_cli_loss_distilbert_end_to_end(tmp_path):
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
     cmd = [sys.executable, "-m", "litdistill", "experiment=tiny", "loss=distilbert", "debug=fast", "baseline=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -380,11 +438,20 @@ def test_cli_loss_distilbert_end_to_end(tmp_path):
 def test_cli_experiment_distilbert_minilm_smoke(tmp_path):
     """The recipe end to end on the packaged MiniLM teacher, a few steps on the test-size data (~30 s)."""
     from omegaconf import OmegaConf
-
     from tests.test_cli import only_run_dir, run_cli
 
-    run_cli(["experiment=distilbert_minilm", "data=drug_events_tiny", "debug=fast", "teacher_finetune.max_steps=2",
-             "trainer.max_steps=2", "baseline=false", "report.plots=false"], tmp_path)
+    run_cli(
+        [
+            "experiment=distilbert_minilm",
+            "data=drug_events_tiny",
+            "debug=fast",
+            "teacher_finetune.max_steps=2",
+            "trainer.max_steps=2",
+            "baseline=false",
+            "report.plots=false",
+        ],
+        tmp_path,
+    )
     run = only_run_dir(tmp_path)
     report = json.loads((run / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student"}
@@ -395,4 +462,3 @@ def test_cli_experiment_distilbert_minilm_smoke(tmp_path):
         assert f"train/loss/{term}" in header
     config = json.loads((run / "student" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and config["litdistill_teacher_layers"] == [0, 2, 4]  # every other of 6
-

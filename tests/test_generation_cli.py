@@ -10,17 +10,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.test_generation_client import KEY_ENV, SECRET, FakeChatServer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_generate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, KEY_ENV: SECRET, "LITDISTILL_OUTPUTS": str(cwd / "outputs"),
-           "LITDISTILL_CACHE": str(cwd / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(["litdistill", "generate", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        KEY_ENV: SECRET,
+        "LITDISTILL_OUTPUTS": str(cwd / "outputs"),
+        "LITDISTILL_CACHE": str(cwd / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    return subprocess.run(
+        ["litdistill", "generate", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def files_holding(root: Path, needle: str) -> list[str]:
@@ -34,25 +40,37 @@ def server():
 
 
 def base_args(server: FakeChatServer) -> list[str]:
-    return [f"teacher_api.base_url={server.url}", "teacher_api.model=teacher-1", f"teacher_api.api_key_env={KEY_ENV}",
-            "teacher_api.max_retries=0", "input.prompts=[What is aspirin?,Why a rash?]", "output_dir=gen",
-            "progress=false"]
+    return [
+        f"teacher_api.base_url={server.url}",
+        "teacher_api.model=teacher-1",
+        f"teacher_api.api_key_env={KEY_ENV}",
+        "teacher_api.max_retries=0",
+        "input.prompts=[What is aspirin?,Why a rash?]",
+        "output_dir=gen",
+        "progress=false",
+    ]
 
 
 PASTED = "sk-proj-PASTEDsecret0123456789abcdef"
 
 
-@pytest.mark.parametrize(("override", "names"), [
-    (f"+teacher_api.api_key={PASTED}", "teacher_api.api_key is given a value"),
-    (f"++teacher_api.api_key='{PASTED}'", "teacher_api.api_key is given a value"),
-    (f"teacher_api.api_key_env={PASTED}", "teacher_api.api_key_env must be the NAME of an environment variable"),
-    ("teacher_api.api_key_env=PASTED-not-a-name-0123", "teacher_api.api_key_env must be the NAME"),
-    (f"teacher_api.extra_headers.Authorization='Bearer {PASTED}'", "teacher_api.extra_headers.Authorization is given"),
-    (f"+teacher_api.extra_headers={{api-key: {PASTED}}}", "looks like an API key"),
-    (f"hydra.job.env_set.OPENAI_API_KEY={PASTED}", "hydra.job.env_set.OPENAI_API_KEY is given a value"),
-    (f"teacher_api.model={PASTED}", "the value given to teacher_api.model looks like an API key"),
-    (PASTED, "an argument looks like an API key"),
-])
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        (f"+teacher_api.api_key={PASTED}", "teacher_api.api_key is given a value"),
+        (f"++teacher_api.api_key='{PASTED}'", "teacher_api.api_key is given a value"),
+        (f"teacher_api.api_key_env={PASTED}", "teacher_api.api_key_env must be the NAME of an environment variable"),
+        ("teacher_api.api_key_env=PASTED-not-a-name-0123", "teacher_api.api_key_env must be the NAME"),
+        (
+            f"teacher_api.extra_headers.Authorization='Bearer {PASTED}'",
+            "teacher_api.extra_headers.Authorization is given",
+        ),
+        (f"+teacher_api.extra_headers={{api-key: {PASTED}}}", "looks like an API key"),
+        (f"hydra.job.env_set.OPENAI_API_KEY={PASTED}", "hydra.job.env_set.OPENAI_API_KEY is given a value"),
+        (f"teacher_api.model={PASTED}", "the value given to teacher_api.model looks like an API key"),
+        (PASTED, "an argument looks like an API key"),
+    ],
+)
 def test_a_key_on_the_command_line_is_refused_before_hydra_and_reaches_no_file(override, names, server, tmp_path):
     secret = PASTED if PASTED in override else "PASTED-not-a-name-0123"
     proc = run_generate([*base_args(server), override], tmp_path)
@@ -83,15 +101,23 @@ def test_a_normal_run_writes_its_config_and_no_secret_anywhere(server, tmp_path)
     assert SECRET not in proc.stdout + proc.stderr and not files_holding(tmp_path, SECRET)
 
     # null is no value: an open local server needs no key variable at all
-    proc = run_generate([*base_args(server), "teacher_api.api_key_env=null", "teacher_api.api_key_required=false",
-                         "output_dir=open"], tmp_path)
+    proc = run_generate(
+        [*base_args(server), "teacher_api.api_key_env=null", "teacher_api.api_key_required=false", "output_dir=open"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert server.auth[-1] is None and len((tmp_path / "open" / "dataset.jsonl").read_text().splitlines()) == 2
 
     password, token = "pa55-SECRET-word", "QUERYSECRET123"
     host = server.url.split("//", 1)[1]
-    proc = run_generate([*base_args(server), f"teacher_api.base_url='http://alice:{password}@{host}?token={token}'",
-                         "output_dir=creds"], tmp_path)
+    proc = run_generate(
+        [
+            *base_args(server),
+            f"teacher_api.base_url='http://alice:{password}@{host}?token={token}'",
+            "output_dir=creds",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = (tmp_path / "creds" / "config.yaml").read_text()
     assert f"base_url: http://{host}?token=***" in config and "alice" not in config

@@ -44,8 +44,9 @@ def answer(prompt: str) -> str:
 class FakeChatServer:
     """A chat-completions server on a random free port; counts every request per prompt."""
 
-    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0, retry_after: str = "0",
-                 trickle_interval: float = 0.05) -> None:
+    def __init__(
+        self, delay: float = 0.0, slow_seconds: float = 1.0, retry_after: str = "0", trickle_interval: float = 0.05
+    ) -> None:
         self.delay, self.slow_seconds, self.retry_after = delay, slow_seconds, retry_after
         self.trickle_interval = trickle_interval
         self.lock = threading.Lock()
@@ -83,8 +84,7 @@ class FakeChatServer:
                 pass
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -129,7 +129,7 @@ class FakeChatServer:
         h.end_headers()
         for i in range(len(body)):
             time.sleep(self.trickle_interval)
-            h.wfile.write(body[i:i + 1])
+            h.wfile.write(body[i : i + 1])
 
     def _trickle_headers(self, h: BaseHTTPRequestHandler) -> None:
         """The status line, then a header a byte at a time, until the client hangs up (or 20 s pass)."""
@@ -156,7 +156,9 @@ class FakeChatServer:
                 if n > int(times):
                     continue
                 if kind in ("429", "503"):
-                    return self._send(h, int(kind), b'{"error": {"message": "busy"}}', {"Retry-After": self.retry_after})
+                    return self._send(
+                        h, int(kind), b'{"error": {"message": "busy"}}', {"Retry-After": self.retry_after}
+                    )
                 if kind == "trickle":
                     return self._trickle(h, json.dumps({"choices": [], "pad": "x" * 400}).encode())
                 if kind == "headers":
@@ -178,21 +180,33 @@ class FakeChatServer:
                 return self._send(h, 200, json.dumps({"id": "x", "object": "chat.completion", "usage": usage}).encode())
             if "[401]" in prompt or "[401long]" in prompt:  # long: the echo starts past any cut of the error text
                 pad = "x" * 230 if "[401long]" in prompt else ""
-                echo = json.dumps({"error": {"message": f"{pad}Incorrect API key provided: {h.headers.get('Authorization')}"}})
+                echo = json.dumps(
+                    {"error": {"message": f"{pad}Incorrect API key provided: {h.headers.get('Authorization')}"}}
+                )
                 return self._send(h, 401, echo.encode())
             if "[badusage]" in prompt:  # JSON's 1e999 reads as float infinity
-                out = ('{"choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}}], '
-                       '"usage": {"prompt_tokens": 1e999, "completion_tokens": -5}}')
+                out = (
+                    '{"choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}}], '
+                    '"usage": {"prompt_tokens": 1e999, "completion_tokens": -5}}'
+                )
                 return self._send(h, 200, out.encode())
         content = answer(prompt)
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         if body.get("logprobs"):
             content, choice["logprobs"] = self.label_logprobs(prompt, int(body.get("top_logprobs") or 5))
             choice["message"]["content"] = content
-        usage = {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": COMPLETION_TOKENS,
-                 "total_tokens": prompt_tokens(prompt) + COMPLETION_TOKENS}
-        out = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"], "choices": [choice],
-               "usage": usage}
+        usage = {
+            "prompt_tokens": prompt_tokens(prompt),
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": prompt_tokens(prompt) + COMPLETION_TOKENS,
+        }
+        out = {
+            "id": f"chatcmpl-{n}",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage,
+        }
         return self._send(h, 200, json.dumps(out).encode())
 
     @staticmethod
@@ -201,13 +215,19 @@ class FakeChatServer:
         alternatives mix casing/spaces like real tokenizers do."""
         ade = "induced" in prompt
         p_yes = 0.9 if ade else 0.2
-        alts = [("Yes" if ade else "No", math.log(p_yes if ade else 1 - p_yes)),
-                (" no" if ade else " yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
-                ("No" if ade else "Yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
-                ("Maybe", math.log(0.001))][:k]
+        alts = [
+            ("Yes" if ade else "No", math.log(p_yes if ade else 1 - p_yes)),
+            (" no" if ade else " yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
+            ("No" if ade else "Yes", math.log((1 - p_yes) * 0.5 if ade else p_yes * 0.5)),
+            ("Maybe", math.log(0.001)),
+        ][:k]
         if "[hugelogprob]" in prompt:  # not a log-probability at all: exp(1000) overflows
             alts = [(alts[0][0], 1000.0), *alts[1:]]
-        first = {"token": alts[0][0], "logprob": alts[0][1], "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
+        first = {
+            "token": alts[0][0],
+            "logprob": alts[0][1],
+            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts],
+        }
         return ("Yes" if ade else "No"), {"content": [first]}
 
 
@@ -224,23 +244,46 @@ def key_env(monkeypatch):
 
 
 def make_client(server, **kw) -> ChatClient:
-    opts = dict(base_url=server.url, model="teacher-1", api_key_env=KEY_ENV, timeout=0.4, max_retries=3,
-                backoff_base=0.01, backoff_max=0.05, max_concurrency=4, prices={"input": 2.0, "output": 8.0}, seed=0)
+    opts = dict(
+        base_url=server.url,
+        model="teacher-1",
+        api_key_env=KEY_ENV,
+        timeout=0.4,
+        max_retries=3,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        max_concurrency=4,
+        prices={"input": 2.0, "output": 8.0},
+        seed=0,
+    )
     opts.update(kw)
     return ChatClient(**opts)
 
 
 def run_all(client: ChatClient, prompts: list[str], params: dict | None = None) -> dict:
     results = {}
-    client.map([(p, [{"role": "user", "content": p}]) for p in prompts], params or {"temperature": 0},
-               lambda tag, r: results.__setitem__(tag, r), progress=False)
+    client.map(
+        [(p, [{"role": "user", "content": p}]) for p in prompts],
+        params or {"temperature": 0},
+        lambda tag, r: results.__setitem__(tag, r),
+        progress=False,
+    )
     return results
 
 
 # -- retries, failures, usage -----------------------------------------------------------------------------
 def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
-    prompts = ["plain one", "rate limited [429x2]", "flaky [500x1]", "slow [slowx1]", "dropped [dropx1]",
-               "broken [badjson]", "empty [nochoices]", "always down [500x99]", "plain two"]
+    prompts = [
+        "plain one",
+        "rate limited [429x2]",
+        "flaky [500x1]",
+        "slow [slowx1]",
+        "dropped [dropx1]",
+        "broken [badjson]",
+        "empty [nochoices]",
+        "always down [500x99]",
+        "plain two",
+    ]
     client = make_client(server)
     results = run_all(client, prompts)
     assert set(results) == set(prompts)
@@ -270,14 +313,19 @@ def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
     expected_in = sum(prompt_tokens(p) for p in ok) + prompt_tokens("empty [nochoices]")
     assert stats.usage.prompt_tokens == expected_in
     assert stats.usage.completion_tokens == COMPLETION_TOKENS * len(ok)
-    assert stats.usage.cost(client.prices) == pytest.approx((expected_in * 2.0 + COMPLETION_TOKENS * len(ok) * 8.0) / 1e6)
+    assert stats.usage.cost(client.prices) == pytest.approx(
+        (expected_in * 2.0 + COMPLETION_TOKENS * len(ok) * 8.0) / 1e6
+    )
 
 
-@pytest.mark.parametrize(("retry_after", "cap", "prompt", "wait"), [
-    ("0.4", None, "wait [429x1]", 0.4),          # honoured
-    ("30", 0.3, "wait long [429x1]", 0.3),       # capped at retry_after_max
-    ("0.4", None, "overloaded [503x1]", 0.4),    # on a 503 too
-])
+@pytest.mark.parametrize(
+    ("retry_after", "cap", "prompt", "wait"),
+    [
+        ("0.4", None, "wait [429x1]", 0.4),  # honoured
+        ("30", 0.3, "wait long [429x1]", 0.3),  # capped at retry_after_max
+        ("0.4", None, "overloaded [503x1]", 0.4),  # on a 503 too
+    ],
+)
 def test_retry_after_is_honoured_up_to_the_cap(retry_after, cap, prompt, wait, key_env):
     with FakeChatServer(retry_after=retry_after) as server:
         extra = {"retry_after_max": cap} if cap is not None else {}
@@ -316,9 +364,28 @@ def test_over_tls_trickled_headers_are_cut_too_and_the_certificate_is_verified(k
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command makes the test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     with FakeChatServer(trickle_interval=0.05) as server:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -337,7 +404,7 @@ def test_full_jitter_backoff_is_bounded_and_exponential(server, key_env):
     client = make_client(server, max_retries=5, backoff_base=1.0, backoff_max=4.0, sleep=slept.append, seed=123)
     result = client.chat([{"role": "user", "content": "down [500x5]"}])
     assert result.ok and result.attempts == 6 and len(slept) == 5
-    caps = [min(4.0, 1.0 * 2 ** n) for n in range(5)]  # 1, 2, 4, 4, 4
+    caps = [min(4.0, 1.0 * 2**n) for n in range(5)]  # 1, 2, 4, 4, 4
     assert all(0 <= s <= cap for s, cap in zip(slept, caps)), slept
     assert len(set(slept)) == 5  # jittered, not a fixed schedule
 
@@ -363,8 +430,14 @@ def test_refused_connection_is_retried_then_recorded(key_env):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = ChatClient(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV, max_retries=2,
-                        backoff_base=0.001, timeout=1)
+    client = ChatClient(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model="m",
+        api_key_env=KEY_ENV,
+        max_retries=2,
+        backoff_base=0.001,
+        timeout=1,
+    )
     result = client.chat([{"role": "user", "content": "hello"}])
     assert not result.ok and result.attempts == 3 and "connection error" in result.error
 
@@ -408,8 +481,15 @@ def test_missing_key_variable_is_named(monkeypatch):
     assert SECRET not in str(err.value) and "NAME" in str(err.value)
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"base_url": "api.openai.com"}, "http"), ({"max_concurrency": 0}, "max_concurrency"),
-                                           ({"timeout": 0}, "timeout"), ({"prices": {"input": "cheap"}}, "prices.input")])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"base_url": "api.openai.com"}, "http"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"timeout": 0}, "timeout"),
+        ({"prices": {"input": "cheap"}}, "prices.input"),
+    ],
+)
 def test_bad_client_settings_are_clear(kw, match, key_env):
     opts = dict(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
     opts.update(kw)
@@ -441,11 +521,23 @@ def test_label_parser():
     with pytest.raises(ParseError, match="could not parse a label"):
         t.parse("Perhaps")
     # unparseable words, but the answer token's logprobs still give the teacher's distribution
-    logprobs = {"content": [{"token": "Maybe", "logprob": -0.1,
-                             "top_logprobs": [{"token": "Maybe", "logprob": -0.1}, {"token": "yes", "logprob": -1.0},
-                                              {"token": "no", "logprob": -3.0}]}]}
+    logprobs = {
+        "content": [
+            {
+                "token": "Maybe",
+                "logprob": -0.1,
+                "top_logprobs": [
+                    {"token": "Maybe", "logprob": -0.1},
+                    {"token": "yes", "logprob": -1.0},
+                    {"token": "no", "logprob": -3.0},
+                ],
+            }
+        ]
+    }
     parsed = t.parse("Maybe", logprobs)
-    assert parsed["label"] == 1 and parsed["label_source"] == "logprobs" and sum(parsed["soft_label"]) == pytest.approx(1)
+    assert (
+        parsed["label"] == 1 and parsed["label_source"] == "logprobs" and sum(parsed["soft_label"]) == pytest.approx(1)
+    )
 
 
 def test_templates_render_and_validate():

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from tests.test_generation_client import COMPLETION_TOKENS, KEY_ENV, SECRET, FakeChatServer, answer
 
-from litdistill.config import config_dir
+from litdistill.core.conf import config_dir
 from litdistill.generation import (
     ConfigError,
     ResultStore,
@@ -27,7 +28,6 @@ from litdistill.generation import (
 )
 from litdistill.generation.run import generate
 from litdistill.generation.store import read_jsonl
-from tests.test_generation_client import COMPLETION_TOKENS, KEY_ENV, SECRET, FakeChatServer, answer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,10 +59,20 @@ def compose_generate(overrides: list[str]):
 
 
 def api_overrides(server: FakeChatServer, out: Path, inputs: Path | None = None, **extra) -> list[str]:
-    opts = {"teacher_api.base_url": server.url, "teacher_api.model": "teacher-1", "teacher_api.api_key_env": KEY_ENV,
-            "teacher_api.timeout": 0.5, "teacher_api.max_retries": 3, "teacher_api.backoff_base": 0.01,
-            "teacher_api.backoff_max": 0.05, "teacher_api.max_concurrency": 4,
-            "teacher_api.prices.input": 2.0, "teacher_api.prices.output": 8.0, "output_dir": str(out), "progress": False}
+    opts = {
+        "teacher_api.base_url": server.url,
+        "teacher_api.model": "teacher-1",
+        "teacher_api.api_key_env": KEY_ENV,
+        "teacher_api.timeout": 0.5,
+        "teacher_api.max_retries": 3,
+        "teacher_api.backoff_base": 0.01,
+        "teacher_api.backoff_max": 0.05,
+        "teacher_api.max_concurrency": 4,
+        "teacher_api.prices.input": 2.0,
+        "teacher_api.prices.output": 8.0,
+        "output_dir": str(out),
+        "progress": False,
+    }
     if inputs is not None:
         opts["input.path"] = str(inputs)
     opts.update(extra)
@@ -100,10 +110,16 @@ def _key(monkeypatch):
 
 # -- end to end with faults, then a rerun --------------------------------------------------------------------
 def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path):
-    prompts = [{"id": "p0", "prompt": "What is aspirin?"}, {"id": "p1", "prompt": "Rate limited [429x2]"},
-               {"id": "p2", "prompt": "Flaky [500x1]"}, {"id": "p3", "prompt": "Slow [slowx1]"},
-               {"id": "p4", "prompt": "Broken [badjson]"}, {"id": "p5", "prompt": "Empty [nochoices]"},
-               {"id": "p6", "prompt": "Down [500x99]"}, {"id": "p7", "prompt": "What is ibuprofen?"}]
+    prompts = [
+        {"id": "p0", "prompt": "What is aspirin?"},
+        {"id": "p1", "prompt": "Rate limited [429x2]"},
+        {"id": "p2", "prompt": "Flaky [500x1]"},
+        {"id": "p3", "prompt": "Slow [slowx1]"},
+        {"id": "p4", "prompt": "Broken [badjson]"},
+        {"id": "p5", "prompt": "Empty [nochoices]"},
+        {"id": "p6", "prompt": "Down [500x99]"},
+        {"id": "p7", "prompt": "What is ibuprofen?"},
+    ]
     inputs = write_jsonl(tmp_path / "prompts.jsonl", prompts)
     out = tmp_path / "gen"
     cfg = compose_generate(api_overrides(server, out, inputs))
@@ -130,8 +146,11 @@ def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path)
     assert manifest["input"]["count"] == 8 and len(manifest["input"]["key"]) == 64
     assert manifest["litdistill_version"] and manifest["created"]
     tokens_in = sum(len(by_id[i]["prompt"].split()) for i in ok | {"p5"})  # p5 was billed without choices
-    assert manifest["usage"] == {"prompt_tokens": tokens_in, "completion_tokens": COMPLETION_TOKENS * 5,
-                                 "total_tokens": tokens_in + COMPLETION_TOKENS * 5}
+    assert manifest["usage"] == {
+        "prompt_tokens": tokens_in,
+        "completion_tokens": COMPLETION_TOKENS * 5,
+        "total_tokens": tokens_in + COMPLETION_TOKENS * 5,
+    }
     assert manifest["estimated_cost_usd"] == pytest.approx((tokens_in * 2.0 + COMPLETION_TOKENS * 5 * 8.0) / 1e6)
     # every response billed so far: here the dataset's, each prompt having been answered once
     assert manifest["spent"] == {**manifest["usage"], "estimated_cost_usd": manifest["estimated_cost_usd"]}
@@ -156,12 +175,18 @@ def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path)
     # response without choices, which its successful retry replaced in the store
     p5_first = len(by_id["p5"]["prompt"].split())
     tokens_in2 = sum(len(p["prompt"].split()) for p in prompts)
-    assert manifest2["usage"] == {"prompt_tokens": tokens_in2, "completion_tokens": COMPLETION_TOKENS * 8,
-                                  "total_tokens": tokens_in2 + COMPLETION_TOKENS * 8}
+    assert manifest2["usage"] == {
+        "prompt_tokens": tokens_in2,
+        "completion_tokens": COMPLETION_TOKENS * 8,
+        "total_tokens": tokens_in2 + COMPLETION_TOKENS * 8,
+    }
     spent = manifest2["spent"]
-    assert spent == {"prompt_tokens": tokens_in2 + p5_first, "completion_tokens": COMPLETION_TOKENS * 8,
-                     "total_tokens": tokens_in2 + p5_first + COMPLETION_TOKENS * 8,
-                     "estimated_cost_usd": pytest.approx(manifest2["estimated_cost_usd"] + p5_first * 2.0 / 1e6)}
+    assert spent == {
+        "prompt_tokens": tokens_in2 + p5_first,
+        "completion_tokens": COMPLETION_TOKENS * 8,
+        "total_tokens": tokens_in2 + p5_first + COMPLETION_TOKENS * 8,
+        "estimated_cost_usd": pytest.approx(manifest2["estimated_cost_usd"] + p5_first * 2.0 / 1e6),
+    }
     run1, run2 = manifest["last_run"], manifest2["last_run"]
     assert spent["total_tokens"] == run1["usage"]["total_tokens"] + run2["usage"]["total_tokens"]
     assert spent["estimated_cost_usd"] == pytest.approx(run1["estimated_cost_usd"] + run2["estimated_cost_usd"])
@@ -174,8 +199,16 @@ def test_generate_with_faults_then_rerun_retries_only_failures(server, tmp_path)
 
 def test_progress_bar_counts_requests_and_shows_ok_failed_retries_and_cost(server, tmp_path, capsys):
     out = tmp_path / "gen"
-    generate(compose_generate(api_overrides(server, out, progress=True, **{
-        "input.prompts": "['What is aspirin?','Flaky [500x1]','Broken [badjson]']"})))
+    generate(
+        compose_generate(
+            api_overrides(
+                server,
+                out,
+                progress=True,
+                **{"input.prompts": "['What is aspirin?','Flaky [500x1]','Broken [badjson]']"},
+            )
+        )
+    )
     err = capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     cost = manifest["last_run"]["estimated_cost_usd"]
@@ -186,8 +219,14 @@ def test_progress_bar_counts_requests_and_shows_ok_failed_retries_and_cost(serve
 def test_inputs_repeating_a_prompt_are_requested_once_and_each_id_gets_the_result(server, tmp_path):
     """Different ids, the same rendered prompt: one request, and every id is in dataset.jsonl (the
     repeat marked ``duplicate_of``), so a dataset has a row for each input a user gave."""
-    inputs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "What is aspirin?"}, {"id": "b", "prompt": "Why?"},
-                                                {"id": "c", "prompt": "What is aspirin?", "source": "forum"}])
+    inputs = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "What is aspirin?"},
+            {"id": "b", "prompt": "Why?"},
+            {"id": "c", "prompt": "What is aspirin?", "source": "forum"},
+        ],
+    )
     out = tmp_path / "gen"
     for _ in range(2):  # the rerun requests nothing and writes the same dataset
         generate(compose_generate(api_overrides(server, out, inputs)))
@@ -204,8 +243,13 @@ def test_inputs_repeating_a_prompt_are_requested_once_and_each_id_gets_the_resul
 
 def test_sft_records_and_the_training_data_module_read_the_dataset(server, tmp_path, tokenizer_dir):
     out = tmp_path / "gen"
-    generate(compose_generate(api_overrides(server, out, **{"input.prompts": "['What is a rash?','Is aspirin an NSAID?']",
-                                                              "prompt": "explain"})))
+    generate(
+        compose_generate(
+            api_overrides(
+                server, out, **{"input.prompts": "['What is a rash?','Is aspirin an NSAID?']", "prompt": "explain"}
+            )
+        )
+    )
     sft = to_sft_records(out)
     assert [r["prompt"] for r in sft] == ["What is a rash?", "Is aspirin an NSAID?"]
     assert sft[0]["response"] == answer("What is a rash?")
@@ -213,8 +257,11 @@ def test_sft_records_and_the_training_data_module_read_the_dataset(server, tmp_p
     assert server.bodies[0]["messages"][0]["role"] == "system"
     from litdistill.data.sft import SFTDataModule
 
-    dm = SFTDataModule(tokenizer=tokenizer_dir, data_files={"train": str(out / "dataset.jsonl"),
-                                                            "validation": str(out / "dataset.jsonl")}, max_length=64)
+    dm = SFTDataModule(
+        tokenizer=tokenizer_dir,
+        data_files={"train": str(out / "dataset.jsonl"), "validation": str(out / "dataset.jsonl")},
+        max_length=64,
+    )
     dm.setup()
     assert len(dm.splits["train"]) == 2 and any(lab != -100 for lab in dm.splits["train"][0]["labels"])
 
@@ -224,20 +271,33 @@ def label_sentences(server: FakeChatServer, tmp_path: Path, sentences: dict[str,
     source = tmp_path / "ade.csv"
     source.write_text("sentence_id,text\n" + "".join(f"{i},{text}\n" for i, text in sentences.items()))
     out = tmp_path / "ade"
-    generate(compose_generate(api_overrides(server, out, source, prompt="ade_label",
-                                            **{"input.field": "text", "input.id_field": "sentence_id"})))
+    generate(
+        compose_generate(
+            api_overrides(
+                server, out, source, prompt="ade_label", **{"input.field": "text", "input.id_field": "sentence_id"}
+            )
+        )
+    )
     return out
 
 
 def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
-    out = label_sentences(server, tmp_path, {"s1": "Lithium-induced hypothyroidism was noted.",
-                                             "s2": "The patient was given aspirin for pain.",
-                                             "s3": "Drug-induced rash after amoxicillin."})
+    out = label_sentences(
+        server,
+        tmp_path,
+        {
+            "s1": "Lithium-induced hypothyroidism was noted.",
+            "s2": "The patient was given aspirin for pain.",
+            "s3": "Drug-induced rash after amoxicillin.",
+        },
+    )
     assert server.bodies[0]["logprobs"] is True and server.bodies[0]["max_tokens"] == 3
     rows = to_classification_records(out)
     assert [(r["id"], r["text"], r["label"]) for r in rows] == [
-        ("s1", "Lithium-induced hypothyroidism was noted.", 1), ("s2", "The patient was given aspirin for pain.", 0),
-        ("s3", "Drug-induced rash after amoxicillin.", 1)]
+        ("s1", "Lithium-induced hypothyroidism was noted.", 1),
+        ("s2", "The patient was given aspirin for pain.", 0),
+        ("s3", "Drug-induced rash after amoxicillin.", 1),
+    ]
     assert rows[0]["soft_label"] == pytest.approx([0.1, 0.9]) and rows[1]["soft_label"] == pytest.approx([0.8, 0.2])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["label_names"] == ["not_ade", "ade"] and manifest["settings"]["top_logprobs"] == 10
@@ -248,8 +308,16 @@ def test_ade_labelling_writes_labels_and_soft_labels(server, tmp_path):
 def test_odd_server_values_fail_one_prompt_and_never_the_run(server, tmp_path):
     """A "log-probability" of 1000 (exp overflows), infinite token counts and a key echoed past the cut
     of the error text: each prompt ends with one record, the run completes, no piece of the key is kept."""
-    out = label_sentences(server, tmp_path, {"s1": "Lithium-induced hypothyroidism [hugelogprob].", "s2": "Aspirin was given [badusage].",
-                                             "s3": "Drug-induced rash [401long].", "s4": "Lithium-induced tremor."})
+    out = label_sentences(
+        server,
+        tmp_path,
+        {
+            "s1": "Lithium-induced hypothyroidism [hugelogprob].",
+            "s2": "Aspirin was given [badusage].",
+            "s3": "Drug-induced rash [401long].",
+            "s4": "Lithium-induced tremor.",
+        },
+    )
     by_id = {r["id"]: r for r in store_lines(out)}
     assert sorted(by_id) == ["s1", "s2", "s3", "s4"]
     assert by_id["s1"]["status"] == "ok" and by_id["s1"]["label"] == 1 and by_id["s1"]["soft_label"][1] > 0.9
@@ -265,8 +333,14 @@ def test_odd_server_values_fail_one_prompt_and_never_the_run(server, tmp_path):
 def _spawn(overrides: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, KEY_ENV: SECRET, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     package_dir = str(Path(__import__("litdistill").__file__).parent)
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, package_dir, str(config_dir()), *overrides], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, package_dir, str(config_dir()), *overrides],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _lines(out: Path) -> int:
@@ -284,7 +358,9 @@ def _signal_after_lines(procs: dict[str, tuple[Path, subprocess.Popen, int]], n:
                 proc.send_signal(sig)
                 del pending[name]
             elif proc.poll() is not None:
-                raise AssertionError(f"{name}: generation ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+                raise AssertionError(
+                    f"{name}: generation ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}"
+                )
         time.sleep(0.01)
     for _, proc, _ in pending.values():
         proc.kill()
@@ -298,8 +374,11 @@ def test_sigkill_ctrl_c_and_sigterm_mid_run_then_resume(tmp_path):
     no duplicates, and never re-requests a prompt whose result was already stored."""
     n = 40
     signals = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
-    with FakeChatServer(delay=0.25) as kill_srv, FakeChatServer(delay=0.25) as int_srv, \
-            FakeChatServer(delay=0.25) as term_srv:
+    with (
+        FakeChatServer(delay=0.25) as kill_srv,
+        FakeChatServer(delay=0.25) as int_srv,
+        FakeChatServer(delay=0.25) as term_srv,
+    ):
         jobs = {}
         for name, srv in (("kill", kill_srv), ("int", int_srv), ("term", term_srv)):
             inputs = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": f"{name} question {i}"} for i in range(n)])
@@ -331,7 +410,9 @@ def test_sigkill_ctrl_c_and_sigterm_mid_run_then_resume(tmp_path):
 
             assert generate(compose_generate(overrides)) == out  # resume in-process
             final = store_lines(out)
-            assert len(final) == n and sorted(r["prompt"] for r in final) == sorted(f"{name} question {i}" for i in range(n))
+            assert len(final) == n and sorted(r["prompt"] for r in final) == sorted(
+                f"{name} question {i}" for i in range(n)
+            )
             assert all(r["status"] == "ok" for r in final)
             for prompt, before in requested_before.items():
                 again = srv.exact(prompt) - before
@@ -347,8 +428,18 @@ def test_ctrl_c_exits_without_waiting_for_requests_in_flight(tmp_path):
     server answers or the teacher's timeout (300 s for vllm) runs out, and the manifest says so."""
     with FakeChatServer(delay=20) as srv:
         out = tmp_path / "gen"
-        proc = _spawn(api_overrides(srv, out, **{"input.prompts": "['one','two','three']", "teacher_api.timeout": 30,
-                                                 "teacher_api.max_concurrency": 2}), tmp_path)
+        proc = _spawn(
+            api_overrides(
+                srv,
+                out,
+                **{
+                    "input.prompts": "['one','two','three']",
+                    "teacher_api.timeout": 30,
+                    "teacher_api.max_concurrency": 2,
+                },
+            ),
+            tmp_path,
+        )
         deadline = time.monotonic() + 120
         while srv.in_flight < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -383,17 +474,24 @@ def test_truncated_last_line_is_dropped_and_repaired(tmp_path):
 
 
 # -- config errors before any request -------------------------------------------------------------------------
-@pytest.mark.parametrize(("extra", "error", "match"), [
-    ({"teacher_api.api_key_env": "NO_SUCH_VAR_LITDISTILL"}, ConfigError, r"NO_SUCH_VAR_LITDISTILL.*not set"),
-    ({"input.field": "question"}, ConfigError, r"input.field='question'.*available fields: \['id', 'prompt', 'topic'\]"),
-    ({"prompt.user": "'About {topic}: {input} ({source})'"}, TemplateError, r"\['source'\].*available fields"),
-    ({"prompt.parser": "json"}, TemplateError, r"prompt.parser='json'.*valid parsers"),
-    ({"teacher_api.type": "grpc"}, ConfigError, r"teacher_api.type='grpc'.*\['openai', 'local_hf'\]"),
-    ({"generation.max_tokens": 0}, ConfigError, r"generation.max_tokens=0"),
-    ({"input.path": "missing.jsonl"}, ConfigError, r"input.path='missing.jsonl' does not exist"),
-    ({"input.path": "prompts.xml"}, ConfigError, r"format '.xml'.*'.jsonl'"),
-    ({"+teacher_api.api_key": SECRET}, ConfigError, r"keys never go in configs"),
-])
+@pytest.mark.parametrize(
+    ("extra", "error", "match"),
+    [
+        ({"teacher_api.api_key_env": "NO_SUCH_VAR_LITDISTILL"}, ConfigError, r"NO_SUCH_VAR_LITDISTILL.*not set"),
+        (
+            {"input.field": "question"},
+            ConfigError,
+            r"input.field='question'.*available fields: \['id', 'prompt', 'topic'\]",
+        ),
+        ({"prompt.user": "'About {topic}: {input} ({source})'"}, TemplateError, r"\['source'\].*available fields"),
+        ({"prompt.parser": "json"}, TemplateError, r"prompt.parser='json'.*valid parsers"),
+        ({"teacher_api.type": "grpc"}, ConfigError, r"teacher_api.type='grpc'.*\['openai', 'local_hf'\]"),
+        ({"generation.max_tokens": 0}, ConfigError, r"generation.max_tokens=0"),
+        ({"input.path": "missing.jsonl"}, ConfigError, r"input.path='missing.jsonl' does not exist"),
+        ({"input.path": "prompts.xml"}, ConfigError, r"format '.xml'.*'.jsonl'"),
+        ({"+teacher_api.api_key": SECRET}, ConfigError, r"keys never go in configs"),
+    ],
+)
 def test_bad_config_fails_before_any_request(extra, error, match, server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.xml").write_text("<x/>")
@@ -421,8 +519,15 @@ def test_inputs_from_txt_csv_and_config_with_stable_ids(tmp_path):
         load_inputs({"prompts": ["ok", ""]})
     write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "prompt": "one"}, {"id": "a", "prompt": "two"}])
     with pytest.raises(ConfigError, match="input id 'a'.*two different prompts"):
-        generate(compose_generate(["input.path=" + str(tmp_path / "dup.jsonl"), f"teacher_api.api_key_env={KEY_ENV}",
-                                   f"output_dir={tmp_path / 'out'}"]))
+        generate(
+            compose_generate(
+                [
+                    "input.path=" + str(tmp_path / "dup.jsonl"),
+                    f"teacher_api.api_key_env={KEY_ENV}",
+                    f"output_dir={tmp_path / 'out'}",
+                ]
+            )
+        )
 
 
 def test_unknown_prompt_option_is_reported_by_hydra(tmp_path):
@@ -447,8 +552,15 @@ def test_record_key_changed_settings_regenerate_unchanged_rerun_reuses(server, t
     first = store_lines(out)
 
     # unchanged, or changed only in what does not change an answer: nothing is requested
-    for extra in ([], ["teacher_api.timeout=2", "teacher_api.max_concurrency=1", "teacher_api.max_retries=1",
-                       "teacher_api.prices.input=9.0"]):
+    for extra in (
+        [],
+        [
+            "teacher_api.timeout=2",
+            "teacher_api.max_concurrency=1",
+            "teacher_api.max_retries=1",
+            "teacher_api.prices.input=9.0",
+        ],
+    ):
         generate(compose_generate(base + extra))
         assert server.total == 3, extra
         assert store_lines(out) == first
@@ -488,11 +600,13 @@ def test_record_key_changed_settings_regenerate_unchanged_rerun_reuses(server, t
 
 def test_changed_label_words_relabel_rather_than_reuse_old_labels(server, tmp_path):
     sentences = tmp_path / "ade.csv"
-    sentences.write_text("sentence_id,text\ns1,Lithium-induced hypothyroidism was noted.\n"
-                         "s2,The patient was given aspirin for pain.\n")
+    sentences.write_text(
+        "sentence_id,text\ns1,Lithium-induced hypothyroidism was noted.\ns2,The patient was given aspirin for pain.\n"
+    )
     out = tmp_path / "ade"
-    base = api_overrides(server, out, sentences, prompt="ade_label",
-                         **{"input.field": "text", "input.id_field": "sentence_id"})
+    base = api_overrides(
+        server, out, sentences, prompt="ade_label", **{"input.field": "text", "input.id_field": "sentence_id"}
+    )
     generate(compose_generate(base))
     generate(compose_generate(base))
     assert server.total == 2
@@ -513,9 +627,16 @@ def test_unparseable_label_answer_is_a_counted_failed_record_left_out_of_the_dat
     """The fake teacher answers 'Answer to: <sentence>'; with the sentence as the whole prompt and no
     logprobs, 'yes'/'no' parse (the only label word) and 'Perhaps' can't be parsed."""
     out = tmp_path / "labels"
-    base = api_overrides(server, out, prompt="ade_label", **{
-        "prompt.user": "'{input}'", "prompt.soft_labels": "false",
-        "input.prompts": "[{id: a, prompt: 'yes'}, {id: b, prompt: Perhaps}, {id: c, prompt: 'no'}]"})
+    base = api_overrides(
+        server,
+        out,
+        prompt="ade_label",
+        **{
+            "prompt.user": "'{input}'",
+            "prompt.soft_labels": "false",
+            "input.prompts": "[{id: a, prompt: 'yes'}, {id: b, prompt: Perhaps}, {id: c, prompt: 'no'}]",
+        },
+    )
     generate(compose_generate(base))  # a parse failure does not end the run
     by_id = {r["id"]: r for r in store_lines(out)}
     assert by_id["a"]["status"] == "ok" and by_id["a"]["label"] == 1 and by_id["c"]["label"] == 0
@@ -542,8 +663,15 @@ def test_base_url_credentials_are_masked_in_the_saved_config_and_every_file(serv
     port = server.url.split(":")[-1].split("/")[0]
     url = f"http://alice:{password}@127.0.0.1:{port}/v1?token={token}"
     out = tmp_path / "gen"
-    generate(compose_generate(api_overrides(server, out, **{"teacher_api.base_url": f"'{url}'", "teacher_api.max_retries": 0,
-                                                            "input.prompts": "['hello']"})))
+    generate(
+        compose_generate(
+            api_overrides(
+                server,
+                out,
+                **{"teacher_api.base_url": f"'{url}'", "teacher_api.max_retries": 0, "input.prompts": "['hello']"},
+            )
+        )
+    )
     config = (out / "config.yaml").read_text()
     assert f"base_url: http://127.0.0.1:{port}/v1?token=***" in config and "alice" not in config
     manifest = json.loads((out / "manifest.json").read_text())
@@ -574,8 +702,10 @@ def _documented_commands(text: str, start: str) -> list[list[str]]:
 
 def test_ade_generate_command_in_the_docs_writes_where_the_experiment_reads(compose_train):
     experiment = (REPO / "conf" / "experiment" / "ade_llm_labels.yaml").read_text()
-    sources = {"docs/generation.md": (REPO / "docs" / "generation.md").read_text(),
-               "conf/experiment/ade_llm_labels.yaml": experiment}
+    sources = {
+        "docs/generation.md": (REPO / "docs" / "generation.md").read_text(),
+        "conf/experiment/ade_llm_labels.yaml": experiment,
+    }
     train_cfg = compose_train(["experiment=ade_llm_labels"])
     reads = train_cfg.data.teacher_labels
     # the case study's student is the real PubMedBERT
@@ -590,7 +720,9 @@ def test_ade_generate_command_in_the_docs_writes_where_the_experiment_reads(comp
             assert cfg.teacher_api.model == "gpt-3.5-turbo" and cfg.prompt.name == "ade_label"
             assert os.path.normpath(cfg.output_dir) == os.path.normpath(reads), (name, command)
             checked += 1
-        assert any(c[:2] == ["litdistill", "experiment=ade_llm_labels"] for c in _documented_commands(text, "litdistill"))
+        assert any(
+            c[:2] == ["litdistill", "experiment=ade_llm_labels"] for c in _documented_commands(text, "litdistill")
+        )
     assert checked == 2
     assert os.path.normpath(reads) == os.path.normpath("outputs/generated/gpt-3.5-turbo/ade_label")
     assert "reads ./outputs/generated/gpt-3.5-turbo/ade_label" in sources["docs/generation.md"]
@@ -601,8 +733,10 @@ def test_ade_generate_command_in_the_docs_writes_where_the_experiment_reads(comp
 
 
 # -- a local Hugging Face teacher ------------------------------------------------------------------------------
-CHAT_TEMPLATE = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} {% endfor %}"
-                 "{% if add_generation_prompt %}< assistant >{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}< assistant >{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -611,19 +745,68 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    words = ("[PAD] [UNK] <s> </s> < > user assistant system yes no is a the drug rash what why how "
-             "aspirin ibuprofen lithium caused cause induced sentence answer one word : ? . , describe adverse "
-             "event does following with or").split()
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "<s>",
+        "</s>",
+        "<",
+        ">",
+        "user",
+        "assistant",
+        "system",
+        "yes",
+        "no",
+        "is",
+        "a",
+        "the",
+        "drug",
+        "rash",
+        "what",
+        "why",
+        "how",
+        "aspirin",
+        "ibuprofen",
+        "lithium",
+        "caused",
+        "cause",
+        "induced",
+        "sentence",
+        "answer",
+        "one",
+        "word",
+        ":",
+        "?",
+        ".",
+        ",",
+        "describe",
+        "adverse",
+        "event",
+        "does",
+        "following",
+        "with",
+        "or",
+    ]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>",
-                                   eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=vocab["[PAD]"], bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"])
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=vocab["[PAD]"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+    )
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path)
@@ -632,10 +815,17 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 def local_overrides(model_dir: Path, out: Path, **extra) -> list[str]:
-    opts = {"teacher_api": "local_hf", "teacher_api.name_or_path": str(model_dir), "teacher_api.device": "cpu",
-            "teacher_api.batch_size": 3, "generation.max_tokens": 5, "output_dir": str(out), "progress": False,
-            "input.prompts": "['what is aspirin ?','why does lithium cause a rash ?','how','is ibuprofen a drug ?',"
-                             "'what caused the adverse event ?']"}
+    opts = {
+        "teacher_api": "local_hf",
+        "teacher_api.name_or_path": str(model_dir),
+        "teacher_api.device": "cpu",
+        "teacher_api.batch_size": 3,
+        "generation.max_tokens": 5,
+        "output_dir": str(out),
+        "progress": False,
+        "input.prompts": "['what is aspirin ?','why does lithium cause a rash ?','how','is ibuprofen a drug ?',"
+        "'what caused the adverse event ?']",
+    }
     opts.update(extra)
     return [f"{k}={v}" for k, v in opts.items()]
 
@@ -674,7 +864,9 @@ def test_local_hf_teacher_soft_labels_from_logits(tiny_llama_dir, tmp_path):
     from litdistill.generation.templates import load_template
 
     out = tmp_path / "ade_local"
-    generate(compose_generate(local_overrides(tiny_llama_dir, out, prompt="ade_label", **{"teacher_api.batch_size": 2})))
+    generate(
+        compose_generate(local_overrides(tiny_llama_dir, out, prompt="ade_label", **{"teacher_api.batch_size": 2}))
+    )
     rows = to_classification_records(out)
     assert len(rows) == 5
     for r in rows:
@@ -707,21 +899,51 @@ def test_offline_sequence_kd_local_teacher_writes_the_data_student_trains_report
     greedily, so it predicts its own answer tokens better than the barely trained student."""
     from tests.test_cli import run_cli
 
-    words = "aspirin ibuprofen lithium drug rash adverse event sentence answer".split()
-    prompts = [{"id": f"p{i}", "prompt": f"what is {a} ? does {b} cause a {c} ?"}
-               for i, (a, b, c) in enumerate((a, b, c) for a in words for b in words[:4] for c in words[3:6])][:60]
+    words = ["aspirin", "ibuprofen", "lithium", "drug", "rash", "adverse", "event", "sentence", "answer"]
+    prompts = [
+        {"id": f"p{i}", "prompt": f"what is {a} ? does {b} cause a {c} ?"}
+        for i, (a, b, c) in enumerate((a, b, c) for a in words for b in words[:4] for c in words[3:6])
+    ][:60]
     gen = tmp_path / "gen"
-    proc = run_cli(["generate", "teacher_api=local_hf", f"teacher_api.name_or_path={tiny_llama_dir}",
-                    "teacher_api.device=cpu", "teacher_api.batch_size=8", "generation.max_tokens=6",
-                    f"input.path={write_jsonl(tmp_path / 'p.jsonl', prompts)}", f"output_dir={gen}"], tmp_path)
+    proc = run_cli(
+        [
+            "generate",
+            "teacher_api=local_hf",
+            f"teacher_api.name_or_path={tiny_llama_dir}",
+            "teacher_api.device=cpu",
+            "teacher_api.batch_size=8",
+            "generation.max_tokens=6",
+            f"input.path={write_jsonl(tmp_path / 'p.jsonl', prompts)}",
+            f"output_dir={gen}",
+        ],
+        tmp_path,
+    )
     assert len((gen / "dataset.jsonl").read_text().splitlines()) == 60
     assert "60/60" in proc.stderr and "prompt/s" in proc.stderr  # the tqdm bar over the prompts (progress=true)
 
-    run_cli(["task=causal_lm", "teacher=pretrained", f"teacher.name_or_path={tiny_llama_dir}", "teacher.num_labels=null",
-             "teacher.label_names=null", "student=from_teacher", "student.layers=[0]", "student.every=null",
-             f"tokenizer={tiny_llama_dir}", "data=sft_files", f"data.data_files.train={gen / 'dataset.jsonl'}",
-             "data.max_length=64", "loss=ce", "teacher_finetune=null", "baseline=false", "report.metric=token_acc",
-             "report.repeats=2", "trainer.max_epochs=1"], tmp_path)
+    run_cli(
+        [
+            "task=causal_lm",
+            "teacher=pretrained",
+            f"teacher.name_or_path={tiny_llama_dir}",
+            "teacher.num_labels=null",
+            "teacher.label_names=null",
+            "student=from_teacher",
+            "student.layers=[0]",
+            "student.every=null",
+            f"tokenizer={tiny_llama_dir}",
+            "data=sft_files",
+            f"data.data_files.train={gen / 'dataset.jsonl'}",
+            "data.max_length=64",
+            "loss=ce",
+            "teacher_finetune=null",
+            "baseline=false",
+            "report.metric=token_acc",
+            "report.repeats=2",
+            "trainer.max_epochs=1",
+        ],
+        tmp_path,
+    )
     run = next((tmp_path / "outputs" / "distill" / "runs").iterdir())
     report = json.loads((run / "report.json").read_text())
     teacher, student = report["models"]["teacher"]["metrics"], report["models"]["student"]["metrics"]

@@ -1,4 +1,4 @@
-"""Progressive layer dropping of the student (litdistill.layer_drop)."""
+"""Progressive layer dropping of the student (litdistill.training.layer_drop)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
+from tests.conftest import tiny_bert
 
 from litdistill import DistillationModule
-from litdistill.layer_drop import ProgressiveLayerDrop
 from litdistill.losses import AttentionLoss, HardCE, SoftTargetKL
-from tests.conftest import tiny_bert
+from litdistill.training.layer_drop import ProgressiveLayerDrop
 
 
 def test_keep_probability_by_hand():
@@ -24,8 +24,13 @@ def test_keep_probability_by_hand():
     assert drop.keep_probability(10**6, 3, 4) == pytest.approx(0.5)  # tends to theta_bar
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"theta_bar": 0.0}, r"theta_bar must be in \(0, 1\], got 0.0"),
-                                               ({"gamma": -1.0}, r"gamma must be >= 0, got -1.0")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"theta_bar": 0.0}, r"theta_bar must be in \(0, 1\], got 0.0"),
+        ({"gamma": -1.0}, r"gamma must be >= 0, got -1.0"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ProgressiveLayerDrop(**kwargs)
@@ -46,8 +51,14 @@ def test_deep_blocks_are_dropped_more_training_only_and_the_student_is_whole_aft
     module = DistillationModule(student, tiny_bert(), {"kd": SoftTargetKL(), "ce": HardCE()})
     runs = _count_block_runs(student)
     drop = ProgressiveLayerDrop(theta_bar=0.2, gamma=1.0)  # theta is ~0.2 after a few steps: the last block runs ~20%
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, limit_val_batches=0, callbacks=[drop],
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[drop],
+        enable_checkpointing=False,
+    )
     trainer.fit(module, datamodule=tiny_data)
     steps = trainer.global_step
     assert runs[0] > runs[3] and runs[3] < 0.6 * steps  # deeper blocks dropped more often
@@ -71,12 +82,21 @@ def test_an_attention_loss_is_refused(tiny_data):
 def test_cli_callbacks_layer_drop_trains_and_exports_the_whole_student(tmp_path):
     import json
 
+    from tests.test_cli import only_run_dir, run_cli
     from transformers import AutoModelForSequenceClassification
 
-    from tests.test_cli import only_run_dir, run_cli
-
-    run_cli(["experiment=tiny", "debug=fast", "baseline=false", "callbacks=layer_drop", "callbacks.layer_drop.theta_bar=0.3",
-             "report.plots=false", "report.speed=false"], tmp_path)
+    run_cli(
+        [
+            "experiment=tiny",
+            "debug=fast",
+            "baseline=false",
+            "callbacks=layer_drop",
+            "callbacks.layer_drop.theta_bar=0.3",
+            "report.plots=false",
+            "report.speed=false",
+        ],
+        tmp_path,
+    )
     run = only_run_dir(tmp_path)
     assert "ProgressiveLayerDrop" in (run / "config.yaml").read_text()
     assert json.loads((run / "report.json").read_text())["models"]["student"]["metrics"]

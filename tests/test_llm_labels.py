@@ -15,16 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from litdistill.data import TextClassificationDataModule
-from litdistill.data.synthetic import make_drug_event_dataset
-from litdistill.data.teacher_labels import TEACHER_LOGITS, read_teacher_labels, relabel
 from tests.test_cli import run_cli
 from tests.test_generation_client import KEY_ENV, SECRET, FakeChatServer
 from tests.test_generation_run import assert_secret_nowhere, write_jsonl
 
-ADE_CUES = ("induced", "developed", "associated with", "resolved after withdrawal", "occurred during",
-            "attributed to", "caused recurrence")
+from litdistill.data import TextClassificationDataModule
+from litdistill.data.synthetic import make_drug_event_dataset
+from litdistill.data.teacher_labels import TEACHER_LOGITS, read_teacher_labels, relabel
+
+ADE_CUES = (
+    "induced",
+    "developed",
+    "associated with",
+    "resolved after withdrawal",
+    "occurred during",
+    "attributed to",
+    "caused recurrence",
+)
 WRONG_SHARE = 0.15
 
 
@@ -43,15 +50,31 @@ class LabellingServer(FakeChatServer):
         ade = llm_says_ade(sentence)
         answer, other = ("Yes", "No") if ade else ("No", "Yes")
         alts = [(answer, math.log(0.85)), (other, math.log(0.15))][:k]
-        first = {"token": answer, "logprob": alts[0][1], "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
+        first = {
+            "token": answer,
+            "logprob": alts[0][1],
+            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts],
+        }
         return answer, {"content": [first]}
 
 
 def generate_cli(server: FakeChatServer, inputs: list[Path], out: Path, tmp_path: Path) -> None:
-    run_cli(["generate", "prompt=ade_label", f"teacher_api.base_url={server.url}", "teacher_api.model=gpt-3.5-turbo",
-             f"teacher_api.api_key_env={KEY_ENV}", "teacher_api.backoff_base=0.01", "teacher_api.timeout=5",
-             f"input.path=[{','.join(str(p) for p in inputs)}]", "input.field=text", f"output_dir={out}", "progress=false"],
-            tmp_path)
+    run_cli(
+        [
+            "generate",
+            "prompt=ade_label",
+            f"teacher_api.base_url={server.url}",
+            "teacher_api.model=gpt-3.5-turbo",
+            f"teacher_api.api_key_env={KEY_ENV}",
+            "teacher_api.backoff_base=0.01",
+            "teacher_api.timeout=5",
+            f"input.path=[{','.join(str(p) for p in inputs)}]",
+            "input.field=text",
+            f"output_dir={out}",
+            "progress=false",
+        ],
+        tmp_path,
+    )
 
 
 @pytest.fixture
@@ -60,16 +83,32 @@ def _key(monkeypatch):
 
 
 def test_llm_labels_end_to_end_teacher_and_student_scored_on_gold(tmp_path, _key):
-    files = {k: Path(v) for k, v in make_drug_event_dataset(str(tmp_path / "data"), n_train=160, n_val=32, n_test=96,
-                                                             seed=3).items()}
+    files = {
+        k: Path(v)
+        for k, v in make_drug_event_dataset(str(tmp_path / "data"), n_train=160, n_val=32, n_test=96, seed=3).items()
+    }
     labels_dir = tmp_path / "labels"
     with LabellingServer() as server:
         generate_cli(server, [files["train"], files["test"]], labels_dir, tmp_path)
     assert len((labels_dir / "dataset.jsonl").read_text().splitlines()) == 160 + 96
 
-    run_cli(["teacher=null", "student=pretrained", "student.name_or_path=${litdistill.minilm:}", "data=files", "loss=kd_ce", "report.repeats=3", "data.teacher_label_type=soft",
-             f"data.teacher_labels={labels_dir}", *(f"data.data_files.{s}={p}" for s, p in files.items()),
-             "data.max_length=32", "data.batch_size=16", "trainer.max_epochs=2"], tmp_path)
+    run_cli(
+        [
+            "teacher=null",
+            "student=pretrained",
+            "student.name_or_path=${litdistill.minilm:}",
+            "data=files",
+            "loss=kd_ce",
+            "report.repeats=3",
+            "data.teacher_label_type=soft",
+            f"data.teacher_labels={labels_dir}",
+            *(f"data.data_files.{s}={p}" for s, p in files.items()),
+            "data.max_length=32",
+            "data.batch_size=16",
+            "trainer.max_epochs=2",
+        ],
+        tmp_path,
+    )
     run = next((tmp_path / "outputs" / "distill" / "runs").iterdir())
     report = json.loads((run / "report.json").read_text())
     teacher, student = report["models"]["teacher"], report["models"]["student"]
@@ -93,8 +132,10 @@ def read_csv(path: str | Path) -> list[dict]:
 
 
 def _records(rows: list[tuple[str, int, list[float] | None]]) -> list[dict]:
-    return [{"id": f"r{i}", "text": t, "label": y, "status": "ok", **({"soft_label": p} if p else {})}
-            for i, (t, y, p) in enumerate(rows)]
+    return [
+        {"id": f"r{i}", "text": t, "label": y, "status": "ok", **({"soft_label": p} if p else {})}
+        for i, (t, y, p) in enumerate(rows)
+    ]
 
 
 def test_relabel_replaces_train_labels_drops_unlabelled_and_keeps_log_probs(tmp_path, tokenizer_dir):
@@ -102,12 +143,20 @@ def test_relabel_replaces_train_labels_drops_unlabelled_and_keeps_log_probs(tmp_
     dm = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, max_length=24, batch_size=8)
     gold = dm.raw_splits()
     train_texts, test_texts = gold["train"]["text"], gold["test"]["text"]
-    labelled = [(t, 1 - y, [0.3, 0.7] if y == 0 else [0.6, 0.4]) for t, y in zip(train_texts[:30], gold["train"]["label"][:30])]
+    labelled = [
+        (t, 1 - y, [0.3, 0.7] if y == 0 else [0.6, 0.4]) for t, y in zip(train_texts[:30], gold["train"]["label"][:30])
+    ]
     labelled += [(t, 1, [0.1, 0.9]) for t in test_texts[:10]]
     source = write_jsonl(tmp_path / "dataset.jsonl", _records(labelled))
 
-    dm = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, max_length=24, batch_size=8,
-                                      teacher_labels=str(source), teacher_label_type="soft")
+    dm = TextClassificationDataModule(
+        tokenizer=tokenizer_dir,
+        data_files=files,
+        max_length=24,
+        batch_size=8,
+        teacher_labels=str(source),
+        teacher_label_type="soft",
+    )
     raw = dm.raw_splits()
     assert raw["train"]["text"] == train_texts[:30]  # the 10 rows the LLM did not label are dropped
     assert raw["train"]["label"] == [1 - y for y in gold["train"]["label"][:30]]
@@ -122,11 +171,14 @@ def test_relabel_replaces_train_labels_drops_unlabelled_and_keeps_log_probs(tmp_
     assert TEACHER_LOGITS not in next(iter(dm.val_dataloader()))
     stand_in = dm.labels_teacher  # the teacher is the soft labels: no weights, nothing to run
     assert stand_in.outputs_in_batch and not list(stand_in.parameters())
-    with pytest.raises(RuntimeError, match=r"come from the soft labels in .*dataset.jsonl, which covers only the splits \['train'\]"):
+    with pytest.raises(
+        RuntimeError, match=r"come from the soft labels in .*dataset.jsonl, which covers only the splits \['train'\]"
+    ):
         stand_in.distill_forward({"input_ids": batch["input_ids"]}, frozenset({"logits"}), "classification")
     with pytest.raises(ValueError, match=r"data.teacher_label_type='fuzzy'; valid types: \['hard', 'soft'\]"):
-        TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, teacher_labels=str(source),
-                                     teacher_label_type="fuzzy")
+        TextClassificationDataModule(
+            tokenizer=tokenizer_dir, data_files=files, teacher_labels=str(source), teacher_label_type="fuzzy"
+        )
     hard = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, teacher_labels=str(source))
     assert hard.labels_teacher is None  # hard labels are plain labels: no teacher at all
 
@@ -158,8 +210,18 @@ def test_teacher_label_errors_name_the_bad_value(tmp_path):
 def test_teacher_labels_with_a_teacher_model_is_refused_before_training(tmp_path, _key):
     files = make_drug_event_dataset(str(tmp_path / "data"), n_train=16, n_val=8, n_test=8, seed=2)
     source = write_jsonl(tmp_path / "dataset.jsonl", _records([(r["text"], 0, None) for r in read_csv(files["train"])]))
-    proc = run_cli(["teacher=tiny_bert", "student=tiny_bert", "tokenizer=${litdistill.minilm:}", "data=files", f"data.teacher_labels={source}",
-                    *(f"data.data_files.{s}={p}" for s, p in files.items())], tmp_path, check=False)
+    proc = run_cli(
+        [
+            "teacher=tiny_bert",
+            "student=tiny_bert",
+            "tokenizer=${litdistill.minilm:}",
+            "data=files",
+            f"data.teacher_labels={source}",
+            *(f"data.data_files.{s}={p}" for s, p in files.items()),
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0 and "add teacher=null" in proc.stderr
 
 
@@ -169,7 +231,9 @@ def test_ade_splits_command_writes_the_splits_and_names_a_missing_corpus(tmp_pat
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "DRUG-AE.rel").write_text("".join(f"{i}|Drug {i} caused rash {i}.|rash|1|2|drug|3|4\n" for i in range(10)))
+    (corpus / "DRUG-AE.rel").write_text(
+        "".join(f"{i}|Drug {i} caused rash {i}.|rash|1|2|drug|3|4\n" for i in range(10))
+    )
     (corpus / "ADE-NEG.txt").write_text("".join(f"{i} NEG Drug {i} treated gout {i}.\n" for i in range(10)))
     out = tmp_path / "splits"
     cmd = [sys.executable, "-m", "litdistill.data.ade", "--corpus-dir", str(corpus), "--out", str(out)]
@@ -179,5 +243,7 @@ def test_ade_splits_command_writes_the_splits_and_names_a_missing_corpus(tmp_pat
     assert [len(r) for r in rows.values()] == [14, 2, 4]
     texts = [r["text"] for split in rows.values() for r in split]
     assert len(set(texts)) == 20  # no sentence in two splits
-    missing = subprocess.run([*cmd[:4], str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [*cmd[:4], str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert missing.returncode != 0 and "DRUG-AE.rel" in missing.stderr and "not found" in missing.stderr

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses import LOSSES, DistillationLoss, ForwardKL, GeneralizedJSD, HardCE, SoftTargetKL, build_loss
-from litdistill.outputs import ModelOutputs
 
 
 def _kl_by_hand(t_logits: list[float], s_logits: list[float], temp: float) -> float:
@@ -25,7 +25,9 @@ def test_soft_target_kl_matches_hand_computation():
     teacher = [[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]
     student = [[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]]
     for temp in (1.0, 2.0, 4.0):
-        loss = SoftTargetKL(temperature=temp)(ModelOutputs(logits=torch.tensor(student)), ModelOutputs(logits=torch.tensor(teacher)), {})
+        loss = SoftTargetKL(temperature=temp)(
+            ModelOutputs(logits=torch.tensor(student)), ModelOutputs(logits=torch.tensor(teacher)), {}
+        )
         expected = temp**2 * sum(_kl_by_hand(t, s, temp) for t, s in zip(teacher, student)) / 2
         assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -102,9 +104,13 @@ def test_temperature_set_after_construction_is_validated_like_weight(bad, cls):
 
 
 def test_a_user_loss_may_not_take_a_registered_name():
-    with pytest.raises(TypeError, match=r"loss name 'soft_kl' of \S*test_losses\.test_a_user_loss_may_not_take_a_registered_name"
-                                        r"\.<locals>\.Impostor is already registered by litdistill\.losses\.logits\.SoftTargetKL; "
-                                        r"give Impostor another name"):
+    with pytest.raises(
+        TypeError,
+        match=r"loss name 'soft_kl' of \S*test_losses\.test_a_user_loss_may_not_take_a_registered_name"
+        r"\.<locals>\.Impostor is already registered by litdistill\.losses\.logits\.SoftTargetKL; "
+        r"give Impostor another name",
+    ):
+
         class Impostor(DistillationLoss):
             name = "soft_kl"
 

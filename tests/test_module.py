@@ -5,16 +5,24 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tests.conftest import tiny_bert
 
 from litdistill import DistillationModule, HardCE, NonFiniteLossError, SoftTargetKL
-from litdistill.checkpointing import AtomicCheckpointIO
 from litdistill.losses import DistillationLoss
-from tests.conftest import tiny_bert
+from litdistill.training.checkpointing import AtomicCheckpointIO
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    defaults = dict(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    default_root_dir=tmp_path, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()])
+    defaults = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
+    )
     return L.Trainer(**{**defaults, **kw})
 
 
@@ -38,6 +46,7 @@ class ModeRecorder(L.Callback):
             (self.teacher_modes if name == "teacher" else self.student_modes).append(model.training)
             if name == "teacher":
                 self.dropout_modes.extend(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
+
         return hook
 
 
@@ -96,8 +105,12 @@ def test_optimizer_holds_only_student_parameters(tiny_data):
 def test_checkpoint_has_no_teacher_keys_and_resumes(tmp_path, tiny_data):
     teacher = tiny_bert()
     module = DistillationModule(tiny_bert(layers=2, seed=1), teacher)
-    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=2,
-                       callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer = _trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_val_batches=2,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
     trainer.fit(module, datamodule=tiny_data)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert ckpt["state_dict"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
@@ -109,7 +122,8 @@ def test_checkpoint_has_no_teacher_keys_and_resumes(tmp_path, tiny_data):
     restored = DistillationModule(tiny_bert(layers=2, seed=7), teacher)
     batches = BatchCounter()
     _trainer(tmp_path, max_epochs=1, limit_val_batches=2, callbacks=[batches]).fit(
-        restored, datamodule=tiny_data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+        restored, datamodule=tiny_data, ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
     assert batches.n == 0
     for key, value in ckpt["state_dict"].items():
         assert torch.equal(restored.state_dict()[key], value), key
@@ -137,7 +151,16 @@ def test_validation_logs_student_teacher_and_agreement(tmp_path, tiny_data):
     module.teacher.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     trainer.fit(module, datamodule=tiny_data)
     logged = trainer.callback_metrics
-    for key in ("val/student/f1", "val/student/acc", "val/teacher/f1", "val/teacher/acc", "val/agreement", "train/loss", "train/loss/kd", "train/loss/ce"):
+    for key in (
+        "val/student/f1",
+        "val/student/acc",
+        "val/teacher/f1",
+        "val/teacher/acc",
+        "val/agreement",
+        "train/loss",
+        "train/loss/kd",
+        "train/loss/ce",
+    ):
         assert key in logged, key
     train_steps = 2 * len(tiny_data.train_dataloader())
     assert calls["n"] == train_steps + len(tiny_data.val_dataloader())  # teacher validated once, then cached

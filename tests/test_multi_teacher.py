@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from tests.conftest import tiny_bert
 
 from litdistill import DistillationModule, HardCE, SoftTargetKL
-from litdistill.compat import IncompatibleModelsError
 from litdistill.losses import ForwardKL, HiddenStateLoss
-from litdistill.models import load_pretrained, memory_footprint
-from litdistill.teachers import MultiTeacher, MultiTeacherOutputs, teachers_memory
-from tests.conftest import tiny_bert
+from litdistill.models.compatibility import IncompatibleModelsError
+from litdistill.models.loading import load_pretrained, memory_footprint
+from litdistill.models.multi_teacher import MultiTeacher, MultiTeacherOutputs, teachers_memory
 
 NEEDS = frozenset({"logits"})
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +29,11 @@ def _batch(b: int = 6, t: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(2, t + 1, (b,), generator=g)
     mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-    return {"input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask, "attention_mask": mask,
-            "labels": torch.arange(b) % 2}
+    return {
+        "input_ids": torch.randint(1000, 2000, (b, t), generator=g) * mask,
+        "attention_mask": mask,
+        "labels": torch.arange(b) % 2,
+    }
 
 
 def _frozen(model):
@@ -48,7 +51,10 @@ def test_averaging_equals_the_hand_computed_mixture():
     batch = _batch()
     out = multi.distill_forward(batch, NEEDS, "classification")
     assert isinstance(out, MultiTeacherOutputs) and out.log_probs
-    za, zb = a(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, b(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    za, zb = (
+        a(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,
+        b(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+    )
     expected = torch.log(0.75 * F.softmax(za / 2.0, -1) + 0.25 * F.softmax(zb / 0.5, -1))
     assert torch.allclose(out.logits, expected, atol=1e-6)
     assert torch.allclose(out.logits.exp().sum(-1), torch.ones(6))
@@ -63,7 +69,7 @@ def test_logit_losses_take_the_mixture_as_the_teacher_distribution():
     batch = _batch()
     t_out = multi.distill_forward(batch, NEEDS, "classification")
     s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    from litdistill.outputs import ModelOutputs
+    from litdistill.core.outputs import ModelOutputs
 
     s_out = ModelOutputs(logits=s_logits)
     T = 2.0
@@ -103,7 +109,9 @@ class SeenRows:
     def __init__(self, multi: MultiTeacher) -> None:
         self.seen: dict[str, list[torch.Tensor]] = {name: [] for name in multi.names}
         for name, model in multi.teachers.items():
-            model.register_forward_pre_hook(lambda m, args, kwargs, name=name: self.seen[name].append(kwargs["input_ids"]), with_kwargs=True)
+            model.register_forward_pre_hook(
+                lambda m, args, kwargs, name=name: self.seen[name].append(kwargs["input_ids"]), with_kwargs=True
+            )
 
 
 def test_routing_sends_each_example_to_its_teacher():
@@ -115,8 +123,10 @@ def test_routing_sends_each_example_to_its_teacher():
     assert len(recorder.seen["a"]) == len(recorder.seen["b"]) == 1  # one forward per teacher
     assert torch.equal(recorder.seen["a"][0], batch["input_ids"][[0, 3]])
     assert torch.equal(recorder.seen["b"][0], batch["input_ids"][[1, 2, 4, 5]])
-    full = {name: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-            for name, model in (("a", a), ("b", b))}
+    full = {
+        name: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        for name, model in (("a", a), ("b", b))
+    }
     for row, teacher in enumerate("abbabb"):
         assert torch.allclose(out.logits[row], full[teacher].logits[row], atol=1e-5)  # raw logits of its own teacher
         assert torch.allclose(out.hidden_states[-1][row], full[teacher].hidden_states[-1][row], atol=1e-5)
@@ -129,7 +139,9 @@ def test_routing_by_name_order_and_missing_or_bad_ids():
     recorder = SeenRows(multi)
     batch = {**_batch(4), "lang": torch.tensor([0, 0, 1, 0])}
     out = multi.distill_forward(batch, NEEDS, "classification")
-    assert torch.equal(recorder.seen["b"][0], batch["input_ids"][[0, 1, 3]]) and torch.equal(recorder.seen["a"][0], batch["input_ids"][[2]])
+    assert torch.equal(recorder.seen["b"][0], batch["input_ids"][[0, 1, 3]]) and torch.equal(
+        recorder.seen["a"][0], batch["input_ids"][[2]]
+    )
     zb = b(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert out.log_probs and torch.allclose(out.logits[0], F.log_softmax(zb[0] / 2.0, -1), atol=1e-5)
     with pytest.raises(KeyError, match=r"routes by batch\['lang'\].*route_column"):
@@ -142,12 +154,21 @@ def test_routed_feature_losses_per_example_and_per_teacher():
     a, b = _pair()
     multi = MultiTeacher({"a": a, "b": b}, route_field="teacher_id")
     student = tiny_bert(layers=2, hidden=16, seed=3)
-    module = DistillationModule(student, multi, {"h": HiddenStateLoss(layer_map="last"), "hb": HiddenStateLoss(layer_map="last", teacher="b"),
-                                                 "kd": SoftTargetKL()})
+    module = DistillationModule(
+        student,
+        multi,
+        {
+            "h": HiddenStateLoss(layer_map="last"),
+            "hb": HiddenStateLoss(layer_map="last", teacher="b"),
+            "kd": SoftTargetKL(),
+        },
+    )
     batch = {**_batch(), "teacher_id": torch.tensor([0, 1, 1, 0, 1, 1])}
     _, terms, s_out = module.loss_terms(batch)
     rows_b = torch.tensor([1, 2, 4, 5])
-    t_b = b(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states[-1]
+    t_b = b(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    ).hidden_states[-1]
     proj = module.losses["hb"].projections["2_4"]
     d = ((proj(s_out.hidden_states[-1][rows_b]) - t_b[rows_b]) ** 2).mean(-1)
     m = batch["attention_mask"][rows_b].bool()
@@ -160,7 +181,9 @@ def test_routed_hidden_states_need_teachers_of_one_shape_unless_a_teacher_is_nam
     multi = MultiTeacher({"a": a, "b": b}, route_field="teacher_id")
     with pytest.raises(ValueError, match=r"teachers must share \('num_hidden_layers', 'hidden_size'\).*teacher=<name>"):
         DistillationModule(tiny_bert(layers=2, seed=3), multi, {"h": HiddenStateLoss()})
-    module = DistillationModule(tiny_bert(layers=2, seed=3), multi, {"ha": HiddenStateLoss(teacher="a"), "hb": HiddenStateLoss(teacher="b")})
+    module = DistillationModule(
+        tiny_bert(layers=2, seed=3), multi, {"ha": HiddenStateLoss(teacher="a"), "hb": HiddenStateLoss(teacher="b")}
+    )
     assert module.losses["ha"].pairs == [(1, 2), (2, 4)] and module.losses["hb"].pairs == [(1, 1), (2, 2)]
     assert "1_1" in module.losses["hb"].projections  # 32 -> 16
     batch = {**_batch(), "teacher_id": torch.zeros(6, dtype=torch.long)}  # no example for b in this batch
@@ -186,7 +209,9 @@ def test_8bit_teacher_in_a_multi_teacher_on_cpu(tmp_path):
     multi = MultiTeacher({"fp32": fp32, "int8": int8}, check_tokenizers=False)
     assert multi.is_quantized
     student = tiny_bert(layers=2, hidden=32, seed=4)
-    module = DistillationModule(student, multi, {"kd": SoftTargetKL(), "ce": HardCE(), "h": HiddenStateLoss(teacher="int8")})
+    module = DistillationModule(
+        student, multi, {"kd": SoftTargetKL(), "ce": HardCE(), "h": HiddenStateLoss(teacher="int8")}
+    )
     total, terms, _ = module.loss_terms(_batch())
     assert all(torch.isfinite(v) for v in terms.values())
     total.backward()
@@ -201,7 +226,7 @@ def test_8bit_teacher_in_a_multi_teacher_on_cpu(tmp_path):
 
 
 def test_a_student_is_never_cut_from_quantized_weights(tmp_path):
-    from litdistill.layer_subset import student_from_teacher
+    from litdistill.models.layer_subset import student_from_teacher
 
     pytest.importorskip("bitsandbytes")
     tiny_bert(hidden=64).save_pretrained(tmp_path / "t")
@@ -212,10 +237,16 @@ def test_a_student_is_never_cut_from_quantized_weights(tmp_path):
 
 
 def _run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "litdistill", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "litdistill", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_quantized_primary_with_a_from_teacher_student_is_refused_before_fine_tuning(tmp_path):
@@ -229,9 +260,21 @@ def test_cli_quantized_primary_with_a_from_teacher_student_is_refused_before_fin
 def test_cli_multi_teacher_with_an_8bit_member_reports_its_packed_memory(tmp_path):
     """The docs' command: MiniLM loaded 8-bit beside a float tiny BERT that is the primary (the student's source)."""
     pytest.importorskip("bitsandbytes")
-    proc = _run_cli(["experiment=tiny", "debug=fast", "baseline=false", "teacher=multi", "teacher.teachers.minilm.quantization=8bit",
-                     "teacher.primary=tiny", "teacher_finetune.max_steps=2", "trainer.limit_train_batches=2", "report.plots=false",
-                     "report.speed=false"], tmp_path)
+    proc = _run_cli(
+        [
+            "experiment=tiny",
+            "debug=fast",
+            "baseline=false",
+            "teacher=multi",
+            "teacher.teachers.minilm.quantization=8bit",
+            "teacher.primary=tiny",
+            "teacher_finetune.max_steps=2",
+            "trainer.limit_train_batches=2",
+            "report.plots=false",
+            "report.speed=false",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(next((tmp_path / "outputs").glob("*/runs/*/report.json")).read_text())
     memory = report["teachers_memory"]["teachers"]
@@ -242,7 +285,7 @@ def test_cli_multi_teacher_with_an_8bit_member_reports_its_packed_memory(tmp_pat
 
 
 def test_teachers_memory_is_the_sum_of_each_teachers_footprint():
-    from litdistill.models import count_parameters
+    from litdistill.models.loading import count_parameters
 
     a, b = _pair(hidden_b=16, layers_b=2)
     report = teachers_memory({"a": a, "b": b})
@@ -252,13 +295,17 @@ def test_teachers_memory_is_the_sum_of_each_teachers_footprint():
         assert row["bytes"] == memory_footprint(model) and row["mb"] == row["bytes"] / 2**20
         assert row["params"] == count_parameters(model)
     assert report["teachers"]["a"]["bytes"] > report["teachers"]["b"]["bytes"] > 0  # b is the smaller model
-    assert report["total_bytes"] == memory_footprint(a) + memory_footprint(b) == memory_footprint(MultiTeacher({"a": a, "b": b}))
+    assert (
+        report["total_bytes"]
+        == memory_footprint(a) + memory_footprint(b)
+        == memory_footprint(MultiTeacher({"a": a, "b": b}))
+    )
     assert teachers_memory(MultiTeacher({"a": a, "b": b})) == report
 
 
 def test_load_teachers_memory_counts_quantized_teachers_at_their_packed_size(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from litdistill.teachers import load_teachers_memory
+    from litdistill.models.multi_teacher import load_teachers_memory
 
     tiny_bert(hidden=64).save_pretrained(tmp_path / "t")
     report = load_teachers_memory(str(tmp_path / "t"), quantizations=(None, "8bit", "nf4"))
@@ -268,14 +315,16 @@ def test_load_teachers_memory_counts_quantized_teachers_at_their_packed_size(tmp
     fp32 = load_pretrained(str(tmp_path / "t"))
     assert rows["float32"]["bytes"] == memory_footprint(fp32)
     # the encoder's linear weights: 4 bytes each in float32, 1 in 8-bit, 1/2 (+ absmax) in nf4
-    linear = sum(m.weight.numel() for n, m in fp32.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}")
+    linear = sum(
+        m.weight.numel() for n, m in fp32.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}"
+    )
     assert rows["float32"]["bytes"] - rows["8bit"]["bytes"] >= 2.5 * linear
     assert rows["8bit"]["bytes"] - rows["nf4"]["bytes"] >= 0.25 * linear
     assert report["total_bytes"] == sum(r["bytes"] for r in rows.values())
 
 
 def test_report_shows_the_memory_of_each_teacher_and_the_total():
-    from litdistill.report import multi_teacher_memory, to_markdown
+    from litdistill.reporting.report import multi_teacher_memory, to_markdown
 
     a, b = _pair(hidden_b=16, layers_b=2)
     multi = MultiTeacher({"a": a, "b": b})
@@ -301,15 +350,22 @@ def _write_csv(path: Path, rows: list[tuple[str, int, str]]) -> str:
 def test_data_module_passes_the_route_column_through(tmp_path, tokenizer_dir):
     from litdistill.data import TextClassificationDataModule
 
-    rows = [("aspirin caused a rash", 1, "en"), ("Aspirin verursachte Ausschlag", 1, "de"), ("ibuprofen treats pain", 0, "en"),
-            ("Ibuprofen gegen Schmerzen", 0, "de")]
+    rows = [
+        ("aspirin caused a rash", 1, "en"),
+        ("Aspirin verursachte Ausschlag", 1, "de"),
+        ("ibuprofen treats pain", 0, "en"),
+        ("Ibuprofen gegen Schmerzen", 0, "de"),
+    ]
     files = {split: _write_csv(tmp_path / f"{split}.csv", rows) for split in ("train", "validation", "test")}
-    dm = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, batch_size=4, route_column="language",
-                                      route_values=["en", "de"])
+    dm = TextClassificationDataModule(
+        tokenizer=tokenizer_dir, data_files=files, batch_size=4, route_column="language", route_values=["en", "de"]
+    )
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     assert batch["teacher_id"].tolist() == [0, 1, 0, 1]
-    bad = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, route_column="language", route_values=["en"])
+    bad = TextClassificationDataModule(
+        tokenizer=tokenizer_dir, data_files=files, route_column="language", route_values=["en"]
+    )
     with pytest.raises(ValueError, match=r"holds 'de', not in route_values \['en'\]"):
         bad.setup()
     missing = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files, route_column="lang")
@@ -318,8 +374,15 @@ def test_data_module_passes_the_route_column_through(tmp_path, tokenizer_dir):
 
 
 def test_multi_config_builds_a_multi_teacher(compose_train):
-    cfg = compose_train(["experiment=tiny", "teacher=multi", "teacher@teacher.teachers.minilm=tiny_bert",
-                         "teacher.teachers.minilm.seed=3", "teacher.route_field=teacher_id"])
+    cfg = compose_train(
+        [
+            "experiment=tiny",
+            "teacher=multi",
+            "teacher@teacher.teachers.minilm=tiny_bert",
+            "teacher.teachers.minilm.seed=3",
+            "teacher.route_field=teacher_id",
+        ]
+    )
     assert cfg.teacher.temperatures == 2.0  # follows loss.kd.temperature
     multi = instantiate(cfg.teacher)
     assert isinstance(multi, MultiTeacher) and multi.names == ["minilm", "tiny"] and multi.mode == "route"
@@ -329,12 +392,31 @@ def test_multi_config_builds_a_multi_teacher(compose_train):
 def test_cli_with_a_routed_multi_teacher(tmp_path):
     """The train entry with teacher=multi: members fine-tuned, a from_teacher student of the primary,
     examples routed by their label column (route ids = labels), a per-teacher feature loss."""
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "litdistill", "experiment=tiny", "debug=fast", "baseline=false", "teacher=multi",
-           "teacher@teacher.teachers.minilm=tiny_bert", "teacher.teachers.minilm.seed=3", "teacher.route_field=teacher_id",
-           "+data.route_column=label", "loss=[kd_ce,hidden_cosine]", "+loss.hidden.teacher=tiny", "report.plots=false",
-           "teacher_finetune.max_steps=2", "trainer.limit_train_batches=2"]
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "litdistill",
+        "experiment=tiny",
+        "debug=fast",
+        "baseline=false",
+        "teacher=multi",
+        "teacher@teacher.teachers.minilm=tiny_bert",
+        "teacher.teachers.minilm.seed=3",
+        "teacher.route_field=teacher_id",
+        "+data.route_column=label",
+        "loss=[kd_ce,hidden_cosine]",
+        "+loss.hidden.teacher=tiny",
+        "report.plots=false",
+        "teacher_finetune.max_steps=2",
+        "trainer.limit_train_batches=2",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = next((tmp_path / "outputs").glob("*/runs/*"))

@@ -40,7 +40,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # run where a user would (the notebooks folder), writing only under tmp_path
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
-    images = sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    images = sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    )
     assert images >= 2, "expected the report figures and a plot"
     runs = list((tmp_path / "outputs" / "notebooks").glob("*/*run/report.json"))
     assert len(runs) == 1, runs

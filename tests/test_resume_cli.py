@@ -12,18 +12,39 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 # 2 epochs of 5 steps, validation (2 batches) after each; last.ckpt also every 2 steps; dropout on.
-COMMON = ["experiment=tiny", "baseline=false", "teacher_finetune=null", "report.speed=false", "report.plots=false",
-          "+trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=5",
-          "+trainer.limit_val_batches=2", "trainer.num_sanity_val_steps=0",
-          "callbacks.fault_tolerance.every_n_train_steps=2"]
+COMMON = [
+    "experiment=tiny",
+    "baseline=false",
+    "teacher_finetune=null",
+    "report.speed=false",
+    "report.plots=false",
+    "+trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=5",
+    "+trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.fault_tolerance.every_n_train_steps=2",
+]
 KILLER = "+callbacks.killer._target_=tests.killer.KillAt"
 
 
 def litdistill(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # same threads in every run
-    return subprocess.run([sys.executable, "-m", "litdistill", *COMMON, *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }  # same threads in every run
+    return subprocess.run(
+        [sys.executable, "-m", "litdistill", *COMMON, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def last_step(run: Path) -> int:

@@ -8,16 +8,16 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from tests.killer import KillAt
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from litdistill import DistillationModule
-from litdistill.checkpointing import AtomicCheckpointIO
 from litdistill.data.resumable import ResumableSampler
 from litdistill.data.sft import SFTDataModule
 from litdistill.data.token_counts import StepTokenCounts
-from litdistill.fault_tolerance import FaultTolerance
 from litdistill.losses import ForwardKL, HardCE
-from tests.killer import KillAt
+from litdistill.training.checkpointing import AtomicCheckpointIO
+from litdistill.training.fault_tolerance import FaultTolerance
 
 BATCHES_PER_EPOCH = 8  # 32 training examples, batch size 4
 
@@ -25,9 +25,17 @@ BATCHES_PER_EPOCH = 8  # 32 training examples, batch size 4
 def tiny_llama(layers: int, seed: int) -> LlamaForCausalLM:
     """A tiny Llama on the packaged BERT vocabulary, attention dropout on: the RNG state matters."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
-                         attention_dropout=0.1)
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        attention_dropout=0.1,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -44,12 +52,25 @@ def sft_data(files, tokenizer_dir) -> SFTDataModule:
 
 def _fit(tmp_path, data, callbacks, ckpt_path=None, accumulate=1) -> DistillationModule:
     L.seed_everything(0)
-    module = DistillationModule(tiny_llama(1, seed=1), tiny_llama(2, seed=0), task="causal_lm",
-                                losses={"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)})
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                        accumulate_grad_batches=accumulate, plugins=[AtomicCheckpointIO()],
-                        callbacks=[FaultTolerance(dirpath=str(tmp_path / "ckpt")), *callbacks])
+    module = DistillationModule(
+        tiny_llama(1, seed=1),
+        tiny_llama(2, seed=0),
+        task="causal_lm",
+        losses={"kd": ForwardKL(weight=0.5), "ce": HardCE(weight=0.5)},
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        accumulate_grad_batches=accumulate,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[FaultTolerance(dirpath=str(tmp_path / "ckpt")), *callbacks],
+    )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
     return module
 
@@ -108,8 +129,9 @@ def test_sft_order_resumes_at_the_next_batch_also_under_the_token_count_wrapper(
 
 
 # ---- exact resume, in process --------------------------------------------------------------------
-@pytest.mark.parametrize(("kill", "step", "accumulate"), [({"step": 11}, 11, 1), ({"sig": "SIGINT", "step": 3}, 3, 1),
-                                                          ({"step": 5}, 5, 2)])
+@pytest.mark.parametrize(
+    ("kill", "step", "accumulate"), [({"step": 11}, 11, 1), ({"sig": "SIGINT", "step": 3}, 3, 1), ({"step": 5}, 5, 2)]
+)
 def test_a_stopped_and_resumed_causal_fit_matches_an_uninterrupted_one(kill, step, accumulate, tmp_path, references):
     """Mid-epoch SIGTERM (epoch 1), Ctrl+C (epoch 0), and SIGTERM mid-epoch with accumulation (token counts)."""
     data, reference = references
@@ -126,5 +148,7 @@ def test_negative_control_a_resume_without_the_data_position_diverges(tmp_path, 
     expected = reference(1)
     monkeypatch.setattr(SFTDataModule, "load_state_dict", lambda self, state: self._resume.clear())
     resumed = _stop_and_resume(tmp_path, data, {"step": 11}, 11, 1)
-    differing = [name for name, tensor in resumed.student.state_dict().items() if not torch.equal(expected[name], tensor)]
+    differing = [
+        name for name, tensor in resumed.student.state_dict().items() if not torch.equal(expected[name], tensor)
+    ]
     assert differing  # so the equality above is evidence that the order was restored

@@ -12,11 +12,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +25,22 @@ TEMPLATE = REPO / "{{cookiecutter.project_slug}}"
 ANSWERS = {
     "classification": {"project_name": "ADE Distill", "task_type": "classification", "logger": "csv"},
     "causal_lm": {"project_name": "Tiny LM", "task_type": "causal_lm", "logger": "wandb", "license": "MIT"},
-    "odd_names": {"project_name": "Déjà Vu: ADE v2!", "teacher_model": "/models/my teacher", "student_model": "prajjwal1/bert-tiny",
-                  "dataset": "data/reviews.csv", "logger": "many", "license": "Proprietary", "author": 'Ann "Q" O\'Neil'},
-    "tensorboard_bsd": {"project_name": "review_sentiment", "package_name": "sentiment", "logger": "tensorboard",
-                        "license": "BSD-3-Clause", "dataset": "imdb"},
+    "odd_names": {
+        "project_name": "Déjà Vu: ADE v2!",
+        "teacher_model": "/models/my teacher",
+        "student_model": "prajjwal1/bert-tiny",
+        "dataset": "data/reviews.csv",
+        "logger": "many",
+        "license": "Proprietary",
+        "author": 'Ann "Q" O\'Neil',
+    },
+    "tensorboard_bsd": {
+        "project_name": "review_sentiment",
+        "package_name": "sentiment",
+        "logger": "tensorboard",
+        "license": "BSD-3-Clause",
+        "dataset": "imdb",
+    },
 }
 INSTALLED = ("classification", "causal_lm")
 
@@ -47,8 +59,14 @@ def baked(tmp_path_factory) -> dict[str, Path]:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
-               WANDB_MODE="offline", **extra)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        WANDB_MODE="offline",
+        **extra,
+    )
     return env
 
 
@@ -61,8 +79,13 @@ def _venv(path: Path) -> Path:
 def _pip_install(python: Path, *args: str) -> None:
     # no build isolation where hatchling and editables are installed (fast, offline); else pip fetches them
     flags = ["--no-build-isolation"] if all(importlib.util.find_spec(m) for m in ("hatchling", "editables")) else []
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *flags, *args],
-                          capture_output=True, text=True, env=_env(), timeout=600)
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", *flags, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -81,7 +104,16 @@ def test_every_template_variable_is_declared():
         if path.is_file():
             used |= set(re.findall(r"cookiecutter\.(\w+)", path.read_text(encoding="utf-8")))
     assert used <= declared, used - declared
-    assert {"project_name", "package_name", "teacher_model", "student_model", "task_type", "dataset", "logger", "license"} <= declared
+    assert {
+        "project_name",
+        "package_name",
+        "teacher_model",
+        "student_model",
+        "task_type",
+        "dataset",
+        "logger",
+        "license",
+    } <= declared
 
 
 @pytest.mark.parametrize("name", list(ANSWERS))
@@ -110,10 +142,18 @@ def test_every_answer_set_renders_completely(name, baked):
 def test_answers_reach_the_files(baked):
     odd = baked["odd_names"]
     assert odd.name == "deja-vu-ade-v2"
-    assert yaml.safe_load((odd / "conf/teacher/deja_vu_ade_v2.yaml").read_text())["name_or_path"] == "/models/my teacher"
+    assert (
+        yaml.safe_load((odd / "conf/teacher/deja_vu_ade_v2.yaml").read_text())["name_or_path"] == "/models/my teacher"
+    )
     student = yaml.safe_load((odd / "conf/student/deja_vu_ade_v2.yaml").read_text())
-    assert student["name_or_path"] == "prajjwal1/bert-tiny" and student["_target_"] == "litdistill.models.load_pretrained"
-    assert yaml.safe_load((odd / "conf/data/deja_vu_ade_v2.yaml").read_text())["data_files"]["source"] == "data/reviews.csv"
+    assert (
+        student["name_or_path"] == "prajjwal1/bert-tiny"
+        and student["_target_"] == "litdistill.models.loading.load_pretrained"
+    )
+    assert (
+        yaml.safe_load((odd / "conf/data/deja_vu_ade_v2.yaml").read_text())["data_files"]["source"]
+        == "data/reviews.csv"
+    )
     assert "All rights reserved" in (odd / "LICENSE").read_text()
     assert tomllib.loads((odd / "pyproject.toml").read_text())["project"]["authors"][0]["name"] == 'Ann "Q" O\'Neil'
     lm = baked["causal_lm"]
@@ -136,16 +176,26 @@ def test_bad_package_name_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_litdistill_new_command(tmp_path):
-    proc = subprocess.run(["litdistill", "new", "--no-input", "project_name=CLI Project", "task_type=causal_lm", "-o", str(tmp_path)],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(
+        ["litdistill", "new", "--no-input", "project_name=CLI Project", "task_type=causal_lm", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "cli-project" / "src" / "cli_project" / "data.py").is_file()
     assert "cli-project" in proc.stdout
 
 
-@pytest.mark.parametrize(("arg", "message"), [("colour=red", "unknown template variable 'colour'; valid: project_name"),
-                                              ("task_type=seq2seq", "task_type='seq2seq' is not one of ['classification', 'causal_lm']"),
-                                              ("project_name", "expected key=value")])
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("colour=red", "unknown template variable 'colour'; valid: project_name"),
+        ("task_type=seq2seq", "task_type='seq2seq' is not one of ['classification', 'causal_lm']"),
+        ("project_name", "expected key=value"),
+    ],
+)
 def test_litdistill_new_refuses_bad_answers(arg, message, tmp_path):
     from litdistill.cli import main
 
@@ -167,33 +217,74 @@ def venv_with_projects(baked, tmp_path_factory) -> Path:
 def test_generated_project_installs_and_passes_its_tests(name, baked, venv_with_projects, tmp_path):
     """Its tests include running its default experiment (tiny models, debug=smoke) through its own command."""
     project = baked[name]
-    proc = subprocess.run([str(venv_with_projects), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")],
-                          cwd=project, capture_output=True, text=True, env=_env(), timeout=900)
+    proc = subprocess.run(
+        [
+            str(venv_with_projects),
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(tmp_path / "t"),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "6 passed" in proc.stdout
     if name != "classification":
         return
     # the console script is installed and sees the project's configs
     script = venv_with_projects.parent / project.name
-    proc = subprocess.run([str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(
+        [str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"task: {ANSWERS[name]['task_type']}" in proc.stdout
 
 
 @pytest.mark.slow
 def test_wheel_ships_the_template_and_new_works_from_it(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True, env=_env())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        env=_env(),
+    )
     wheel = next(tmp_path.glob("litdistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "litdistill/template/cookiecutter.json" in names and "litdistill/template/hooks/pre_gen_project.py" in names
     assert "litdistill/template/{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/data.py" in names
     python = _venv(tmp_path / "env")
     _pip_install(python, str(wheel))
-    code = ("import sys; from litdistill.scaffold import template_dir; print(template_dir()); "
-            "from litdistill.cli import main; main(['new', '--no-input', 'project_name=From Wheel', '-o', sys.argv[1]])")
-    proc = subprocess.run([str(python), "-c", code, str(tmp_path / "made")], cwd=tmp_path, capture_output=True, text=True,
-                          env=_env(), timeout=300)
+    code = (
+        "import sys; from litdistill.cli.scaffold import template_dir; print(template_dir()); "
+        "from litdistill.cli import main; main(['new', '--no-input', 'project_name=From Wheel', '-o', sys.argv[1]])"
+    )
+    proc = subprocess.run(
+        [str(python), "-c", code, str(tmp_path / "made")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(tmp_path / "env") in proc.stdout.splitlines()[0]  # the packaged template, not the checkout
     assert (tmp_path / "made" / "from-wheel" / "conf" / "experiment" / "from_wheel.yaml").is_file()

@@ -15,11 +15,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
+from tests.conftest import tiny_bert
 
 from litdistill.cli import _launch_args
-from litdistill.config import config_dir
-from litdistill.fault_tolerance import resume_checkpoint
-from litdistill.strategies import (
+from litdistill.core.conf import config_dir
+from litdistill.training.fault_tolerance import resume_checkpoint
+from litdistill.training.strategies import (
     PRECISIONS,
     configure_strategy,
     enable_gradient_checkpointing,
@@ -27,15 +28,20 @@ from litdistill.strategies import (
     strategy_kind,
     validate_scaling,
 )
-from tests.conftest import tiny_bert
 
 FSDP_OK = ["teacher_finetune=null", "baseline=false"]
 
 
-@pytest.mark.parametrize(("option", "kind", "target"), [
-    ("ddp", "ddp", "DDPStrategy"), ("ddp_cpu", "ddp", "DDPStrategy"), ("multinode", "ddp", "DDPStrategy"),
-    ("fsdp", "fsdp", "FSDPStrategy"), ("deepspeed", "deepspeed", "DeepSpeedStrategy"),
-])
+@pytest.mark.parametrize(
+    ("option", "kind", "target"),
+    [
+        ("ddp", "ddp", "DDPStrategy"),
+        ("ddp_cpu", "ddp", "DDPStrategy"),
+        ("multinode", "ddp", "DDPStrategy"),
+        ("fsdp", "fsdp", "FSDPStrategy"),
+        ("deepspeed", "deepspeed", "DeepSpeedStrategy"),
+    ],
+)
 def test_trainer_options_compose_validate_and_instantiate(option, kind, target, compose_train):
     cfg = compose_train([f"trainer={option}", *(FSDP_OK if option == "fsdp" else [])])
     assert strategy_kind(cfg.trainer.strategy)[0] == kind
@@ -52,7 +58,7 @@ def test_trainer_options_compose_validate_and_instantiate(option, kind, target, 
 
 
 def test_ddp_cpu_builds_a_two_process_gloo_trainer(compose_train):
-    from litdistill.train import build_trainer
+    from litdistill.pipeline.train import build_trainer
 
     cfg = compose_train(["trainer=ddp_cpu", "experiment=tiny"])
     trainer = build_trainer(cfg)
@@ -61,26 +67,33 @@ def test_ddp_cpu_builds_a_two_process_gloo_trainer(compose_train):
     assert all(getattr(lg, "_litdistill_guarded", False) for lg in trainer.loggers)  # loggers wrapped
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["trainer.precision=16"], "valid values: 32, bf16-mixed, 16-mixed, bf16-true"),
-    (["trainer.precision=fp8"], "trainer.precision='fp8' is not supported"),
-    (["trainer=cpu", "trainer.precision=16-mixed"], "use trainer.precision=bf16-mixed on CPU"),
-    (["trainer=deepspeed", "trainer.strategy.stage=3"], "with a teacher (two models in one engine)"),
-    (["+trainer.strategy=deepspeed_stage_3_offload", "trainer.accelerator=gpu"], "DeepSpeed ZeRO-3 is refused"),
-    (["trainer=deepspeed", "trainer.strategy.stage=3", "~teacher", "tokenizer=x", "student=tiny_bert"],
-     "Use trainer=deepspeed (ZeRO-2)"),
-    (["trainer=fsdp", "trainer.accelerator=cpu", *FSDP_OK], "the fsdp strategy needs GPUs"),
-    (["trainer=fsdp", "baseline=false"], "teacher_finetune under FSDP"),
-    (["trainer=fsdp", "teacher_finetune=null"], "baseline=true under FSDP"),
-    (["teacher_placement=everywhere"], "valid: ['shard', 'replicate']"),
-    (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be >= 1"),
-    # a DeepSpeed config as a JSON file wins over `stage`, given in the config or by PL_DEEPSPEED_CONFIG_PATH
-    (["trainer=deepspeed", "+trainer.strategy.config={zero3}"], "DeepSpeed ZeRO-3 is refused"),
-    (["trainer=deepspeed", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"], "DeepSpeed ZeRO-3 is refused"),
-    (["+trainer.strategy=deepspeed_stage_2", "trainer.accelerator=gpu", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"],
-     "DeepSpeed ZeRO-3 is refused"),
-    (["trainer=deepspeed", "+trainer.strategy.config={zero3}.missing"], "must be a readable DeepSpeed JSON config"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.precision=16"], "valid values: 32, bf16-mixed, 16-mixed, bf16-true"),
+        (["trainer.precision=fp8"], "trainer.precision='fp8' is not supported"),
+        (["trainer=cpu", "trainer.precision=16-mixed"], "use trainer.precision=bf16-mixed on CPU"),
+        (["trainer=deepspeed", "trainer.strategy.stage=3"], "with a teacher (two models in one engine)"),
+        (["+trainer.strategy=deepspeed_stage_3_offload", "trainer.accelerator=gpu"], "DeepSpeed ZeRO-3 is refused"),
+        (
+            ["trainer=deepspeed", "trainer.strategy.stage=3", "~teacher", "tokenizer=x", "student=tiny_bert"],
+            "Use trainer=deepspeed (ZeRO-2)",
+        ),
+        (["trainer=fsdp", "trainer.accelerator=cpu", *FSDP_OK], "the fsdp strategy needs GPUs"),
+        (["trainer=fsdp", "baseline=false"], "teacher_finetune under FSDP"),
+        (["trainer=fsdp", "teacher_finetune=null"], "baseline=true under FSDP"),
+        (["teacher_placement=everywhere"], "valid: ['shard', 'replicate']"),
+        (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be >= 1"),
+        # a DeepSpeed config as a JSON file wins over `stage`, given in the config or by PL_DEEPSPEED_CONFIG_PATH
+        (["trainer=deepspeed", "+trainer.strategy.config={zero3}"], "DeepSpeed ZeRO-3 is refused"),
+        (["trainer=deepspeed", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"], "DeepSpeed ZeRO-3 is refused"),
+        (
+            ["+trainer.strategy=deepspeed_stage_2", "trainer.accelerator=gpu", "$PL_DEEPSPEED_CONFIG_PATH={zero3}"],
+            "DeepSpeed ZeRO-3 is refused",
+        ),
+        (["trainer=deepspeed", "+trainer.strategy.config={zero3}.missing"], "must be a readable DeepSpeed JSON config"),
+    ],
+)
 def test_unsupported_combinations_are_refused_with_the_fix(overrides, message, compose_train, tmp_path, monkeypatch):
     zero3 = tmp_path / "zero3.json"
     zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
@@ -99,7 +112,7 @@ def test_every_listed_precision_passes(compose_train):
 
 
 def test_refusal_happens_before_any_data_or_model_is_loaded(compose_train, tmp_path, monkeypatch):
-    from litdistill import train as train_module
+    from litdistill.pipeline import train as train_module
 
     loaded = []
     monkeypatch.setattr(train_module, "instantiate", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
@@ -134,8 +147,9 @@ def test_ddp_children_rerun_this_job_in_this_jobs_directory(tmp_path, monkeypatc
     from lightning.fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
 
     try:
-        cfg = _compose_with_hydra(["experiment=tiny", "loss.kd.temperature=2", "hydra.mode=MULTIRUN",
-                                   f"hydra.searchpath=[file://{tmp_path}]"])
+        cfg = _compose_with_hydra(
+            ["experiment=tiny", "loss.kd.temperature=2", "hydra.mode=MULTIRUN", f"hydra.searchpath=[file://{tmp_path}]"]
+        )
         job_dir = str(tmp_path / "multiruns" / "0")
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = job_dir
@@ -187,8 +201,11 @@ def test_resume_finds_the_newest_checkpoint_of_the_run_dir(compose_train, tmp_pa
 
 def test_student_gradient_checkpointing_flag_gives_the_same_gradients():
     torch.manual_seed(0)
-    batch = {"input_ids": torch.randint(0, 1000, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 1, 0])}
+    batch = {
+        "input_ids": torch.randint(0, 1000, (4, 16)),
+        "attention_mask": torch.ones(4, 16, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 1, 0]),
+    }
     grads = []
     for checkpointing in (False, True):
         student = tiny_bert(layers=2, seed=1, dropout=0.0)

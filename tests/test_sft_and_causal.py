@@ -7,15 +7,17 @@ import json
 
 import pytest
 import torch
+from tests.test_cli import only_run_dir, run_cli
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from litdistill.data.sft import SFTDataModule, collate, encode_example, pack
 from litdistill.data.token_counts import StepTokenCounts, real_tokens
-from litdistill.models import load_pretrained, memory_footprint
-from tests.test_cli import only_run_dir, run_cli
+from litdistill.models.loading import load_pretrained, memory_footprint
 
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
-                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +45,16 @@ def test_truncation_keeps_the_response_and_cuts_the_prompt_from_the_left(tok):
     long_prompt = " ".join(f"word{i}" for i in range(200))
     ex = encode_example(tok, long_prompt, "keep this answer", max_length=24)
     response = tok("keep this answer", add_special_tokens=False)["input_ids"]
-    assert len(ex["input_ids"]) == 24 and ex["input_ids"][-len(response):] == response
+    assert len(ex["input_ids"]) == 24 and ex["input_ids"][-len(response) :] == response
     assert tok.decode(ex["input_ids"][:2]).startswith("##") or "word199" in tok.decode(ex["input_ids"])
 
 
 def test_packing_and_collate_keep_labels_and_mask_padding():
-    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]},
-                {"input_ids": [6, 7, 8, 9], "labels": [-100, -100, 8, 9]}]
+    examples = [
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+        {"input_ids": [4, 5], "labels": [-100, 5]},
+        {"input_ids": [6, 7, 8, 9], "labels": [-100, -100, 8, 9]},
+    ]
     blocks = pack(examples, block=4)
     assert [b["input_ids"] for b in blocks] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert [b["labels"] for b in blocks] == [[-100, 2, 3, -100], [5, -100, -100, 8], [9]]
@@ -61,7 +66,9 @@ def test_packing_and_collate_keep_labels_and_mask_padding():
 def test_missing_columns_are_named(tmp_path, tokenizer_dir):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(ValueError, match=r"\['prompt', 'response'\] not in the data; columns present: \['question', 'answer'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['prompt', 'response'\] not in the data; columns present: \['question', 'answer'\]"
+    ):
         SFTDataModule(tokenizer_dir, data_files={"train": str(path)}).setup()
 
 
@@ -71,13 +78,15 @@ def test_step_token_counts_make_accumulated_loss_the_exact_token_mean():
     batches = []
     for n_real in (3, 9):  # very uneven micro-batches
         labels = torch.full((1, 12), -100)
-        labels[0, 1:1 + n_real] = torch.randint(0, 5, (n_real,))
+        labels[0, 1 : 1 + n_real] = torch.randint(0, 5, (n_real,))
         batches.append({"labels": labels, "values": torch.rand(1, 11)})
     tagged = list(StepTokenCounts(batches, accumulate=2))
     assert all(float(b["num_tokens_in_step"]) == 12 for b in tagged)
     from litdistill.losses import token_mean
 
-    accumulated = sum(token_mean(b["values"].reshape(-1), (b["labels"][:, 1:] != -100).reshape(-1), b) / 2 for b in tagged)
+    accumulated = sum(
+        token_mean(b["values"].reshape(-1), (b["labels"][:, 1:] != -100).reshape(-1), b) / 2 for b in tagged
+    )
     all_values = torch.cat([b["values"][b["labels"][:, 1:] != -100] for b in batches])
     assert accumulated.item() == pytest.approx(all_values.mean().item(), rel=1e-6)
     assert real_tokens(batches[0]) == 3
@@ -86,8 +95,16 @@ def test_step_token_counts_make_accumulated_loss_the_exact_token_mean():
 @pytest.fixture(scope="module")
 def saved_tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=4, intermediate_size=256))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=256,
+        )
+    )
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path)
     return path

@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from litdistill.losses.sparse import FLOOR, _anchored_ids, _StudentCoarse, coarse_log_probs, student_coarse_log_probs, tail_gap_bound
-from litdistill.outputs import TopK
+from litdistill.core.outputs import TopK
+from litdistill.losses.sparse import (
+    FLOOR,
+    _anchored_ids,
+    _StudentCoarse,
+    coarse_log_probs,
+    student_coarse_log_probs,
+    tail_gap_bound,
+)
 
 
 def _reference(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -39,9 +46,11 @@ def test_student_coarse_is_exact_with_empty_slots_and_sums_to_one():
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     mass = got.exp().masked_fill(torch.cat([ids < 0, torch.zeros(6, 1, dtype=torch.bool)], -1), 0).sum(-1)
     torch.testing.assert_close(mass, torch.ones(6, dtype=torch.float64), atol=1e-12, rtol=0)
-    w = torch.randn(6, 7, dtype=torch.float64).masked_fill(torch.cat([ids < 0, torch.zeros(6, 1, dtype=torch.bool)], -1), 0)
-    g_got, = torch.autograd.grad((got * w).sum(), z)
-    g_want, = torch.autograd.grad((want * w).sum(), z)
+    w = torch.randn(6, 7, dtype=torch.float64).masked_fill(
+        torch.cat([ids < 0, torch.zeros(6, 1, dtype=torch.bool)], -1), 0
+    )
+    (g_got,) = torch.autograd.grad((got * w).sum(), z)
+    (g_want,) = torch.autograd.grad((want * w).sum(), z)
     torch.testing.assert_close(g_got, g_want, atol=1e-12, rtol=0)
 
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from litdistill import sweeping
-from litdistill.sweeping import COMMAND, load_sweep, render_overrides, suggest, sweep_command, validate_sweep
+from litdistill.cli import sweeping
+from litdistill.cli.sweeping import COMMAND, load_sweep, render_overrides, suggest, sweep_command, validate_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "conf" / "sweep").glob("*.yaml"))
@@ -34,7 +34,7 @@ BACKENDS = [
 
 
 def test_sweep_files_live_in_conf_sweep_and_no_primary_config_selects_them():
-    from litdistill.config import config_dir
+    from litdistill.core.conf import config_dir
 
     assert len(SWEEPS) >= 3 and sweeping.sweeps_dir() == config_dir() / "sweep" == REPO / "conf" / "sweep"
     assert not any("sweep" in p.read_text() for p in config_dir().glob("*.yaml"))
@@ -84,14 +84,19 @@ def test_grid_is_complete_and_ordered(backend):
 
 
 def test_builtin_draws_follow_each_distribution():
-    sweep = {"method": "random", "metric": {"name": "m", "goal": "minimize"}, "parameters": {
-        "a": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
-        "b": {"distribution": "int_uniform", "min": 1, "max": 3},
-        "c": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
-        "d": {"values": ["x", "y"]},
-        "e": {"min": 0.5, "max": 1.5},
-        "f": {"distribution": "log_uniform", "min": 0.0, "max": 1.0},
-        "g": {"value": 7}}}
+    sweep = {
+        "method": "random",
+        "metric": {"name": "m", "goal": "minimize"},
+        "parameters": {
+            "a": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
+            "b": {"distribution": "int_uniform", "min": 1, "max": 3},
+            "c": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
+            "d": {"values": ["x", "y"]},
+            "e": {"min": 0.5, "max": 1.5},
+            "f": {"distribution": "log_uniform", "min": 0.0, "max": 1.0},
+            "g": {"value": 7},
+        },
+    }
     draws = suggest(sweep, n=200, seed=3, backend="builtin")
     assert all(1e-5 <= d["a"] <= 1e-2 for d in draws)
     assert sum(d["a"] < 3e-4 for d in draws) > 60  # log-uniform: half the draws below the geometric mean
@@ -103,14 +108,20 @@ def test_builtin_draws_follow_each_distribution():
     assert draws == suggest(sweep, n=200, seed=3, backend="builtin")  # seeded
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    ({"method": "hyperopt"}, "method must be one of"),
-    ({"metric": {"goal": "maximize"}}, "metric needs a name"),
-    ({"parameters": {}}, "parameters must map"),
-    ({"method": "grid", "parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.1, "max": 0.2}}}, "grid sweep needs value/values"),
-    ({"parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}}, "must be below max"),
-    ({"command": ["python", "train.py"]}, "command must be"),
-])
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"method": "hyperopt"}, "method must be one of"),
+        ({"metric": {"goal": "maximize"}}, "metric needs a name"),
+        ({"parameters": {}}, "parameters must map"),
+        (
+            {"method": "grid", "parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.1, "max": 0.2}}},
+            "grid sweep needs value/values",
+        ),
+        ({"parameters": {"optimizer.lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}}, "must be below max"),
+        ({"command": ["python", "train.py"]}, "command must be"),
+    ],
+)
 def test_invalid_sweeps_are_refused_with_the_reason(change, problem):
     sweep = {**load_sweep(REPO / "conf" / "sweep" / "kd_weights.yaml"), **change}
     problems = validate_sweep(sweep)
@@ -123,12 +134,28 @@ def offline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep_run")
     sweep = load_sweep(REPO / "conf" / "sweep" / "kd_weights.yaml")
     params = suggest(sweep, n=2, seed=5, backend="builtin")[1]
-    extra = ["experiment=tiny", "debug=fast", "baseline=true", "report.speed=true", "report.repeats=2",
-             "export.onnx=true", "export.int8=true", "logger.wandb.log_model=true"]
+    extra = [
+        "experiment=tiny",
+        "debug=fast",
+        "baseline=true",
+        "report.speed=true",
+        "report.repeats=2",
+        "export.onnx=true",
+        "export.int8=true",
+        "logger.wandb.log_model=true",
+    ]
     cmd = sweep_command(sweep, params) + extra
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp / "outputs"), "LITDISTILL_CACHE": str(tmp / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp / "wb"),
-           "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp / "outputs"),
+        "LITDISTILL_CACHE": str(tmp / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp / "wb"),
+        "WANDB_SILENT": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = sorted((tmp / "outputs").glob("*/runs/*"))
@@ -156,8 +183,16 @@ def test_wandb_offline_run_holds_metrics_config_report_and_student(offline_run):
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
     records = next(run_dir.glob("run-*.wandb")).read_bytes()
-    for name in (b"train/loss/kd", b"train/loss/ce", b"val/student/f1", b"val/agreement", b"report/table",
-                 b"report/student/f1", b"report/export/onnx/latency_ms", b"temperature"):
+    for name in (
+        b"train/loss/kd",
+        b"train/loss/ce",
+        b"val/student/f1",
+        b"val/agreement",
+        b"report/table",
+        b"report/student/f1",
+        b"report/export/onnx/latency_ms",
+        b"temperature",
+    ):
         assert name in records, name
     assert b"student-" in records  # the model artifact (logger.wandb.log_model=true)
     config = yaml.safe_load((run_dir / "files" / "litdistill_config.yaml").read_text())

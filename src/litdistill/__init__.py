@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litdistill import config as _config  # noqa: F401  (registers the OmegaConf resolvers)
+from litdistill.core import conf as _config  # noqa: F401  (registers the OmegaConf resolvers)
 
 __version__ = "0.1.0"
 _LAZY = {
-    "DistillationModule": "litdistill.module",
-    "NonFiniteLossError": "litdistill.module",
+    "DistillationModule": "litdistill.training.module",
+    "NonFiniteLossError": "litdistill.training.module",
     "DistillationLoss": "litdistill.losses",
     "HardCE": "litdistill.losses",
     "SoftTargetKL": "litdistill.losses",

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from litdistill.config import config_dir
+from litdistill.core.conf import config_dir
 from {{ cookiecutter.package_name }}.cli import DEFAULT_EXPERIMENT, conf_dir, project_overrides
 from {{ cookiecutter.package_name }}.data import load_examples, prepare_splits
 
@@ -51,8 +51,8 @@ def test_any_key_can_be_overridden():
 
 def test_smoke_settings_swap_in_tiny_models():
     cfg = compose_project(["debug=smoke"])
-    assert cfg.teacher._target_ == "litdistill.models.from_config"
-    assert cfg.student._target_ == "litdistill.layer_subset.student_from_teacher"
+    assert cfg.teacher._target_ == "litdistill.models.loading.from_config"
+    assert cfg.student._target_ == "litdistill.models.layer_subset.student_from_teacher"
     assert OmegaConf.select(cfg, "tokenizer")  # resolves to litdistill's packaged tokenizer
 
 

@@ -7,7 +7,13 @@ hidden-state losses map to); ``cache=use`` trains from the store without loading
 """
 
 from litdistill.cache.build import SplitSource, StoreSpec, build_store, split_sources
-from litdistill.cache.data import CacheAlignmentError, CachedCollate, CachedTeacher, CachedTeacherDataModule, IndexedDataset
+from litdistill.cache.data import (
+    CacheAlignmentError,
+    CachedCollate,
+    CachedTeacher,
+    CachedTeacherDataModule,
+    IndexedDataset,
+)
 from litdistill.cache.store import (
     CacheKeyMismatch,
     CacheMissingError,

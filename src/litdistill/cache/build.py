@@ -18,10 +18,25 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from litdistill.cache.codec import CODECS, encode_hidden, encode_logits, encode_topk, hidden_positions, value_dtype
+from litdistill.cache.codec import (
+    CODECS,
+    encode_hidden,
+    encode_logits,
+    encode_topk,
+    hidden_positions,
+    value_dtype,
+)
+from litdistill.cache.data import unwrap_loader
 from litdistill.cache.keys import weights_sha256
-from litdistill.cache.store import ShardPlan, TeacherStore, assigned, dist_rank_world, manifest_summary, plan_shards
-from litdistill.forward import align_labels, run_model
+from litdistill.cache.store import (
+    ShardPlan,
+    TeacherStore,
+    assigned,
+    dist_rank_world,
+    manifest_summary,
+    plan_shards,
+)
+from litdistill.core.forward import align_labels, run_model
 from litdistill.losses.features import hidden_size, num_layers
 from litdistill.losses.sparse import dense_to_topk
 
@@ -64,8 +79,10 @@ class StoreSpec:
         layers = list(self.hidden_layers)
         top = self.teacher_layers if self.teacher_layers is not None else float("inf")
         if layers != sorted(set(layers)) or any(not 0 <= i <= top for i in layers):
-            raise ValueError(f"StoreSpec.hidden_layers must be increasing teacher layers in 0..{self.teacher_layers} "
-                             f"(0 = embeddings), got {layers}")
+            raise ValueError(
+                f"StoreSpec.hidden_layers must be increasing teacher layers in 0..{self.teacher_layers} "
+                f"(0 = embeddings), got {layers}"
+            )
 
     def for_teacher(self, teacher: nn.Module) -> StoreSpec:
         """This spec with the loaded teacher's depth and hidden size filled in, or checked against them
@@ -75,17 +92,34 @@ class StoreSpec:
         actual = (num_layers(teacher), hidden_size(teacher))
         if (self.teacher_layers, self.hidden_size) in ((None, None), actual):
             return replace(self, teacher_layers=actual[0], hidden_size=actual[1])
-        raise ValueError(f"teacher cache: the teacher's config gives {self.teacher_layers} layers of hidden size "
-                         f"{self.hidden_size}, but the loaded teacher has {actual[0]} of {actual[1]}")
+        raise ValueError(
+            f"teacher cache: the teacher's config gives {self.teacher_layers} layers of hidden size "
+            f"{self.hidden_size}, but the loaded teacher has {actual[0]} of {actual[1]}"
+        )
 
     def manifest_fields(self) -> dict[str, Any]:
         item = value_dtype(self.dtype).itemsize
-        hidden = {"hidden_layers": list(self.hidden_layers), "hidden_size": self.hidden_size,
-                  "teacher_layers": self.teacher_layers, "hidden_splits": list(HIDDEN_SPLITS),
-                  "hidden_bytes_per_token": len(self.hidden_layers) * self.hidden_size * item} if self.hidden_layers else {}
-        return {"task": self.task, "outputs": self.outputs, "k": self.k if self.outputs == "topk" else None,
-                "dtype": self.dtype, "codec": self.codec if self.outputs == "topk" else None,
-                "row_unit": "token" if self.task == "causal_lm" else "example", "shard_size": self.shard_size, **hidden}
+        hidden = (
+            {
+                "hidden_layers": list(self.hidden_layers),
+                "hidden_size": self.hidden_size,
+                "teacher_layers": self.teacher_layers,
+                "hidden_splits": list(HIDDEN_SPLITS),
+                "hidden_bytes_per_token": len(self.hidden_layers) * self.hidden_size * item,
+            }
+            if self.hidden_layers
+            else {}
+        )
+        return {
+            "task": self.task,
+            "outputs": self.outputs,
+            "k": self.k if self.outputs == "topk" else None,
+            "dtype": self.dtype,
+            "codec": self.codec if self.outputs == "topk" else None,
+            "row_unit": "token" if self.task == "causal_lm" else "example",
+            "shard_size": self.shard_size,
+            **hidden,
+        }
 
 
 class TeacherRows(NamedTuple):
@@ -114,8 +148,15 @@ def teacher_rows(teacher: nn.Module, batch: dict[str, Any], task: str, layers: S
 
 
 @torch.no_grad()
-def build_shard(teacher: nn.Module, source: SplitSource, shard: ShardPlan, spec: StoreSpec, batch_size: int,
-                device: torch.device, progress: Any = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+def build_shard(
+    teacher: nn.Module,
+    source: SplitSource,
+    shard: ShardPlan,
+    spec: StoreSpec,
+    batch_size: int,
+    device: torch.device,
+    progress: Any = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """Payload tensors, example row offsets [n+1] and the output width for one shard."""
     layers = spec.hidden_layers if shard.split in HIDDEN_SPLITS else ()
     rows, counts, hidden, hidden_counts = [], [], [], []
@@ -150,9 +191,18 @@ def _device(teacher: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def build_store(store: TeacherStore, teacher: nn.Module, sources: Mapping[str, SplitSource], spec: StoreSpec,
-                batch_size: int = 32, rank: int | None = None, world: int | None = None, progress: bool = True,
-                on_shard: Callable[[ShardPlan], None] | None = None, poll: float = 2.0) -> dict[str, Any]:
+def build_store(
+    store: TeacherStore,
+    teacher: nn.Module,
+    sources: Mapping[str, SplitSource],
+    spec: StoreSpec,
+    batch_size: int = 32,
+    rank: int | None = None,
+    world: int | None = None,
+    progress: bool = True,
+    on_shard: Callable[[ShardPlan], None] | None = None,
+    poll: float = 2.0,
+) -> dict[str, Any]:
     """Build (or resume, or repair) ``store``: this rank's missing shards, then the manifest.
 
     Returns the manifest. ``rank``/``world`` default to the running torch.distributed group or the
@@ -170,13 +220,21 @@ def build_store(store: TeacherStore, teacher: nn.Module, sources: Mapping[str, S
     with store.lock(rank, world):
         todo = [shard for shard in mine if not store.shard_done(shard)]
         if todo:
-            log.info("teacher cache: building %d of %d shards (rank %d of %d) into %s",
-                     len(todo), len(plan), rank, world, store.path)
+            log.info(
+                "teacher cache: building %d of %d shards (rank %d of %d) into %s",
+                len(todo),
+                len(plan),
+                rank,
+                world,
+                store.path,
+            )
         bar = _progress(sum(s.end - s.start for s in todo), progress and bool(todo))
         device = _device(teacher)
         try:
             for shard in todo:
-                tensors, offsets, width = build_shard(teacher, sources[shard.split], shard, spec, batch_size, device, bar)
+                tensors, offsets, width = build_shard(
+                    teacher, sources[shard.split], shard, spec, batch_size, device, bar
+                )
                 store.write_shard(shard, tensors, offsets, width)
                 built += 1
                 if on_shard is not None:
@@ -200,7 +258,6 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def split_sources(datamodule: Any, splits: Sequence[str]) -> dict[str, SplitSource]:
     """The datasets and collate functions behind a data module's loaders (dataset order)."""
-    from litdistill.cache.data import unwrap_loader
 
     methods = {"train": "train_dataloader", "validation": "val_dataloader", "test": "test_dataloader"}
     sources = {}

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from litdistill.core.outputs import TopK
+from litdistill.losses.features import position_mask
 from litdistill.losses.sparse import FLOOR
-from litdistill.outputs import TopK
 
 CODECS = ("raw", "packed")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -65,8 +66,11 @@ def encode_topk(topk: TopK, vocab: int, dtype: str, codec: str) -> dict[str, Ten
     """Payload tensors for top-k rows ``topk`` ([R, k] sorted largest first, [R] log tails)."""
     if codec == "raw":
         vdt = value_dtype(dtype)
-        return {"logprobs": topk.logprobs.to(vdt).contiguous(), "ids": topk.ids.to(torch.int32).to(id_dtype(vocab)).contiguous(),
-                "log_tail": topk.log_tail.to(vdt).contiguous()}
+        return {
+            "logprobs": topk.logprobs.to(vdt).contiguous(),
+            "ids": topk.ids.to(torch.int32).to(id_dtype(vocab)).contiguous(),
+            "log_tail": topk.log_tail.to(vdt).contiguous(),
+        }
     if codec == "packed":
         return _encode_packed(topk, vocab)
     raise ValueError(f"cache.codec must be one of {list(CODECS)}, got {codec!r}")
@@ -92,9 +96,11 @@ def _encode_packed(topk: TopK, vocab: int) -> dict[str, Tensor]:
     gaps = np.diff(ids_s, axis=1, prepend=0).astype(np.uint32)
     planes = [((gaps >> (8 * b)) & 0xFF).astype(np.uint8).tobytes() for b in range(_gap_bytes(vocab))]
     blob = zlib.compress(b"".join(planes) + codes_s.tobytes(), 9)
-    return {"packed": torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()),
-            "row_max": torch.from_numpy(row_max32.copy()),
-            "log_tail": torch.from_numpy(np.maximum(tail, FLOOR).astype(np.float16))}
+    return {
+        "packed": torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()),
+        "row_max": torch.from_numpy(row_max32.copy()),
+        "log_tail": torch.from_numpy(np.maximum(tail, FLOOR).astype(np.float16)),
+    }
 
 
 # ---- decode ---------------------------------------------------------------------------------------
@@ -109,7 +115,7 @@ def decode_topk(tensors: dict[str, Tensor], k: int, vocab: int, codec: str) -> T
     planes = raw[: nb * rows * k].reshape(nb, rows, k).astype(np.int64)
     gaps = sum(planes[b] << (8 * b) for b in range(nb)) if nb else np.zeros((rows, k), np.int64)
     ids = np.cumsum(gaps, axis=1)
-    codes = raw[nb * rows * k:].reshape(rows, k)
+    codes = raw[nb * rows * k :].reshape(rows, k)
     folded = codes == PACKED_FOLDED
     row_max = tensors["row_max"].numpy().astype(np.float32)
     lp = row_max[:, None] - codes.astype(np.float32) * np.float32(PACKED_STEP)
@@ -122,13 +128,13 @@ def decode_topk(tensors: dict[str, Tensor], k: int, vocab: int, codec: str) -> T
 def hidden_positions(batch: dict[str, Tensor]) -> Tensor:
     """[B, T] bool: the positions a stored hidden row covers. The attention mask where the batch has
     one, else every position: what ``losses.features.position_mask`` averages a [B, T, H] feature over."""
-    from litdistill.losses.features import position_mask
 
     return position_mask(batch["input_ids"].unsqueeze(-1), batch)  # one definition: the loss's own
 
 
 def encode_hidden(rows: Tensor, counts: list[int], dtype: str) -> dict[str, Tensor]:
-    """``hidden_states`` [R, L, H] in the store dtype and ``hidden_offsets`` [n+1] int32 from ``counts`` rows per example."""
+    """``hidden_states`` [R, L, H] in the store dtype and ``hidden_offsets`` [n+1] int32 from ``counts`` rows per
+    example."""
     offsets = torch.zeros(len(counts) + 1, dtype=torch.int32)
     offsets[1:] = torch.cumsum(torch.as_tensor(counts, dtype=torch.int64), 0).to(torch.int32)
     return {"hidden_states": rows.to(value_dtype(dtype)).contiguous(), "hidden_offsets": offsets}

@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from litdistill.cache.codec import hidden_positions
 from litdistill.cache.store import ShardReader, TeacherStore
+from litdistill.core.outputs import TeacherOutputsInBatch, TopK
 from litdistill.data.token_counts import StepTokenCounts
 from litdistill.losses.sparse import FLOOR
-from litdistill.outputs import TeacherOutputsInBatch, TopK
 
 
 class CacheAlignmentError(RuntimeError):
@@ -83,7 +83,8 @@ class CachedCollate:
             if n_rows != n_real:
                 raise CacheAlignmentError(
                     f"example {i} of the cached {self.reader.split!r} split has {n_rows} cached {kind} rows but "
-                    f"{n_real} real tokens in this batch: the store does not match the data (rebuild it)")
+                    f"{n_real} real tokens in this batch: the store does not match the data (rebuild it)"
+                )
 
     def hidden_fields(self, idx: list[int], batch: dict[str, Any]) -> dict[str, dict[int, Tensor]]:
         """``teacher_hidden_states`` {teacher layer: [B, T, H]}: the stored rows scattered back to the real
@@ -102,10 +103,14 @@ class CachedCollate:
         rows = [self.reader.example(i) for i in idx]
         if self.task != "causal_lm":
             if isinstance(rows[0], TopK):
-                return _topk_fields(TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail"))))
+                return _topk_fields(
+                    TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail")))
+                )
             return {"teacher_logits": torch.cat(rows).float()}
         mask = batch["labels"][:, 1:] != -100  # [B, T-1]: where the module's token_mask is True
-        self.check_rows(idx, [(r.ids if isinstance(r, TopK) else r).shape[0] for r in rows], mask.sum(1).tolist(), "token")
+        self.check_rows(
+            idx, [(r.ids if isinstance(r, TopK) else r).shape[0] for r in rows], mask.sum(1).tolist(), "token"
+        )
         if isinstance(rows[0], TopK):
             k = rows[0].ids.shape[-1]
             flat = TopK(*(torch.cat([getattr(r, f) for r in rows]) for f in ("logprobs", "ids", "log_tail")))
@@ -120,8 +125,11 @@ class CachedCollate:
 
 
 def _topk_fields(topk: TopK) -> dict[str, Tensor]:
-    return {"teacher_topk_logprobs": topk.logprobs.float(), "teacher_topk_ids": topk.ids.long(),
-            "teacher_topk_log_tail": topk.log_tail.float()}
+    return {
+        "teacher_topk_logprobs": topk.logprobs.float(),
+        "teacher_topk_ids": topk.ids.long(),
+        "teacher_topk_log_tail": topk.log_tail.float(),
+    }
 
 
 def unwrap_loader(loader: Any) -> tuple[DataLoader, Any]:
@@ -130,7 +138,9 @@ def unwrap_loader(loader: Any) -> tuple[DataLoader, Any]:
         inner, rewrap = unwrap_loader(loader.loader)
         return inner, lambda new: StepTokenCounts(rewrap(new), loader.accumulate)
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-        raise TypeError(f"the teacher cache needs map-style DataLoaders from the data module, got {type(loader).__name__}")
+        raise TypeError(
+            f"the teacher cache needs map-style DataLoaders from the data module, got {type(loader).__name__}"
+        )
     return loader, lambda new: new
 
 
@@ -153,9 +163,16 @@ def indexed_loader(loader: DataLoader, collate: Any) -> DataLoader:
         kwargs.update(batch_size=loader.batch_size, sampler=loader.sampler, drop_last=loader.drop_last)
     else:
         kwargs.update(batch_sampler=loader.batch_sampler)
-    return DataLoader(IndexedDataset(loader.dataset), collate_fn=collate, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      generator=loader.generator, **kwargs)
+    return DataLoader(
+        IndexedDataset(loader.dataset),
+        collate_fn=collate,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        **kwargs,
+    )
 
 
 class CachedTeacherDataModule(L.LightningDataModule):
@@ -165,8 +182,14 @@ class CachedTeacherDataModule(L.LightningDataModule):
     (``tokenizer``, ``num_labels``, ``splits``, ...) are the wrapped data module's.
     """
 
-    def __init__(self, datamodule: L.LightningDataModule, store: TeacherStore, task: str, verify: bool = True,
-                 max_shards: int = 256) -> None:
+    def __init__(
+        self,
+        datamodule: L.LightningDataModule,
+        store: TeacherStore,
+        task: str,
+        verify: bool = True,
+        max_shards: int = 256,
+    ) -> None:
         super().__init__()
         self.inner, self.store, self.task = datamodule, store, task
         self.verify, self.max_shards = verify, max_shards
@@ -204,7 +227,9 @@ class CachedTeacherDataModule(L.LightningDataModule):
         inner, rewrap = unwrap_loader(loader)
         reader = self.reader(split)
         if len(inner.dataset) != len(reader):
-            raise CacheAlignmentError(f"the {split!r} split has {len(inner.dataset)} examples, the store {len(reader)}; rebuild it")
+            raise CacheAlignmentError(
+                f"the {split!r} split has {len(inner.dataset)} examples, the store {len(reader)}; rebuild it"
+            )
         return rewrap(indexed_loader(inner, CachedCollate(inner.collate_fn, reader, self.task)))
 
     def train_dataloader(self) -> Any:
@@ -230,4 +255,6 @@ class CachedTeacher(TeacherOutputsInBatch):
         self.manifest, self.path = manifest, path
         self.hidden_layers = list(manifest.get("hidden_layers") or [])
         if self.hidden_layers:
-            self.config = SimpleNamespace(num_hidden_layers=manifest["teacher_layers"], hidden_size=manifest["hidden_size"])
+            self.config = SimpleNamespace(
+                num_hidden_layers=manifest["teacher_layers"], hidden_size=manifest["hidden_size"]
+            )

@@ -8,7 +8,7 @@ fields, in the order a mismatch is reported:
   basename and a sha256 of its weight and config files; for a randomly initialised model the
   config, the seed and the torch/transformers versions that ran the init), ``dtype``,
   ``quantization``, the other loader options, and ``finetune`` (the fine-tuning key of
-  ``teacher_finetune``, see :func:`litdistill.finetune.finetune_key`);
+  ``teacher_finetune``, see :func:`litdistill.training.finetune.finetune_key`);
 * ``tokenizer.name``, ``tokenizer.vocab_sha256``;
 * ``dataset`` (hub name/subset/revision, or a sha256 of each data file), ``data_options`` (the data
   module's other settings, batch sizes and workers excepted), ``max_length``;
@@ -38,13 +38,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from litdistill.training.finetune import finetune_key
+
 FORMAT = 1
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 CONFIG_FILES = ("config.json", "generation_config.json")
 # data-module settings that do not change the teacher's inputs
-DATA_IGNORED = {"batch_size", "eval_batch_size", "num_workers", "tokenizer", "data_files", "dataset", "subset",
-                "revision", "max_length", "_target_"}
+DATA_IGNORED = {
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "tokenizer",
+    "data_files",
+    "dataset",
+    "subset",
+    "revision",
+    "max_length",
+    "_target_",
+}
 
 
 def canonical(value: Any) -> str:
@@ -67,7 +79,9 @@ def directory_weights_sha256(path: str | os.PathLike) -> str:
     """sha256 over a model directory's weight and config files (names and contents, sorted)."""
     root = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_FILES))
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_FILES)
+    )
     for p in files:
         h.update(str(p.relative_to(root)).encode())
         h.update(sha256_file(p).encode())
@@ -104,7 +118,7 @@ def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
         ident["name"] = name
         ident["revision"] = spec.pop("revision", None) or ("local files" if weights else "unpinned")
         ident["weights"] = weights
-    else:  # randomly initialised from a config (litdistill.models.from_config)
+    else:  # randomly initialised from a config (litdistill.models.loading.from_config)
         import transformers
 
         base = spec.pop("base", None)
@@ -117,8 +131,6 @@ def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
     spec.pop("_partial_", None)
     ident["options"] = sha256_text(canonical(spec))[:16] if spec else None  # _target_, task, labels, ...
     if cfg.get("teacher_finetune"):
-        from litdistill.finetune import finetune_key
-
         ident["finetune"] = finetune_key(cfg)
     else:
         ident["finetune"] = None
@@ -129,8 +141,10 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     special = {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}
-    return {"name": _name(name)[0] if os.path.isdir(name) else name,
-            "vocab_sha256": sha256_text(canonical([vocab, special]))}
+    return {
+        "name": _name(name)[0] if os.path.isdir(name) else name,
+        "vocab_sha256": sha256_text(canonical([vocab, special])),
+    }
 
 
 def dataset_identity(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, Any]:
@@ -138,7 +152,9 @@ def dataset_identity(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | 
     h = {k: _container(v) for k, v in dict(hparams).items()}
     files = h.get("data_files")
     if files:
-        source: dict[str, Any] = {"files": {split: sha256_file(path)[:16] for split, path in sorted(dict(files).items())}}
+        source: dict[str, Any] = {
+            "files": {split: sha256_file(path)[:16] for split, path in sorted(dict(files).items())}
+        }
     else:
         source = {"hub": h.get("dataset"), "subset": h.get("subset"), "revision": h.get("revision")}
     options = {k: v for k, v in h.items() if k not in DATA_IGNORED}
@@ -199,7 +215,11 @@ def differing_fields(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     """(field, stored value, current value) for every differing key field, in the key's order."""
     a, b = flatten(stored), flatten(current)
     names = list(b) + [n for n in a if n not in b]
-    return [(n, a.get(n, "<absent>"), b.get(n, "<absent>")) for n in names if canonical(a.get(n, "<absent>")) != canonical(b.get(n, "<absent>"))]
+    return [
+        (n, a.get(n, "<absent>"), b.get(n, "<absent>"))
+        for n in names
+        if canonical(a.get(n, "<absent>")) != canonical(b.get(n, "<absent>"))
+    ]
 
 
 def _short(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""``cache=build|use|auto`` in the training entry (``litdistill.train``).
+"""``cache=build|use|auto`` in the training entry (``litdistill.pipeline.train``).
 
 * ``build``: load the teacher (fine-tuned as configured), run it once over ``cache.splits``, write
   the store, exit. Run again, it resumes an interrupted build or repairs corrupted shards.
@@ -36,14 +36,23 @@ from litdistill.cache.keys import (
     teacher_identity,
     tokenizer_identity,
 )
-from litdistill.cache.store import CacheKeyMismatch, CacheMissingError, TeacherStore, manifest_summary, nearest_store
+from litdistill.cache.store import (
+    CacheKeyMismatch,
+    CacheMissingError,
+    TeacherStore,
+    manifest_summary,
+    nearest_store,
+)
+from litdistill.losses import SoftTargetKL, TokenDivergence
 from litdistill.losses.base import DistillationLoss
 from litdistill.losses.features import HiddenStateLoss
+from litdistill.models.compatibility import IncompatibleModelsError
+from litdistill.models.loading import model_config
 
 log = logging.getLogger("litdistill.cache")
 
 MODES = ("none", "build", "use", "auto")
-TEACHER_BUILDERS = ("litdistill.layer_subset.student_from_teacher",)
+TEACHER_BUILDERS = ("litdistill.models.layer_subset.student_from_teacher",)
 
 
 def cache_mode(cfg: DictConfig) -> str:
@@ -78,8 +87,10 @@ def hidden_setting(value: Any) -> Any:
     layers = isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
     if layers and value and min(value) >= 0:
         return sorted(set(value))
-    raise ValueError("cache.hidden_states must be auto (the layers the hidden-state losses map to), all, false or a "
-                     f"non-empty list of teacher layers (0 = embeddings), got {value!r}")
+    raise ValueError(
+        "cache.hidden_states must be auto (the layers the hidden-state losses map to), all, false or a "
+        f"non-empty list of teacher layers (0 = embeddings), got {value!r}"
+    )
 
 
 def model_shape(spec: Any, role: str) -> tuple[int, int]:
@@ -87,24 +98,26 @@ def model_shape(spec: Any, role: str) -> tuple[int, int]:
     cache=use the teacher is never loaded, and the student is built only after the store is found."""
     from transformers import AutoConfig
 
-    from litdistill.models import model_config
-
     spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec or {})
     target = str(spec.get("_target_", ""))
     try:
-        if target == "litdistill.models.from_config":
+        if target == "litdistill.models.loading.from_config":
             config = model_config(spec.get("config"), spec.get("base"))
-        elif target == "litdistill.models.load_pretrained":
+        elif target == "litdistill.models.loading.load_pretrained":
             config = AutoConfig.from_pretrained(str(spec["name_or_path"]), revision=spec.get("revision"))
         else:
             config = None
     except (OSError, ValueError) as err:
-        raise ValueError(f"teacher cache: cannot read the {role}'s config to resolve the hidden-state layer maps: {err}") from err
+        raise ValueError(
+            f"teacher cache: cannot read the {role}'s config to resolve the hidden-state layer maps: {err}"
+        ) from err
     layers, size = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
     if not isinstance(layers, int) or not isinstance(size, int):
-        raise ValueError(f"teacher cache: hidden-state losses need the {role}'s layer count and hidden size before any model "
-                         f"is loaded, and {role}._target_={target!r} gives no config with them (from_config and "
-                         "load_pretrained do)")
+        raise ValueError(
+            f"teacher cache: hidden-state losses need the {role}'s layer count and hidden size before any model "
+            f"is loaded, and {role}._target_={target!r} gives no config with them (from_config and "
+            "load_pretrained do)"
+        )
     return layers, size
 
 
@@ -113,10 +126,13 @@ def student_layers(cfg: DictConfig, names: list[str]) -> int:
     student = cfg.get("student")
     if not student or str(student.get("_target_", "")) in TEACHER_BUILDERS:
         raise ValueError(
-            f"teacher cache: the hidden-state losses {names} map student layers to teacher layers, so the hidden states "
+            f"teacher cache: the hidden-state losses {names} map student layers to teacher layers, so the hidden "
+            "states "
             "a store holds depend on the student it trains: configure that student (student=tiny_bert, student=scaled, "
-            "student=pretrained ...; not student=from_teacher, which cache=use/auto refuse), or list the teacher layers "
-            "to store: cache.hidden_states=[...] or all")
+            "student=pretrained ...; not student=from_teacher, which cache=use/auto refuse), or list the teacher "
+            "layers "
+            "to store: cache.hidden_states=[...] or all"
+        )
     return model_shape(student, "student")[0]
 
 
@@ -148,7 +164,6 @@ def plan_hidden(cfg: DictConfig, losses: dict[str, DistillationLoss]) -> HiddenP
 def check_losses(losses: dict[str, DistillationLoss], outputs: str, hidden: HiddenPlan) -> None:
     """Cached teachers give logits (or top-k) and the stored hidden states: losses needing anything else
     (attention maps, hooked submodule outputs, unstored layers) are refused, naming what is missing."""
-    from litdistill.losses import SoftTargetKL, TokenDivergence
 
     stores = "it stores logits or top-k and, for hidden-state losses, the mapped hidden states"
     for name, loss in losses.items():
@@ -159,22 +174,31 @@ def check_losses(losses: dict[str, DistillationLoss], outputs: str, hidden: Hidd
             missing = sorted(set(hidden.reads[name]) - set(hidden.layers))
             if missing:
                 raise ValueError(
-                    f"{label} reads the teacher's hidden states of layers {hidden.reads[name]}, but the teacher cache stores "
-                    f"{list(hidden.layers) or 'none'} (cache.hidden_states={hidden.setting}): layers {missing} are missing. "
-                    "Set cache.hidden_states=auto (the layers the losses map to) or list them, or use cache=none")
+                    f"{label} reads the teacher's hidden states of layers {hidden.reads[name]}, but the teacher "
+                    "cache stores "
+                    f"{list(hidden.layers) or 'none'} (cache.hidden_states={hidden.setting}): layers {missing} are "
+                    "missing. "
+                    "Set cache.hidden_states=auto (the layers the losses map to) or list them, or use cache=none"
+                )
             continue
         extra = set(loss.needs) - {"logits"}
         if "attentions" in extra:
-            raise ValueError(f"{label} needs the teacher's attention maps, which a teacher cache does not store ({stores}); "
-                             "use cache=none for it")
+            raise ValueError(
+                f"{label} needs the teacher's attention maps, which a teacher cache does not store ({stores}); "
+                "use cache=none for it"
+            )
         if extra or getattr(loss, "teacher_features", ()):
             what = f"outputs of {loss.teacher_features}" if getattr(loss, "teacher_features", ()) else sorted(extra)
-            raise ValueError(f"{label} needs the teacher's {what}, which a teacher cache does not store ({stores}); "
-                             "use cache=none for it")
+            raise ValueError(
+                f"{label} needs the teacher's {what}, which a teacher cache does not store ({stores}); "
+                "use cache=none for it"
+            )
         if outputs == "topk" and not isinstance(loss, (SoftTargetKL, TokenDivergence)):
-            raise ValueError(f"loss {name!r} ({type(loss).__name__}) needs the teacher's full logits; a top-k cache works "
-                             "with soft_kl, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl and tvd "
-                             "(or set cache.outputs=logits)")
+            raise ValueError(
+                f"loss {name!r} ({type(loss).__name__}) needs the teacher's full logits; a top-k cache works "
+                "with soft_kl, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl and tvd "
+                "(or set cache.outputs=logits)"
+            )
 
 
 def cache_key(cfg: DictConfig, datamodule: Any, spec: StoreSpec, splits: list[str]) -> dict[str, Any]:
@@ -206,25 +230,39 @@ class TeacherCacheRun:
         self.mode = cache_mode(cfg)
         self.cfg, self.task = cfg, cfg.task
         if not cfg.get("teacher"):
-            raise ValueError(f"cache={self.mode} caches a teacher's outputs, but no teacher is configured (teacher=null)")
+            raise ValueError(
+                f"cache={self.mode} caches a teacher's outputs, but no teacher is configured (teacher=null)"
+            )
         target = str(cfg.teacher.get("_target_", ""))
         if target.endswith("MultiTeacher"):
-            raise ValueError("cache: several teachers (teacher=multi) are not supported by the teacher cache; use cache=none")
+            raise ValueError(
+                "cache: several teachers (teacher=multi) are not supported by the teacher cache; use cache=none"
+            )
         if self.mode in ("use", "auto") and str((cfg.get("student") or {}).get("_target_", "")) in TEACHER_BUILDERS:
             raise ValueError(
                 f"cache={self.mode} never loads the teacher, but student=from_teacher copies the teacher's layers. "
                 "Use a student that does not need the teacher's weights (student=tiny_bert, student=scaled, "
-                "student=pretrained ...), or cache=none. (cache=build needs no student.)")
+                "student=pretrained ...), or cache=none. (cache=build needs no student.)"
+            )
         self.splits = list(c.get("splits") or ["train", "validation"])
         missing = {"train", "validation"} - set(self.splits)
         if missing:
-            raise ValueError(f"cache.splits must include train and validation (the fit reads both), missing {sorted(missing)}")
+            raise ValueError(
+                f"cache.splits must include train and validation (the fit reads both), missing {sorted(missing)}"
+            )
         outputs = resolve_outputs(str(c.get("outputs", "auto")), cfg.task)
         hidden = plan_hidden(cfg, losses)
-        self.spec = StoreSpec(task=cfg.task, outputs=outputs, k=int(c.k) if outputs == "topk" else None,
-                              dtype=str(c.get("dtype", "float16")), codec=str(c.get("codec", "raw")),
-                              shard_size=int(c.get("shard_size", 256)), hidden_layers=hidden.layers,
-                              hidden_size=hidden.size, teacher_layers=hidden.teacher_layers)
+        self.spec = StoreSpec(
+            task=cfg.task,
+            outputs=outputs,
+            k=int(c.k) if outputs == "topk" else None,
+            dtype=str(c.get("dtype", "float16")),
+            codec=str(c.get("codec", "raw")),
+            shard_size=int(c.get("shard_size", 256)),
+            hidden_layers=hidden.layers,
+            hidden_size=hidden.size,
+            teacher_layers=hidden.teacher_layers,
+        )
         check_losses(losses, outputs, hidden)
         self.datamodule = datamodule
         self.key = cache_key(cfg, datamodule, self.spec, self.splits)
@@ -256,8 +294,14 @@ class TeacherCacheRun:
         if device is not None and not getattr(teacher, "is_quantized", False):
             teacher.to(device)
         sources = split_sources(self.datamodule, self.splits)
-        self.manifest = build_store(self.store, teacher, sources, self.spec, batch_size=int(c.get("batch_size", 32)),
-                                    progress=bool(c.get("progress", True)))
+        self.manifest = build_store(
+            self.store,
+            teacher,
+            sources,
+            self.spec,
+            batch_size=int(c.get("batch_size", 32)),
+            progress=bool(c.get("progress", True)),
+        )
         return self.manifest
 
     def prepare(self, teacher: nn.Module | None, device: torch.device | None = None) -> CachedTeacherDataModule | None:
@@ -271,11 +315,21 @@ class TeacherCacheRun:
         if self.manifest is None or self.manifest.get("key") != self.key:
             raise CacheMissingError(f"teacher cache at {self.store.path} is not complete")
         note = "the teacher was loaded only to build it" if teacher is not None else "the teacher is not loaded"
-        log.info("cache=%s: reading teacher outputs from %s (%s); %s",
-                 self.mode, self.store.path, manifest_summary(self.manifest), note)
+        log.info(
+            "cache=%s: reading teacher outputs from %s (%s); %s",
+            self.mode,
+            self.store.path,
+            manifest_summary(self.manifest),
+            note,
+        )
         c = self.cfg.cache
-        return CachedTeacherDataModule(self.datamodule, self.store, self.task, verify=bool(c.get("verify", True)),
-                                       max_shards=int(c.get("max_shards_in_memory", 256)))
+        return CachedTeacherDataModule(
+            self.datamodule,
+            self.store,
+            self.task,
+            verify=bool(c.get("verify", True)),
+            max_shards=int(c.get("max_shards_in_memory", 256)),
+        )
 
     @property
     def teacher(self) -> CachedTeacher:
@@ -289,17 +343,27 @@ class TeacherCacheRun:
             return
         mine = config.num_labels if self.task == "classification" else config.vocab_size
         if mine != width:
-            from litdistill.compat import IncompatibleModelsError
-
-            raise IncompatibleModelsError(f"the cached teacher outputs cover {width} {'labels' if self.task == 'classification' else 'tokens'}, "
-                                          f"the student's {mine}")
+            raise IncompatibleModelsError(
+                f"the cached teacher outputs cover {width} {'labels' if self.task == 'classification' else 'tokens'}, "
+                f"the student's {mine}"
+            )
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest or {}
-        return {"mode": self.mode, "dir": str(self.store.path), "key_hash": self.store.hash, "outputs": m.get("outputs"),
-                "k": m.get("k"), "dtype": m.get("dtype"), "codec": m.get("codec"), "rows": m.get("rows"),
-                "bytes": m.get("bytes"), "bytes_per_row": m.get("bytes_per_row"), "row_unit": m.get("row_unit"),
-                "hidden_layers": m.get("hidden_layers")}
+        return {
+            "mode": self.mode,
+            "dir": str(self.store.path),
+            "key_hash": self.store.hash,
+            "outputs": m.get("outputs"),
+            "k": m.get("k"),
+            "dtype": m.get("dtype"),
+            "codec": m.get("codec"),
+            "rows": m.get("rows"),
+            "bytes": m.get("bytes"),
+            "bytes_per_row": m.get("bytes_per_row"),
+            "row_unit": m.get("row_unit"),
+            "hidden_layers": m.get("hidden_layers"),
+        }
 
 
 def teacher_cache(cfg: DictConfig, losses: dict[str, DistillationLoss], datamodule: Any) -> TeacherCacheRun | None:

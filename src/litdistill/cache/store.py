@@ -54,9 +54,14 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from litdistill.cache.codec import decode_topk, payload_rows, pop_hidden
-from litdistill.cache.keys import FORMAT, describe_differences, differing_fields, key_hash
-from litdistill.io import atomic_write_bytes, atomic_write_text
-from litdistill.outputs import TopK
+from litdistill.cache.keys import (
+    FORMAT,
+    describe_differences,
+    differing_fields,
+    key_hash,
+)
+from litdistill.core.io import atomic_write_bytes, atomic_write_text
+from litdistill.core.outputs import TopK
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +169,11 @@ class TeacherStore:
         self.check_key()
         stored = self.stored_key()
         if stored is None:
-            atomic_write_text(self.path / KEY_FILE, json.dumps({"key": self.key, "teacher_weights_sha256": teacher_weights},
-                                                               indent=2, sort_keys=True) + "\n")
+            atomic_write_text(
+                self.path / KEY_FILE,
+                json.dumps({"key": self.key, "teacher_weights_sha256": teacher_weights}, indent=2, sort_keys=True)
+                + "\n",
+            )
             return
         recorded = stored.get("teacher_weights_sha256")
         if teacher_weights and recorded and recorded != teacher_weights:
@@ -207,19 +215,36 @@ class TeacherStore:
             return False
         return True
 
-    def write_shard(self, shard: ShardPlan, tensors: dict[str, Tensor], offsets: Tensor, num_outputs: int) -> dict[str, Any]:
+    def write_shard(
+        self, shard: ShardPlan, tensors: dict[str, Tensor], offsets: Tensor, num_outputs: int
+    ) -> dict[str, Any]:
         """Write one shard atomically, then its sidecar (the "done" marker). Deterministic bytes."""
         payload = {"offsets": offsets.to(torch.int32).contiguous(), **tensors}
         data = st_save(payload)
-        info = {"file": f"{shard.name}.safetensors", "split": shard.split, "index": shard.index, "start": shard.start,
-                "end": shard.end, "rows": payload_rows(tensors), "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "num_outputs": int(num_outputs)}
+        info = {
+            "file": f"{shard.name}.safetensors",
+            "split": shard.split,
+            "index": shard.index,
+            "start": shard.start,
+            "end": shard.end,
+            "rows": payload_rows(tensors),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "num_outputs": int(num_outputs),
+        }
         atomic_write_bytes(self.shard_path(shard), data)
         atomic_write_text(self.sidecar_path(shard), json.dumps(info, indent=2, sort_keys=True) + "\n")
         return info
 
-    def finalize(self, plan: list[ShardPlan], spec: Mapping[str, Any], rank: int = 0, world: int = 1,
-                 timeout: float = 24 * 3600.0, poll: float = 2.0) -> dict[str, Any]:
+    def finalize(
+        self,
+        plan: list[ShardPlan],
+        spec: Mapping[str, Any],
+        rank: int = 0,
+        world: int = 1,
+        timeout: float = 24 * 3600.0,
+        poll: float = 2.0,
+    ) -> dict[str, Any]:
         """Rank 0: wait for every sidecar, then write the manifest. Other ranks: wait for the manifest."""
         deadline = time.monotonic() + timeout
         if rank != 0:
@@ -232,7 +257,9 @@ class TeacherStore:
         for shard in plan:
             while not self.sidecar_path(shard).is_file():
                 if world == 1 or time.monotonic() > deadline:
-                    raise RuntimeError(f"teacher cache shard {self.shard_path(shard)} is missing; run cache=build again")
+                    raise RuntimeError(
+                        f"teacher cache shard {self.shard_path(shard)} is missing; run cache=build again"
+                    )
                 time.sleep(poll)
             infos.append(json.loads(self.sidecar_path(shard).read_text()))
         manifest = self._manifest(plan, infos, spec)
@@ -253,11 +280,18 @@ class TeacherStore:
         total_bytes = sum(e["bytes"] for e in splits.values())
         total_rows = sum(e["rows"] for e in splits.values())
         stored = self.stored_key() or {}
-        return {"format": FORMAT, "key": self.key, "key_hash": self.hash, **dict(spec),
-                "num_outputs": infos[0]["num_outputs"] if infos else None,
-                "teacher_weights_sha256": stored.get("teacher_weights_sha256"),
-                "splits": splits, "bytes": total_bytes, "rows": total_rows,
-                "bytes_per_row": total_bytes / max(total_rows, 1)}
+        return {
+            "format": FORMAT,
+            "key": self.key,
+            "key_hash": self.hash,
+            **dict(spec),
+            "num_outputs": infos[0]["num_outputs"] if infos else None,
+            "teacher_weights_sha256": stored.get("teacher_weights_sha256"),
+            "splits": splits,
+            "bytes": total_bytes,
+            "rows": total_rows,
+            "bytes_per_row": total_bytes / max(total_rows, 1),
+        }
 
     def _remove_stale_temps(self) -> None:
         now = time.time()
@@ -286,7 +320,9 @@ class ShardReader:
     hashed once per reader, however often it is reopened after eviction.
     """
 
-    def __init__(self, root: Path, manifest: Mapping[str, Any], split: str, verify: bool = True, max_shards: int = 256) -> None:
+    def __init__(
+        self, root: Path, manifest: Mapping[str, Any], split: str, verify: bool = True, max_shards: int = 256
+    ) -> None:
         if max_shards < 1:
             raise ValueError(f"cache.max_shards_in_memory must be >= 1, got {max_shards}")
         self.root, self.split, self.verify, self.max_shards = Path(root), split, verify, max_shards
@@ -298,7 +334,9 @@ class ShardReader:
         self.shard_size = self.shards[0]["end"] - self.shards[0]["start"] if self.shards else 1
         self.hidden_layers = list(manifest.get("hidden_layers") or [])  # teacher layers of hidden_states(), in order
         # per shard: (offsets, payload, (hidden offsets, hidden rows) or None)
-        self._cache: OrderedDict[int, tuple[Tensor, dict[str, Tensor] | TopK, tuple[Tensor, Tensor] | None]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[Tensor, dict[str, Tensor] | TopK, tuple[Tensor, Tensor] | None]] = (
+            OrderedDict()
+        )
         self._verified: set[int] = set()
 
     def __len__(self) -> int:
@@ -317,7 +355,8 @@ class ShardReader:
         if self.verify and i not in self._verified:
             if file_sha256(path) != info["sha256"]:
                 raise CorruptShardError(
-                    f"teacher cache shard {path} is corrupted: its sha256 is not the manifest's ({info['sha256'][:16]}...). "
+                    f"teacher cache shard {path} is corrupted: its sha256 is not the manifest's "
+                    f"({info['sha256'][:16]}...). "
                     "Delete it and run cache=build again: only the missing shards are rebuilt."
                 )
             self._verified.add(i)
@@ -356,7 +395,7 @@ class ShardReader:
         if hidden is None:
             return None
         offsets, rows = hidden
-        return rows[int(offsets[j]):int(offsets[j + 1])]
+        return rows[int(offsets[j]) : int(offsets[j + 1])]
 
     def verify_all(self) -> None:
         for i in range(len(self.shards)):
@@ -374,12 +413,19 @@ def file_sha256(path: Path) -> str:
 
 def manifest_summary(manifest: Mapping[str, Any]) -> str:
     unit = manifest.get("row_unit", "row")
-    outputs = manifest["outputs"] + (f" k={manifest['k']} codec={manifest.get('codec')}" if manifest["outputs"] == "topk" else "")
+    outputs = manifest["outputs"] + (
+        f" k={manifest['k']} codec={manifest.get('codec')}" if manifest["outputs"] == "topk" else ""
+    )
     if manifest.get("hidden_layers"):
-        outputs += (f", hidden states of teacher layers {manifest['hidden_layers']}: "
-                    f"{manifest['hidden_bytes_per_token']} bytes/token")
-    return (f"{manifest['rows']} {unit}s, {manifest['bytes'] / 2**20:.2f} MiB, {manifest['bytes_per_row']:.1f} bytes/{unit} "
-            f"({outputs}, {manifest.get('dtype')})")
+        outputs += (
+            f", hidden states of teacher layers {manifest['hidden_layers']}: "
+            f"{manifest['hidden_bytes_per_token']} bytes/token"
+        )
+    return (
+        f"{manifest['rows']} {unit}s, {manifest['bytes'] / 2**20:.2f} MiB, {manifest['bytes_per_row']:.1f} "
+        f"bytes/{unit} "
+        f"({outputs}, {manifest.get('dtype')})"
+    )
 
 
 def read_key(path: Path) -> dict[str, Any] | None:
@@ -406,5 +452,16 @@ def nearest_store(root: Path, key: Mapping[str, Any]) -> tuple[Path, list] | Non
     return best
 
 
-__all__ = ["CacheKeyMismatch", "CacheMissingError", "CorruptShardError", "ShardPlan", "ShardReader", "TeacherStore",
-           "assigned", "dist_rank_world", "manifest_summary", "nearest_store", "plan_shards"]
+__all__ = [
+    "CacheKeyMismatch",
+    "CacheMissingError",
+    "CorruptShardError",
+    "ShardPlan",
+    "ShardReader",
+    "TeacherStore",
+    "assigned",
+    "dist_rank_world",
+    "manifest_summary",
+    "nearest_store",
+    "plan_shards",
+]

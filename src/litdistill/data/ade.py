@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from litdistill.io import atomic_write_csv
+from litdistill.core.io import atomic_write_csv
 
 
 def read_ade_corpus(corpus_dir: str) -> list[tuple[str, int]]:
@@ -19,7 +19,9 @@ def read_ade_corpus(corpus_dir: str) -> list[tuple[str, int]]:
     positive_file, negative_file = root / "DRUG-AE.rel", root / "ADE-NEG.txt"
     for f in (positive_file, negative_file):
         if not f.is_file():
-            raise FileNotFoundError(f"ADE corpus file {f} not found; data.corpus_dir must hold DRUG-AE.rel and ADE-NEG.txt")
+            raise FileNotFoundError(
+                f"ADE corpus file {f} not found; data.corpus_dir must hold DRUG-AE.rel and ADE-NEG.txt"
+            )
     labels: dict[str, int] = {}
     for line in negative_file.read_text(encoding="utf-8").splitlines():
         parts = line.split(" ", 2)
@@ -32,17 +34,25 @@ def read_ade_corpus(corpus_dir: str) -> list[tuple[str, int]]:
     return sorted(labels.items())
 
 
-def prepare_ade_splits(corpus_dir: str, out_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                       seed: int = 13, max_examples: int | None = None) -> dict[str, str]:
+def prepare_ade_splits(
+    corpus_dir: str,
+    out_dir: str,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 13,
+    max_examples: int | None = None,
+) -> dict[str, str]:
     """Write de-duplicated train/validation/test CSVs of the raw corpus; returns split -> path."""
     rows = read_ade_corpus(corpus_dir)
     random.Random(seed).shuffle(rows)
     if max_examples:
         rows = rows[:max_examples]
     n_val, n_test = int(len(rows) * val_fraction), int(len(rows) * test_fraction)
-    parts = {"test": rows[:n_test], "validation": rows[n_test:n_test + n_val], "train": rows[n_test + n_val:]}
-    return {split: str(atomic_write_csv(Path(out_dir) / f"{split}.csv", ["text", "label"], part))
-            for split, part in parts.items()}
+    parts = {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
+    return {
+        split: str(atomic_write_csv(Path(out_dir) / f"{split}.csv", ["text", "label"], part))
+        for split, part in parts.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,14 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--corpus-dir", default="../shared/data/ade_corpus_v2", help="holds DRUG-AE.rel and ADE-NEG.txt")
+    parser.add_argument(
+        "--corpus-dir", default="../shared/data/ade_corpus_v2", help="holds DRUG-AE.rel and ADE-NEG.txt"
+    )
     parser.add_argument("--out", required=True, help="where train.csv, validation.csv and test.csv go")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--max-examples", type=int, default=None)
     args = parser.parse_args(argv)
-    paths = prepare_ade_splits(args.corpus_dir, args.out, args.val_fraction, args.test_fraction, args.seed, args.max_examples)
+    paths = prepare_ade_splits(
+        args.corpus_dir, args.out, args.val_fraction, args.test_fraction, args.seed, args.max_examples
+    )
     for split, path in paths.items():
         print(f"{split}: {path}")
 

@@ -12,19 +12,25 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from litdistill.core.outputs import TeacherOutputsInBatch
 from litdistill.data.resumable import ResumableTrainOrder
-from litdistill.data.teacher_labels import (LABEL_TYPES, TEACHER_LOGITS, read_teacher_labels, relabel,
-                                            teacher_predictions)
-from litdistill.models import load_tokenizer
-from litdistill.outputs import TeacherOutputsInBatch
+from litdistill.data.teacher_labels import (
+    LABEL_TYPES,
+    TEACHER_LOGITS,
+    read_teacher_labels,
+    relabel,
+    teacher_predictions,
+)
+from litdistill.models.loading import load_tokenizer
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
 log = logging.getLogger(__name__)
 
 
-def load_splits(dataset: str | None, data_files: dict[str, str] | None, subset: str | None = None,
-                revision: str | None = None) -> DatasetDict:
+def load_splits(
+    dataset: str | None, data_files: dict[str, str] | None, subset: str | None = None, revision: str | None = None
+) -> DatasetDict:
     """Load from the hub (``dataset``) or from local files (``data_files``: split -> path)."""
     if (dataset is None) == (data_files is None):
         raise ValueError("set exactly one of data.dataset (a hub name) or data.data_files (split -> local file)")
@@ -49,18 +55,31 @@ def rename_splits(raw: DatasetDict, split_names: dict[str, str] | None) -> Datas
     bad = [ours for ours in names if ours not in SPLITS]
     missing = [theirs for theirs in names.values() if theirs not in raw]
     if bad or missing:
-        raise ValueError(f"data.split_names={names}: keys must be among {list(SPLITS)} (got {bad or 'ok'}), "
-                         f"values among the source's splits {sorted(raw)} (missing {missing or 'none'})")
+        raise ValueError(
+            f"data.split_names={names}: keys must be among {list(SPLITS)} (got {bad or 'ok'}), "
+            f"values among the source's splits {sorted(raw)} (missing {missing or 'none'})"
+        )
     renamed = {ours: raw[theirs] for ours, theirs in names.items()}
-    kept = {split: ds for split, ds in raw.items() if split in SPLITS and split not in renamed and split not in names.values()}
+    kept = {
+        split: ds
+        for split, ds in raw.items()
+        if split in SPLITS and split not in renamed and split not in names.values()
+    }
     return DatasetDict({**kept, **renamed})
 
 
 DUPLICATE_LABELS = ("first", "max")
 
 
-def dedupe_and_split(ds: Dataset, text_column: str, val_fraction: float, test_fraction: float, seed: int,
-                     label_column: str = "label", duplicate_label: str = "first") -> DatasetDict:
+def dedupe_and_split(
+    ds: Dataset,
+    text_column: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    label_column: str = "label",
+    duplicate_label: str = "first",
+) -> DatasetDict:
     """One split into train/validation/test with no sentence in two splits.
 
     A sentence listed more than once keeps its first row; ``duplicate_label="max"`` gives that row
@@ -120,7 +139,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         split_names: dict[str, str] | None = None,
         duplicate_label: str = "first",
     ) -> None:
-        """``route_column`` (multi-teacher routing, see litdistill.teachers): each example's value of
+        """``route_column`` (multi-teacher routing, see litdistill.models.multi_teacher): each example's value of
         this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
         ``route_values`` the column must already hold int ids).
 
@@ -155,10 +174,16 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         raw = rename_splits(load_splits(h.dataset, h.data_files, h.subset, h.revision), h.split_names)
         check_columns(raw, [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c])
         if "validation" not in raw:
-            raw = dedupe_and_split(raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed,
-                                   h.label_column, h.duplicate_label)
-        raw = DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
-                           for s in SPLITS if s in raw})
+            raw = dedupe_and_split(
+                raw["train"], h.text_column, h.val_fraction, h.test_fraction, h.seed, h.label_column, h.duplicate_label
+            )
+        raw = DatasetDict(
+            {
+                s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
+                for s in SPLITS
+                if s in raw
+            }
+        )
         self._check_labels(raw)
         if h.teacher_labels:
             raw = self._use_teacher_labels(raw)
@@ -167,12 +192,17 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
     def _use_teacher_labels(self, raw: DatasetDict) -> DatasetDict:
         h = self.hparams
         labels = read_teacher_labels(h.teacher_labels, self.num_labels)
-        train, self.teacher_label_counts = relabel(raw["train"], labels, h.text_column, h.label_column,
-                                                   h.teacher_label_type, "train")
+        train, self.teacher_label_counts = relabel(
+            raw["train"], labels, h.text_column, h.label_column, h.teacher_label_type, "train"
+        )
         if "test" in raw:
             self.teacher_test_labels = teacher_predictions(raw["test"], labels, h.text_column)
-        log.info("teacher labels from %s: %d train rows relabelled, %d without a teacher label dropped",
-                 h.teacher_labels, self.teacher_label_counts["kept"], self.teacher_label_counts["dropped"])
+        log.info(
+            "teacher labels from %s: %d train rows relabelled, %d without a teacher label dropped",
+            h.teacher_labels,
+            self.teacher_label_counts["kept"],
+            self.teacher_label_counts["dropped"],
+        )
         return DatasetDict({**raw, "train": train})
 
     @property
@@ -187,7 +217,9 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         labels = set(raw["train"][self.hparams.label_column])
         bad = sorted(x for x in labels if not isinstance(x, int) or not 0 <= x < self.num_labels)
         if bad:
-            raise ValueError(f"labels {bad[:5]} outside 0..{self.num_labels - 1}; set data.num_labels or map the labels")
+            raise ValueError(
+                f"labels {bad[:5]} outside 0..{self.num_labels - 1}; set data.num_labels or map the labels"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -205,17 +237,23 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
                 encoded[h.route_field] = [self.route_ids(value) for value in rows[h.route_column]]
             return encoded
 
-        self.splits = DatasetDict({split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="tokenizing")
-                                   for split, ds in raw.items()})
+        self.splits = DatasetDict(
+            {
+                split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+                for split, ds in raw.items()
+            }
+        )
         self.splits.set_format("torch")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         # training order: a function of (seed, epoch) that a mid-epoch resume reproduces (data/resumable.py)
         return DataLoader(
-            self.splits[split], batch_size=h.batch_size if shuffle else (h.eval_batch_size or h.batch_size),
+            self.splits[split],
+            batch_size=h.batch_size if shuffle else (h.eval_batch_size or h.batch_size),
             sampler=self.train_sampler(self.splits[split], h.batch_size) if shuffle else None,
-            collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=h.num_workers,
+            collate_fn=DataCollatorWithPadding(self.tokenizer),
+            num_workers=h.num_workers,
             generator=self.loader_generator(),
         )
 
@@ -252,8 +290,10 @@ def route_ids(column: str | None, values: list[Any] | None) -> Any:
         if index is None:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value
-            raise ValueError(f"route column {column!r} holds {value!r}; give route_values (the values in route-id order) "
-                             "or int ids >= 0")
+            raise ValueError(
+                f"route column {column!r} holds {value!r}; give route_values (the values in route-id order) "
+                "or int ids >= 0"
+            )
         if value not in index:
             raise ValueError(f"route column {column!r} holds {value!r}, not in route_values {list(values)}")
         return index[value]

@@ -26,8 +26,14 @@ class ResumableSampler(DistributedSampler):
     counts the batches already consumed itself.
     """
 
-    def __init__(self, dataset: Sized, seed: int, num_replicas: int | None = None, rank: int | None = None,
-                 resume: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Sized,
+        seed: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        resume: dict[str, int] | None = None,
+    ) -> None:
         if num_replicas is None or rank is None:
             distributed = dist.is_available() and dist.is_initialized()
             num_replicas = dist.get_world_size() if distributed else 1
@@ -39,7 +45,7 @@ class ResumableSampler(DistributedSampler):
         indices = list(super().__iter__())
         if self.resume and self.resume["epoch"] <= self.epoch:
             if self.resume["epoch"] == self.epoch:
-                indices = indices[self.resume["samples"]:]
+                indices = indices[self.resume["samples"] :]
             self.resume.clear()
         return iter(indices)
 

@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader
 from litdistill.data.classification import _head, dedupe_and_split, load_splits
 from litdistill.data.resumable import ResumableTrainOrder
 from litdistill.data.token_counts import StepTokenCounts
-from litdistill.models import load_tokenizer
+from litdistill.models.loading import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
 
 
-def encode_example(tokenizer: Any, prompt: str | list[dict[str, str]], response: str, max_length: int,
-                   system_prompt: str | None = None) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer: Any, prompt: str | list[dict[str, str]], response: str, max_length: int, system_prompt: str | None = None
+) -> dict[str, list[int]]:
     """Token ids and labels of one prompt-response pair.
 
     Truncation keeps the response: the prompt is cut from the left first; only a response longer
@@ -44,7 +45,7 @@ def encode_example(tokenizer: Any, prompt: str | list[dict[str, str]], response:
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     response_ids = response_ids[:max_length]
-    prompt_ids = list(prompt_ids)[-(max_length - len(response_ids)):] if len(response_ids) < max_length else []
+    prompt_ids = list(prompt_ids)[-(max_length - len(response_ids)) :] if len(response_ids) < max_length else []
     return {"input_ids": prompt_ids + response_ids, "labels": [-100] * len(prompt_ids) + response_ids}
 
 
@@ -82,12 +83,25 @@ class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
     The training order is resumable mid-epoch (data/resumable.py), also under the token-count wrapper.
     """
 
-    def __init__(self, tokenizer: str, dataset: str | None = None, subset: str | None = None,
-                 data_files: dict[str, str] | None = None, prompt_column: str = "prompt",
-                 response_column: str = "response", system_prompt: str | None = None, max_length: int = 512,
-                 batch_size: int = 8, packing: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 max_train_examples: int | None = None, max_eval_examples: int | None = None,
-                 num_workers: int = 0, seed: int = 42) -> None:
+    def __init__(
+        self,
+        tokenizer: str,
+        dataset: str | None = None,
+        subset: str | None = None,
+        data_files: dict[str, str] | None = None,
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        system_prompt: str | None = None,
+        max_length: int = 512,
+        batch_size: int = 8,
+        packing: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        max_train_examples: int | None = None,
+        max_eval_examples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.tokenizer = load_tokenizer(tokenizer)
@@ -102,8 +116,13 @@ class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
             raise ValueError(f"column(s) {missing} not in the data; columns present: {columns}")
         if "validation" not in raw:
             raw = dedupe_and_split(raw["train"], h.prompt_column, h.val_fraction, h.test_fraction, h.seed)
-        return DatasetDict({s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
-                            for s in SPLITS if s in raw})
+        return DatasetDict(
+            {
+                s: _head(raw[s], h.max_train_examples if s == "train" else h.max_eval_examples)
+                for s in SPLITS
+                if s in raw
+            }
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -111,17 +130,23 @@ class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
         h = self.hparams
         self.splits = {}
         for split, ds in self.raw_splits().items():
-            encoded = [encode_example(self.tokenizer, p, r, h.max_length, h.system_prompt)
-                       for p, r in zip(ds[h.prompt_column], ds[h.response_column])]
+            encoded = [
+                encode_example(self.tokenizer, p, r, h.max_length, h.system_prompt)
+                for p, r in zip(ds[h.prompt_column], ds[h.response_column])
+            ]
             self.splits[split] = pack(encoded, h.max_length) if h.packing and split == "train" else encoded
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         # training order: a function of (seed, epoch) that a mid-epoch resume reproduces (data/resumable.py)
-        return DataLoader(self.splits[split], batch_size=h.batch_size,
-                          sampler=self.train_sampler(self.splits[split], h.batch_size) if shuffle else None,
-                          generator=self.loader_generator(),
-                          collate_fn=lambda rows: collate(rows, self.tokenizer.pad_token_id), num_workers=h.num_workers)
+        return DataLoader(
+            self.splits[split],
+            batch_size=h.batch_size,
+            sampler=self.train_sampler(self.splits[split], h.batch_size) if shuffle else None,
+            generator=self.loader_generator(),
+            collate_fn=lambda rows: collate(rows, self.tokenizer.pad_token_id),
+            num_workers=h.num_workers,
+        )
 
     def train_dataloader(self) -> Any:
         loader = self._loader("train", shuffle=True)

@@ -10,16 +10,61 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from litdistill.io import atomic_write_csv
+from litdistill.core.io import atomic_write_csv, atomic_write_text
 
-DRUGS = ["methotrexate", "amiodarone", "lithium", "cisplatin", "isoniazid", "warfarin", "clozapine",
-         "vancomycin", "carbamazepine", "prednisone", "metformin", "rifampicin", "tacrolimus", "heparin",
-         "allopurinol", "ciprofloxacin", "valproate", "cyclosporine", "phenytoin", "doxorubicin"]
-CONDITIONS = ["hepatotoxicity", "pneumonitis", "hypothyroidism", "renal failure", "peripheral neuropathy",
-              "thrombocytopenia", "agranulocytosis", "ototoxicity", "Stevens-Johnson syndrome", "lactic acidosis",
-              "pancreatitis", "seizures", "cardiomyopathy", "rhabdomyolysis", "hyponatremia", "rash"]
-INDICATIONS = ["rheumatoid arthritis", "atrial fibrillation", "bipolar disorder", "tuberculosis", "epilepsy",
-               "deep vein thrombosis", "schizophrenia", "type 2 diabetes", "gout", "asthma", "kidney transplantation"]
+DRUGS = [
+    "methotrexate",
+    "amiodarone",
+    "lithium",
+    "cisplatin",
+    "isoniazid",
+    "warfarin",
+    "clozapine",
+    "vancomycin",
+    "carbamazepine",
+    "prednisone",
+    "metformin",
+    "rifampicin",
+    "tacrolimus",
+    "heparin",
+    "allopurinol",
+    "ciprofloxacin",
+    "valproate",
+    "cyclosporine",
+    "phenytoin",
+    "doxorubicin",
+]
+CONDITIONS = [
+    "hepatotoxicity",
+    "pneumonitis",
+    "hypothyroidism",
+    "renal failure",
+    "peripheral neuropathy",
+    "thrombocytopenia",
+    "agranulocytosis",
+    "ototoxicity",
+    "Stevens-Johnson syndrome",
+    "lactic acidosis",
+    "pancreatitis",
+    "seizures",
+    "cardiomyopathy",
+    "rhabdomyolysis",
+    "hyponatremia",
+    "rash",
+]
+INDICATIONS = [
+    "rheumatoid arthritis",
+    "atrial fibrillation",
+    "bipolar disorder",
+    "tuberculosis",
+    "epilepsy",
+    "deep vein thrombosis",
+    "schizophrenia",
+    "type 2 diabetes",
+    "gout",
+    "asthma",
+    "kidney transplantation",
+]
 POSITIVE = [
     "{drug}-induced {cond} in a patient treated for {ind}.",
     "A {age}-year-old woman developed {cond} after starting {drug}.",
@@ -43,13 +88,21 @@ NEGATIVE = [
 
 def make_sentence(rng: random.Random, label: int) -> str:
     template = rng.choice(POSITIVE if label else NEGATIVE)
-    text = template.format(drug=rng.choice(DRUGS), cond=rng.choice(CONDITIONS), ind=rng.choice(INDICATIONS),
-                           age=rng.randint(18, 90))
+    text = template.format(
+        drug=rng.choice(DRUGS), cond=rng.choice(CONDITIONS), ind=rng.choice(INDICATIONS), age=rng.randint(18, 90)
+    )
     return text[0].upper() + text[1:]
 
 
-def make_drug_event_dataset(out_dir: str, n_train: int = 2000, n_val: int = 400, n_test: int = 600,
-                            positive_rate: float = 0.4, label_noise: float = 0.04, seed: int = 0) -> dict[str, str]:
+def make_drug_event_dataset(
+    out_dir: str,
+    n_train: int = 2000,
+    n_val: int = 400,
+    n_test: int = 600,
+    positive_rate: float = 0.4,
+    label_noise: float = 0.04,
+    seed: int = 0,
+) -> dict[str, str]:
     """Write train/validation/test CSVs (``text,label``) with no sentence shared across splits."""
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -77,11 +130,11 @@ SFT_PROMPTS = [
 ]
 
 
-def make_sft_dataset(out_dir: str, n_train: int = 400, n_val: int = 50, n_test: int = 50, seed: int = 0) -> dict[str, str]:
+def make_sft_dataset(
+    out_dir: str, n_train: int = 400, n_val: int = 50, n_test: int = 50, seed: int = 0
+) -> dict[str, str]:
     """Write prompt/response JSONL splits of short drug-safety questions (the tiny causal recipe)."""
     import json
-
-    from litdistill.io import atomic_write_text
 
     rng = random.Random(seed)
     paths = {}

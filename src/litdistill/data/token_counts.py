@@ -49,7 +49,11 @@ class StepTokenCounts:
     def _tag(self, step: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         total = sum(real_tokens(b) for b in step)
         for batch in step:
-            yield {**batch, "num_tokens_in_step": torch.tensor(float(total)), "accumulate": torch.tensor(float(self.accumulate))}
+            yield {
+                **batch,
+                "num_tokens_in_step": torch.tensor(float(total)),
+                "accumulate": torch.tensor(float(self.accumulate)),
+            }
 
 
 def across_ranks(batch: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,12 @@ from litdistill.generation.store import (
     to_classification_records,
     to_sft_records,
 )
-from litdistill.generation.templates import ParseError, PromptTemplate, TemplateError, load_template
+from litdistill.generation.templates import (
+    ParseError,
+    PromptTemplate,
+    TemplateError,
+    load_template,
+)
 
 __all__ = [
     "ChatClient",

@@ -86,8 +86,11 @@ class Usage:
         return (self.prompt_tokens * float(p_in or 0) + self.completion_tokens * float(p_out or 0)) / 1e6
 
     def as_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 def _as_int(value: Any) -> int:
@@ -125,8 +128,14 @@ class ClientStats:
     usage: Usage = field(default_factory=Usage)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "retries": self.retries, "ok": self.ok, "failed": self.failed,
-                "reasons": dict(self.reasons), "usage": self.usage.as_dict()}
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "ok": self.ok,
+            "failed": self.failed,
+            "reasons": dict(self.reasons),
+            "usage": self.usage.as_dict(),
+        }
 
 
 class _Retryable(Exception):
@@ -199,7 +208,9 @@ def _deadline_connection(base: type[http.client.HTTPConnection]) -> type[http.cl
                 return super().getresponse()
             except (OSError, http.client.HTTPException) as err:
                 if watchdog is not None and watchdog.expired:
-                    raise TimeoutError("timed out: the status line and headers were still arriving at the deadline") from err
+                    raise TimeoutError(
+                        "timed out: the status line and headers were still arriving at the deadline"
+                    ) from err
                 raise
             finally:
                 if watchdog is not None:
@@ -219,8 +230,9 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(functools.partial(_DeadlineHTTPS, deadline=getattr(req, "deadline", None)), req,
-                            context=self._context)
+        return self.do_open(
+            functools.partial(_DeadlineHTTPS, deadline=getattr(req, "deadline", None)), req, context=self._context
+        )
 
 
 def read_by(response: Any, deadline: float, limit: int | None = None) -> bytes:
@@ -306,17 +318,33 @@ def _is_loopback(host: str | None) -> bool:
 class ChatClient:
     """Chat completions over HTTP with bounded concurrency, retries, usage and cost."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 api_key_required: bool = True, timeout: float = 60.0, max_retries: int = 6,
-                 backoff_base: float = 1.0, backoff_max: float = 60.0, retry_after_max: float = 120.0,
-                 max_concurrency: int = 8, prices: Mapping[str, Any] | None = None,
-                 extra_body: Mapping[str, Any] | None = None, extra_headers: Mapping[str, str] | None = None,
-                 seed: int | None = None, sleep: Callable[[float], Any] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        api_key_required: bool = True,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        retry_after_max: float = 120.0,
+        max_concurrency: int = 8,
+        prices: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        seed: int | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
         if not isinstance(base_url, str) or urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-            raise ConfigError(f"teacher_api.base_url={base_url!r} is not an http(s) URL, "
-                              "e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                f"teacher_api.base_url={base_url!r} is not an http(s) URL, "
+                "e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1"
+            )
         if not model:
-            raise ConfigError("teacher_api.model is empty; set the teacher's model name, e.g. teacher_api.model=gpt-4o-mini")
+            raise ConfigError(
+                "teacher_api.model is empty; set the teacher's model name, e.g. teacher_api.model=gpt-4o-mini"
+            )
         for name, value, low in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"teacher_api.{name}={value!r} must be an integer >= {low}")
@@ -357,7 +385,8 @@ class ChatClient:
         return text
 
     def __repr__(self) -> str:  # never the key
-        return f"ChatClient(base_url={redact_url(self.base_url)!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        url = redact_url(self.base_url)
+        return f"ChatClient(base_url={url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
     # -- one request --------------------------------------------------------------------------------
     def body(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -367,8 +396,12 @@ class ChatClient:
         return body
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "litdistill", **self.extra_headers}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "litdistill",
+            **self.extra_headers,
+        }
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         return headers
@@ -392,8 +425,9 @@ class ChatClient:
                 err.close()
             reason = f"HTTP {status}" + (f": {detail.strip()}" if detail.strip() else "")
             if status in RETRY_STATUS or status >= 500:
-                raise _Retryable(reason, parse_retry_after(err.headers.get("Retry-After") if err.headers else None),
-                                 status) from None
+                raise _Retryable(
+                    reason, parse_retry_after(err.headers.get("Retry-After") if err.headers else None), status
+                ) from None
             raise _Fatal(reason, status) from None
         except (TimeoutError, OSError, urllib.error.URLError, http.client.HTTPException) as err:
             inner = getattr(err, "reason", err)
@@ -441,16 +475,20 @@ class ChatClient:
             except _Fatal as err:
                 return self._failed(self.redact(err.reason), attempts, err.status, start)
             except Exception as err:  # noqa: BLE001  (a bug or an odd transport error must not end the run)
-                return self._failed(self.redact(f"unexpected error: {type(err).__name__}: {err}"), attempts, None, start)
+                return self._failed(
+                    self.redact(f"unexpected error: {type(err).__name__}: {err}"), attempts, None, start
+                )
             try:
                 return self._parse(data, attempts, status, start)
             except Exception as err:  # noqa: BLE001  (odd field values are the server's fault, not a reason to stop)
-                return self._failed(self.redact(f"malformed response: {type(err).__name__}: {err}"), attempts, status, start)
+                return self._failed(
+                    self.redact(f"malformed response: {type(err).__name__}: {err}"), attempts, status, start
+                )
         return self._failed(f"gave up after {attempts} attempt(s): {last}", attempts, status, start)
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         with self._lock:
-            jitter = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** retry))
+            jitter = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**retry))
         if retry_after is not None:
             return max(min(retry_after, self.retry_after_max), jitter if retry_after > 0 else 0.0)
         return jitter
@@ -463,8 +501,14 @@ class ChatClient:
 
     def _parse(self, data: dict[str, Any], attempts: int, status: int, start: float) -> ChatResult:
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        usage_d = {"prompt_tokens": _as_int(usage.get("prompt_tokens")),
-                   "completion_tokens": _as_int(usage.get("completion_tokens"))} if usage else None
+        usage_d = (
+            {
+                "prompt_tokens": _as_int(usage.get("prompt_tokens")),
+                "completion_tokens": _as_int(usage.get("completion_tokens")),
+            }
+            if usage
+            else None
+        )
         if usage_d:
             with self._lock:
                 self.stats.usage.add(usage_d)
@@ -482,20 +526,36 @@ class ChatClient:
             content = choice["text"]
         if not isinstance(content, str):
             refusal = message.get("refusal")
-            reason = f"refusal: {refusal}" if refusal else f"malformed response: no message content " \
-                                                           f"(finish_reason={choice.get('finish_reason')!r})"
+            reason = (
+                f"refusal: {refusal}"
+                if refusal
+                else f"malformed response: no message content (finish_reason={choice.get('finish_reason')!r})"
+            )
             result = self._failed(self.redact(reason), attempts, status, start)
             result.usage = usage_d
             return result
         with self._lock:
             self.stats.ok += 1
-        return ChatResult(True, content=content, finish_reason=choice.get("finish_reason"),
-                          logprobs=choice.get("logprobs"), usage=usage_d, attempts=attempts, status=status,
-                          latency_s=time.monotonic() - start)
+        return ChatResult(
+            True,
+            content=content,
+            finish_reason=choice.get("finish_reason"),
+            logprobs=choice.get("logprobs"),
+            usage=usage_d,
+            attempts=attempts,
+            status=status,
+            latency_s=time.monotonic() - start,
+        )
 
     # -- many requests ------------------------------------------------------------------------------
-    def map(self, requests: Sequence[tuple[Any, Sequence[Mapping[str, str]]]], params: Mapping[str, Any] | None,
-            on_result: Callable[[Any, ChatResult], None], progress: bool = True, desc: str = "generate") -> None:
+    def map(
+        self,
+        requests: Sequence[tuple[Any, Sequence[Mapping[str, str]]]],
+        params: Mapping[str, Any] | None,
+        on_result: Callable[[Any, ChatResult], None],
+        progress: bool = True,
+        desc: str = "generate",
+    ) -> None:
         """Run ``(tag, messages)`` requests, at most ``max_concurrency`` at a time; ``on_result(tag, result)``
         is called in the calling thread as each finishes. On an exception in the caller (Ctrl-C) the
         queued requests are dropped, no new attempt starts, and requests in flight are left to daemon
@@ -524,8 +584,13 @@ class ChatClient:
                     on_result(tag, result)
                     bar.update(1)
                     cost = self.stats.usage.cost(self.prices)
-                    bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed, retries=self.stats.retries,
-                                    **({"cost": f"${cost:.4f}"} if cost is not None else {}), refresh=False)
+                    bar.set_postfix(
+                        ok=self.stats.ok,
+                        failed=self.stats.failed,
+                        retries=self.stats.retries,
+                        **({"cost": f"${cost:.4f}"} if cost is not None else {}),
+                        refresh=False,
+                    )
         except BaseException:
             self.stop.set()
             pool.shutdown(cancel=True)
@@ -549,19 +614,25 @@ def resolve_api_key(api_key_env: str | None, required: bool = True) -> str | Non
     """The API key from the environment variable named ``api_key_env``; a clear error if it must exist and doesn't."""
     if api_key_env in (None, ""):
         if required:
-            raise ConfigError("teacher_api.api_key_env is empty; set it to the NAME of the environment variable "
-                              "holding the API key (e.g. OPENAI_API_KEY), or set teacher_api.api_key_required=false")
+            raise ConfigError(
+                "teacher_api.api_key_env is empty; set it to the NAME of the environment variable "
+                "holding the API key (e.g. OPENAI_API_KEY), or set teacher_api.api_key_required=false"
+            )
         return None
     if not isinstance(api_key_env, str) or not ENV_NAME.match(api_key_env):
         # never echo the value: it may be a key pasted where the variable's name belongs
-        raise ConfigError("teacher_api.api_key_env must be the NAME of an environment variable (letters, digits, "
-                          "underscore), not the key itself; e.g. api_key_env=OPENAI_API_KEY and "
-                          "`export OPENAI_API_KEY=...`")
+        raise ConfigError(
+            "teacher_api.api_key_env must be the NAME of an environment variable (letters, digits, "
+            "underscore), not the key itself; e.g. api_key_env=OPENAI_API_KEY and "
+            "`export OPENAI_API_KEY=...`"
+        )
     key = os.environ.get(api_key_env)
     if not key:
         if required:
-            raise ConfigError(f"environment variable {api_key_env} (teacher_api.api_key_env) is not set or empty; "
-                              f"export {api_key_env}=<your key> before running, or point teacher_api.api_key_env "
-                              "at the variable that holds it")
+            raise ConfigError(
+                f"environment variable {api_key_env} (teacher_api.api_key_env) is not set or empty; "
+                f"export {api_key_env}=<your key> before running, or point teacher_api.api_key_env "
+                "at the variable that holds it"
+            )
         return None
     return key.strip()

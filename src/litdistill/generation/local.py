@@ -28,20 +28,31 @@ log = logging.getLogger("litdistill.generation")
 class LocalHFTeacher:
     """``model.generate`` over batches of chat prompts."""
 
-    def __init__(self, name_or_path: str | None = None, model: Any = None, tokenizer: Any = None,
-                 batch_size: int = 8, device: str = "auto", dtype: str = "float32", quantization: str | None = None,
-                 max_prompt_length: int | None = None, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        device: str = "auto",
+        dtype: str = "float32",
+        quantization: str | None = None,
+        max_prompt_length: int | None = None,
+        model_name: str | None = None,
+    ) -> None:
         import torch
 
-        from litdistill.models import DTYPES, QUANTIZATIONS, load_tokenizer
+        from litdistill.models.loading import DTYPES, QUANTIZATIONS, load_tokenizer
 
         if dtype not in DTYPES:
             raise ConfigError(f"teacher_api.dtype={dtype!r} is not a dtype; valid: {sorted(DTYPES)}")
         if quantization is not None and quantization not in QUANTIZATIONS:
             raise ConfigError(f"teacher_api.quantization={quantization!r}; valid: {list(QUANTIZATIONS)} or null")
         if model is None and not name_or_path:
-            raise ConfigError("teacher_api.name_or_path is empty; set it to a Hugging Face model id or a local "
-                              "directory, e.g. teacher_api.name_or_path=Qwen/Qwen2.5-0.5B-Instruct")
+            raise ConfigError(
+                "teacher_api.name_or_path is empty; set it to a Hugging Face model id or a local "
+                "directory, e.g. teacher_api.name_or_path=Qwen/Qwen2.5-0.5B-Instruct"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"teacher_api.batch_size={batch_size!r} must be an integer >= 1")
         if device == "auto":
@@ -68,7 +79,7 @@ class LocalHFTeacher:
     def model(self) -> Any:
         """The model, loaded on first use (a rerun with nothing left to do never loads it)."""
         if self._model is None:
-            from litdistill.models import load_pretrained
+            from litdistill.models.loading import load_pretrained
 
             name_or_path, dtype, quantization = self._load
             self._model = load_pretrained(name_or_path, task="causal_lm", dtype=dtype, quantization=quantization)
@@ -84,8 +95,9 @@ class LocalHFTeacher:
 
     def prompt_text(self, messages: Sequence[Mapping[str, str]]) -> str:
         if self.uses_chat_template:
-            return self.tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True,
-                                                      tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+            )
         return "\n".join(m["content"] for m in messages) + "\n"
 
     def settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,32 +117,53 @@ class LocalHFTeacher:
         for cls in template.labels:
             ids: set[int] = set()
             for word in {*cls.words, cls.name}:
-                for variant in {word, word.lower(), word.capitalize(), " " + word, " " + word.lower(),
-                                " " + word.capitalize()}:
+                for variant in {
+                    word,
+                    word.lower(),
+                    word.capitalize(),
+                    " " + word,
+                    " " + word.lower(),
+                    " " + word.capitalize(),
+                }:
                     enc = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
                     if len(enc) == 1 and enc[0] != self.tokenizer.unk_token_id:
                         ids.add(enc[0])
             per_class.append(ids)
-        shared = {i for a in range(len(per_class)) for b in range(a + 1, len(per_class))
-                  for i in per_class[a] & per_class[b]}
+        shared = {
+            i for a in range(len(per_class)) for b in range(a + 1, len(per_class)) for i in per_class[a] & per_class[b]
+        }
         return [sorted(ids - shared) for ids in per_class]
 
     # -- generation ---------------------------------------------------------------------------------
-    def generate_batch(self, batch: Sequence[Sequence[Mapping[str, str]]], params: Mapping[str, Any],
-                       template: PromptTemplate | None = None) -> list[ChatResult]:
+    def generate_batch(
+        self,
+        batch: Sequence[Sequence[Mapping[str, str]]],
+        params: Mapping[str, Any],
+        template: PromptTemplate | None = None,
+    ) -> list[ChatResult]:
         import torch
 
         start = time.monotonic()
         settings = self.settings(params)
         texts = [self.prompt_text(m) for m in batch]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.uses_chat_template,
-                             truncation=bool(self.max_prompt_length), max_length=self.max_prompt_length)
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=not self.uses_chat_template,
+            truncation=bool(self.max_prompt_length),
+            max_length=self.max_prompt_length,
+        )
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         want_soft = template is not None and template.parser == "label" and template.soft_labels
         eos = self.tokenizer.eos_token_id
-        kwargs: dict[str, Any] = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["do_sample"],
-                                  "pad_token_id": self.tokenizer.pad_token_id, "return_dict_in_generate": True,
-                                  "output_logits": want_soft}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings["max_new_tokens"],
+            "do_sample": settings["do_sample"],
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "return_dict_in_generate": True,
+            "output_logits": want_soft,
+        }
         if eos is not None:
             kwargs["eos_token_id"] = eos
         if settings["do_sample"]:
@@ -152,8 +185,10 @@ class LocalHFTeacher:
                 mass = mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
                 soft = [row.tolist() for row in mass.cpu()]
             else:
-                log.warning("template %r: no single-token answer word for some class in this tokenizer; no soft labels",
-                            template.name)  # type: ignore[union-attr]
+                log.warning(
+                    "template %r: no single-token answer word for some class in this tokenizer; no soft labels",
+                    template.name,
+                )  # type: ignore[union-attr]
         results = []
         elapsed = time.monotonic() - start
         for i in range(len(batch)):
@@ -166,13 +201,28 @@ class LocalHFTeacher:
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             usage = {"prompt_tokens": int(enc["attention_mask"][i].sum()), "completion_tokens": completion}
             self.usage.add(usage)
-            results.append(ChatResult(True, content=text, finish_reason=finish, usage=usage, attempts=1,
-                                      latency_s=elapsed / len(batch), soft_label=soft[i]))
+            results.append(
+                ChatResult(
+                    True,
+                    content=text,
+                    finish_reason=finish,
+                    usage=usage,
+                    attempts=1,
+                    latency_s=elapsed / len(batch),
+                    soft_label=soft[i],
+                )
+            )
         return results
 
-    def map(self, requests: Sequence[tuple[Any, Sequence[Mapping[str, str]]]], params: Mapping[str, Any],
-            on_result: Callable[[Any, ChatResult], None], progress: bool = True, desc: str = "generate",
-            template: PromptTemplate | None = None) -> None:
+    def map(
+        self,
+        requests: Sequence[tuple[Any, Sequence[Mapping[str, str]]]],
+        params: Mapping[str, Any],
+        on_result: Callable[[Any, ChatResult], None],
+        progress: bool = True,
+        desc: str = "generate",
+        template: PromptTemplate | None = None,
+    ) -> None:
         """Generate ``(tag, messages)`` requests in batches; ``on_result`` after each batch. Prompts are
         sorted by length so batches pad little."""
         from tqdm.auto import tqdm
@@ -185,15 +235,17 @@ class LocalHFTeacher:
             for lo in range(0, len(order), self.batch_size):
                 if self.stop_requested:
                     break
-                chunk = [requests[i] for i in order[lo: lo + self.batch_size]]
+                chunk = [requests[i] for i in order[lo : lo + self.batch_size]]
                 try:
                     results = self.generate_batch([m for _, m in chunk], params, template)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as err:  # noqa: BLE001  (recorded as failures, retried on the next run)
                     log.warning("a batch of %d prompts failed: %s: %s", len(chunk), type(err).__name__, err)
-                    results = [ChatResult(False, error=f"generate failed: {type(err).__name__}: {err}"[:500], attempts=1)
-                               for _ in chunk]
+                    results = [
+                        ChatResult(False, error=f"generate failed: {type(err).__name__}: {err}"[:500], attempts=1)
+                        for _ in chunk
+                    ]
                 for (tag, _), result in zip(chunk, results):
                     on_result(tag, result)
                 bar.update(len(chunk))

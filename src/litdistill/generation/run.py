@@ -34,7 +34,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from litdistill.generation.client import ChatClient, ChatResult, ConfigError, Usage, redact_url
+from litdistill.generation.client import (
+    ChatClient,
+    ChatResult,
+    ConfigError,
+    Usage,
+    redact_url,
+)
 from litdistill.generation.store import (
     DATASET,
     MANIFEST,
@@ -45,7 +51,12 @@ from litdistill.generation.store import (
     dataset_rows,
     record_key,
 )
-from litdistill.generation.templates import ParseError, PromptTemplate, TemplateError, available_templates
+from litdistill.generation.templates import (
+    ParseError,
+    PromptTemplate,
+    TemplateError,
+    available_templates,
+)
 
 log = logging.getLogger("litdistill.generation")
 
@@ -95,9 +106,13 @@ class Plan:
 def _read_records(path: Path, field_name: str) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix not in INPUT_FORMATS:
-        raise ConfigError(f"input.path={str(path)!r} has format {suffix or '(none)'!r}; valid formats: {list(INPUT_FORMATS)}")
+        raise ConfigError(
+            f"input.path={str(path)!r} has format {suffix or '(none)'!r}; valid formats: {list(INPUT_FORMATS)}"
+        )
     if suffix == ".txt":
-        return [{field_name: line.rstrip("\r")} for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        return [
+            {field_name: line.rstrip("\r")} for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
+        ]
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
@@ -130,9 +145,11 @@ def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str
     field_name = input_cfg.get("field") or "prompt"
     id_field = input_cfg.get("id_field") or "id"
     if (path in (None, "")) == (prompts is None):
-        raise ConfigError("set exactly one of input.path (a .jsonl/.json/.csv/.tsv/.txt file of prompts) or "
-                          "input.prompts (a list of prompts in the config)"
-                          + (" - both are set" if prompts is not None else " - neither is set"))
+        raise ConfigError(
+            "set exactly one of input.path (a .jsonl/.json/.csv/.tsv/.txt file of prompts) or "
+            "input.prompts (a list of prompts in the config)"
+            + (" - both are set" if prompts is not None else " - neither is set")
+        )
     if prompts is not None:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise ConfigError(f"input.prompts must be a list of strings or records, got {type(prompts).__name__}")
@@ -154,17 +171,25 @@ def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str
             raise ConfigError(f"input record {i} of {source} is a {type(rec).__name__}; expected an object or a string")
         rec = dict(rec)
         if field_name not in rec:
-            raise ConfigError(f"input.field={field_name!r} is not in record {i} of {source}; available fields: "
-                              f"{sorted(rec)} (set input.field=<one of them>)")
+            raise ConfigError(
+                f"input.field={field_name!r} is not in record {i} of {source}; available fields: "
+                f"{sorted(rec)} (set input.field=<one of them>)"
+            )
         value = rec[field_name]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"record {i} of {source}: input field {field_name!r} is {value!r}; expected non-empty text")
+            raise ConfigError(
+                f"record {i} of {source}: input field {field_name!r} is {value!r}; expected non-empty text"
+            )
         rec[field_name] = value
         ident = rec.get(id_field)
-        rec["__id__"] = str(ident) if ident not in (None, "") else \
-            "h" + hashlib.sha256(canonical_json({k: v for k, v in rec.items() if k != "__id__"}).encode()).hexdigest()[:16]
+        rec["__id__"] = (
+            str(ident)
+            if ident not in (None, "")
+            else "h"
+            + hashlib.sha256(canonical_json({k: v for k, v in rec.items() if k != "__id__"}).encode()).hexdigest()[:16]
+        )
         records.append(rec)
     limit = input_cfg.get("limit")
     if limit is not None:
@@ -185,28 +210,45 @@ def build_teacher(api: Mapping[str, Any], template: PromptTemplate) -> tuple[Any
     if kind not in TEACHER_TYPES:
         raise ConfigError(f"teacher_api.type={kind!r} is unknown; valid types: {list(TEACHER_TYPES)}")
     if api.get("api_key") not in (None, ""):
-        raise ConfigError("teacher_api.api_key is set in the config: keys never go in configs (they are saved with "
-                          "the run). Export the key and set teacher_api.api_key_env to the variable's NAME instead")
+        raise ConfigError(
+            "teacher_api.api_key is set in the config: keys never go in configs (they are saved with "
+            "the run). Export the key and set teacher_api.api_key_env to the variable's NAME instead"
+        )
     for header in api.get("extra_headers") or {}:
         if str(header).lower() in CREDENTIAL_HEADERS:
-            raise ConfigError(f"teacher_api.extra_headers.{header} is set in the config: credentials never go in "
-                              "configs (they are saved with the run). Export the key and set teacher_api.api_key_env "
-                              "to the variable's NAME; it is sent as the Authorization: Bearer header")
+            raise ConfigError(
+                f"teacher_api.extra_headers.{header} is set in the config: credentials never go in "
+                "configs (they are saved with the run). Export the key and set teacher_api.api_key_env "
+                "to the variable's NAME; it is sent as the Authorization: Bearer header"
+            )
     if kind == "local_hf":
         from litdistill.generation.local import LocalHFTeacher
 
         name = api.get("name_or_path")
-        teacher = LocalHFTeacher(name_or_path=name, batch_size=api.get("batch_size", 8), device=api.get("device", "auto"),
-                                 dtype=api.get("dtype", "float32"), quantization=api.get("quantization"),
-                                 max_prompt_length=api.get("max_prompt_length"), model_name=api.get("model") or name)
+        teacher = LocalHFTeacher(
+            name_or_path=name,
+            batch_size=api.get("batch_size", 8),
+            device=api.get("device", "auto"),
+            dtype=api.get("dtype", "float32"),
+            quantization=api.get("quantization"),
+            max_prompt_length=api.get("max_prompt_length"),
+            model_name=api.get("model") or name,
+        )
         return teacher, kind, teacher.model_name, None
     client = ChatClient(
-        base_url=api.get("base_url"), model=api.get("model"), api_key_env=api.get("api_key_env"),
-        api_key_required=bool(api.get("api_key_required", True)), timeout=api.get("timeout", 60),
-        max_retries=api.get("max_retries", 6), backoff_base=api.get("backoff_base", 1.0),
-        backoff_max=api.get("backoff_max", 60.0), retry_after_max=api.get("retry_after_max", 120.0),
-        max_concurrency=api.get("max_concurrency", 8), prices=api.get("prices") or {},
-        extra_body=api.get("extra_body") or {}, extra_headers=api.get("extra_headers") or {},
+        base_url=api.get("base_url"),
+        model=api.get("model"),
+        api_key_env=api.get("api_key_env"),
+        api_key_required=bool(api.get("api_key_required", True)),
+        timeout=api.get("timeout", 60),
+        max_retries=api.get("max_retries", 6),
+        backoff_base=api.get("backoff_base", 1.0),
+        backoff_max=api.get("backoff_max", 60.0),
+        retry_after_max=api.get("retry_after_max", 120.0),
+        max_concurrency=api.get("max_concurrency", 8),
+        prices=api.get("prices") or {},
+        extra_body=api.get("extra_body") or {},
+        extra_headers=api.get("extra_headers") or {},
     )
     return client, kind, client.model, client.base_url
 
@@ -248,7 +290,9 @@ def _saved_config(cfg: DictConfig, secrets: list[str]) -> str:
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the config, read the inputs and build the teacher; no request is made."""
     if cfg.get("prompt") is None:
-        raise TemplateError(f"no prompt template: choose one with prompt=<name>; shipped templates: {available_templates()}")
+        raise TemplateError(
+            f"no prompt template: choose one with prompt=<name>; shipped templates: {available_templates()}"
+        )
     template = PromptTemplate.from_config(_plain(cfg.prompt))
     if cfg.get("input") is None:
         raise ConfigError("no input: set input.path=<prompts.jsonl|.csv|.txt> or input.prompts=[...]")
@@ -258,15 +302,19 @@ def prepare(cfg: DictConfig) -> Plan:
     common = set.intersection(*(set(r) - {"__id__"} for r in records))
     template.check_fields(sorted(common), where=f"some records of {source}")
     if not cfg.get("output_dir"):
-        raise ConfigError("output_dir is empty; set output_dir=<directory for results.jsonl, dataset.jsonl, manifest.json>")
+        raise ConfigError(
+            "output_dir is empty; set output_dir=<directory for results.jsonl, dataset.jsonl, manifest.json>"
+        )
     api = _plain(cfg.get("teacher_api")) or {}
     if not api:
         raise ConfigError("no teacher: choose teacher_api=openai | vllm | local_hf")
     gen = _plain(cfg.get("generation")) or {}
     unknown = sorted(set(gen) - set(API_PARAMS))
     if unknown:
-        raise ConfigError(f"generation.{unknown[0]} is not a generation setting; valid: {list(API_PARAMS)} "
-                          "(server-specific parameters go in teacher_api.extra_body)")
+        raise ConfigError(
+            f"generation.{unknown[0]} is not a generation setting; valid: {list(API_PARAMS)} "
+            "(server-specific parameters go in teacher_api.extra_body)"
+        )
     if gen.get("max_tokens") is not None and (not isinstance(gen["max_tokens"], int) or gen["max_tokens"] < 1):
         raise ConfigError(f"generation.max_tokens={gen['max_tokens']!r} must be a positive integer")
     if gen.get("temperature") is not None and not 0 <= float(gen["temperature"]) <= 2:
@@ -302,22 +350,40 @@ def prepare(cfg: DictConfig) -> Plan:
         if job.id in by_id:
             if by_id[job.id].key == job.key:  # the same record twice: one input
                 continue
-            raise ConfigError(f"input id {job.id!r} ({input_cfg.get('id_field') or 'id'}) names two different prompts "
-                              f"in {source}; ids must be unique")
+            raise ConfigError(
+                f"input id {job.id!r} ({input_cfg.get('id_field') or 'id'}) names two different prompts "
+                f"in {source}; ids must be unique"
+            )
         if job.key in by_key:
             job.copy_of = by_key[job.key].id
-            log.info("input %s repeats the prompt of input %s: requested once, both get the result", job.id, job.copy_of)
+            log.info(
+                "input %s repeats the prompt of input %s: requested once, both get the result", job.id, job.copy_of
+            )
         by_key.setdefault(job.key, job)
         by_id[job.id] = job
         inputs.append(job)
     jobs = [j for j in inputs if j.copy_of is None]
     input_key = hashlib.sha256(canonical_json([[j.id, j.record] for j in inputs]).encode()).hexdigest()
-    return Plan(output_dir=Path(str(cfg.output_dir)).expanduser(), template=template, teacher=teacher, teacher_type=kind,
-                model=model, base_url=redact_url(base_url) if base_url else None, params=params, settings=settings,
-                jobs=jobs, inputs=inputs, input_key=input_key, input_source=source, prices=dict(api.get("prices") or {}),
-                api_key_env=api.get("api_key_env") if kind == "openai" else None,
-                retry_failed=bool(cfg.get("retry_failed", True)), progress=bool(cfg.get("progress", True)),
-                config_yaml=_saved_config(cfg, secrets), secrets=secrets)
+    return Plan(
+        output_dir=Path(str(cfg.output_dir)).expanduser(),
+        template=template,
+        teacher=teacher,
+        teacher_type=kind,
+        model=model,
+        base_url=redact_url(base_url) if base_url else None,
+        params=params,
+        settings=settings,
+        jobs=jobs,
+        inputs=inputs,
+        input_key=input_key,
+        input_source=source,
+        prices=dict(api.get("prices") or {}),
+        api_key_env=api.get("api_key_env") if kind == "openai" else None,
+        retry_failed=bool(cfg.get("retry_failed", True)),
+        progress=bool(cfg.get("progress", True)),
+        config_yaml=_saved_config(cfg, secrets),
+        secrets=secrets,
+    )
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -338,8 +404,16 @@ def _version() -> str:
 
 def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: str) -> dict[str, Any]:
     """The stored record of one prompt's result (a parse failure is a failed record)."""
-    base: dict[str, Any] = {"id": job.id, "key": job.key, "prompt": job.messages[-1]["content"], "text": job.text,
-                            "messages": job.messages, "model": model, "attempts": result.attempts, "time": _now()}
+    base: dict[str, Any] = {
+        "id": job.id,
+        "key": job.key,
+        "prompt": job.messages[-1]["content"],
+        "text": job.text,
+        "messages": job.messages,
+        "model": model,
+        "attempts": result.attempts,
+        "time": _now(),
+    }
     if result.usage:
         base["usage"] = result.usage
     if not result.ok:
@@ -349,7 +423,12 @@ def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: s
     except ParseError as err:
         return {**base, "status": "failed", "response": result.content, "error": f"parse error: {err}"}
     except Exception as err:  # noqa: BLE001  (odd logprobs or fields: this prompt fails, the run goes on)
-        return {**base, "status": "failed", "response": result.content, "error": f"parse error: {type(err).__name__}: {err}"}
+        return {
+            **base,
+            "status": "failed",
+            "response": result.content,
+            "error": f"parse error: {type(err).__name__}: {err}",
+        }
     out = {**base, "status": "ok", **parsed}
     if result.finish_reason is not None:
         out["finish_reason"] = result.finish_reason
@@ -410,8 +489,16 @@ def _dataset_record(job: Job, store: ResultStore) -> dict[str, Any]:
     return {**record, "id": job.id, "text": job.text, "duplicate_of": job.copy_of}
 
 
-def _summary(plan: Plan, store: ResultStore, run_usage: Usage, status: str, started: float,
-             stats: dict[str, Any] | None, created: str | None, spent_before: Spend) -> dict[str, Any]:
+def _summary(
+    plan: Plan,
+    store: ResultStore,
+    run_usage: Usage,
+    status: str,
+    started: float,
+    stats: dict[str, Any] | None,
+    created: str | None,
+    spent_before: Spend,
+) -> dict[str, Any]:
     keys = [j.key for j in plan.jobs]
     records = [store.get(k) for k in keys]
     ok = sum(1 for r in records if r and r.get("status") == "ok")
@@ -435,17 +522,30 @@ def _summary(plan: Plan, store: ResultStore, run_usage: Usage, status: str, star
         "api_key_env": plan.api_key_env,
         "template": plan.template.describe(),
         "settings": plan.settings,
-        "counts": {"total": len(keys), "ok": ok, "failed": failed, "pending": len(keys) - ok - failed,
-                   "other_records_in_store": len(store) - (ok + failed)},
+        "counts": {
+            "total": len(keys),
+            "ok": ok,
+            "failed": failed,
+            "pending": len(keys) - ok - failed,
+            "other_records_in_store": len(store) - (ok + failed),
+        },
         "errors": errors,
         "usage": usage.as_dict(),
         "estimated_cost_usd": None if cost is None else round(cost, 6),
         "prices_per_1m_tokens": plan.prices or None,
         "spent": spent_before.plus(run_usage, run_cost),
-        "last_run": {"usage": run_usage.as_dict(), "estimated_cost_usd": None if run_cost is None else round(run_cost, 6),
-                     "seconds": round(time.monotonic() - started, 3), **({"requests": stats} if stats else {})},
-        "input": {"key": plan.input_key, "source": plan.input_source, "count": len(plan.inputs),
-                  "duplicates": sum(1 for j in plan.inputs if j.copy_of is not None)},
+        "last_run": {
+            "usage": run_usage.as_dict(),
+            "estimated_cost_usd": None if run_cost is None else round(run_cost, 6),
+            "seconds": round(time.monotonic() - started, 3),
+            **({"requests": stats} if stats else {}),
+        },
+        "input": {
+            "key": plan.input_key,
+            "source": plan.input_source,
+            "count": len(plan.inputs),
+            "duplicates": sum(1 for j in plan.inputs if j.copy_of is not None),
+        },
         "files": {"results": RESULTS, "dataset": DATASET, "config": "config.yaml"},
         "created": created or _now(),
         "updated": _now(),
@@ -484,8 +584,14 @@ def execute(plan: Plan) -> Path:
         atomic_write_text(out / "config.yaml", config_text)
         todo = [j for j in plan.jobs if not store.is_done(j.key) and (plan.retry_failed or store.get(j.key) is None)]
         done_before = len(plan.jobs) - len(todo)
-        log.info("%d prompts: %d already done in %s, %d to generate (model %s)", len(plan.jobs), done_before, out,
-                 len(todo), plan.model)
+        log.info(
+            "%d prompts: %d already done in %s, %d to generate (model %s)",
+            len(plan.jobs),
+            done_before,
+            out,
+            len(todo),
+            plan.model,
+        )
         write_manifest("running")
 
         def on_result(job: Job, result: ChatResult) -> None:
@@ -510,12 +616,22 @@ def execute(plan: Plan) -> Path:
             for secret in secrets:
                 text = text.replace(secret, "***")
             atomic_write_text(out / DATASET, text)
-            manifest = write_manifest(status if status != "complete" or
-                                      all(store.is_done(j.key) for j in plan.jobs) else "complete_with_failures")
+            manifest = write_manifest(
+                status
+                if status != "complete" or all(store.is_done(j.key) for j in plan.jobs)
+                else "complete_with_failures"
+            )
     c = manifest["counts"]
     cost = manifest["estimated_cost_usd"]
-    log.info("generate: %d ok, %d failed of %d; %d tokens%s; dataset %s", c["ok"], c["failed"], c["total"],
-             manifest["usage"]["total_tokens"], "" if cost is None else f", estimated cost ${cost:.4f}", out / DATASET)
+    log.info(
+        "generate: %d ok, %d failed of %d; %d tokens%s; dataset %s",
+        c["ok"],
+        c["failed"],
+        c["total"],
+        manifest["usage"]["total_tokens"],
+        "" if cost is None else f", estimated cost ${cost:.4f}",
+        out / DATASET,
+    )
     if c["failed"]:
         log.warning("%d prompts failed (%s); rerun the same command to retry them", c["failed"], manifest["errors"])
     return out

@@ -172,8 +172,10 @@ class ResultStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreLockedError(f"another `litdistill generate` is writing to {self.directory}; wait for it to "
-                                   "finish or choose another output_dir") from None
+            raise StoreLockedError(
+                f"another `litdistill generate` is writing to {self.directory}; wait for it to "
+                "finish or choose another output_dir"
+            ) from None
         self._lock_fd = fd
 
     # -- reading ------------------------------------------------------------------------------------
@@ -277,7 +279,9 @@ def _records(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Ma
     return [r for r in source if r.get("status", "ok") == "ok"]
 
 
-def to_sft_records(source: str | os.PathLike | Iterable[Mapping[str, Any]], with_system: bool = False) -> list[dict[str, Any]]:
+def to_sft_records(
+    source: str | os.PathLike | Iterable[Mapping[str, Any]], with_system: bool = False
+) -> list[dict[str, Any]]:
     """``{"prompt", "response"}`` pairs (successful results only) for :class:`litdistill.data.sft.SFTDataModule`.
     ``with_system=True`` gives the prompt as the full message list (system prompt included)."""
     out = []

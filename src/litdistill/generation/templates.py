@@ -70,19 +70,25 @@ class PromptTemplate:
             raise TemplateError(f"prompt.parser={self.parser!r} is not a known parser; valid parsers: {list(PARSERS)}")
         if self.parser == "label":
             if len(self.labels) < 2:
-                raise TemplateError(f"template {self.name!r}: the label parser needs prompt.labels with at least two "
-                                    "classes, each {name: ..., words: [...]}")
+                raise TemplateError(
+                    f"template {self.name!r}: the label parser needs prompt.labels with at least two "
+                    "classes, each {name: ..., words: [...]}"
+                )
             seen: dict[str, str] = {}
             for cls in self.labels:
                 for w in cls.words:
                     if _norm(w) in seen and seen[_norm(w)] != cls.name:
-                        raise TemplateError(f"template {self.name!r}: answer word {w!r} maps to both "
-                                            f"{seen[_norm(w)]!r} and {cls.name!r}")
+                        raise TemplateError(
+                            f"template {self.name!r}: answer word {w!r} maps to both "
+                            f"{seen[_norm(w)]!r} and {cls.name!r}"
+                        )
                     seen[_norm(w)] = cls.name
         elif self.soft_labels:
             raise TemplateError(f"template {self.name!r}: soft_labels needs parser: label (got {self.parser!r})")
         if not isinstance(self.user, str) or not self.user:
-            raise TemplateError(f"template {self.name!r}: prompt.user must be a non-empty string with an {{input}} field")
+            raise TemplateError(
+                f"template {self.name!r}: prompt.user must be a non-empty string with an {{input}} field"
+            )
         if self.soft_labels and not 1 <= int(self.top_logprobs) <= 20:
             raise TemplateError(f"template {self.name!r}: top_logprobs={self.top_logprobs} must be in 1..20")
         for part in ("system", "user"):
@@ -92,8 +98,10 @@ class PromptTemplate:
             try:
                 list(string.Formatter().parse(text))
             except ValueError as err:
-                raise TemplateError(f"template {self.name!r}: prompt.{part} is not a valid format string ({err}); "
-                                    "write literal braces as {{ and }}") from None
+                raise TemplateError(
+                    f"template {self.name!r}: prompt.{part} is not a valid format string ({err}); "
+                    "write literal braces as {{ and }}"
+                ) from None
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -114,8 +122,10 @@ class PromptTemplate:
         known = {"name", "user", "system", "parser", "labels", "soft_labels", "top_logprobs", "description"}
         data = dict(cfg)
         if "user" not in data:
-            raise TemplateError(f"template {data.get('name', '?')!r} has no prompt.user (the user message, with "
-                                f"an {{input}} field); choose a shipped template: {available_templates()}")
+            raise TemplateError(
+                f"template {data.get('name', '?')!r} has no prompt.user (the user message, with "
+                f"an {{input}} field); choose a shipped template: {available_templates()}"
+            )
         labels = []
         for i, entry in enumerate(data.get("labels") or []):
             if isinstance(entry, str):
@@ -124,11 +134,17 @@ class PromptTemplate:
                 raise TemplateError(f"prompt.labels[{i}] must be {{name: ..., words: [...]}}, got {entry!r}")
             words = entry.get("words") or [entry["name"]]
             labels.append(LabelClass(str(entry["name"]), tuple(str(w) for w in words)))
-        return cls(name=str(data.get("name") or "custom"), user=data["user"], system=data.get("system"),
-                   parser=str(data.get("parser") or "text"), labels=tuple(labels),
-                   soft_labels=bool(data.get("soft_labels", False)), top_logprobs=int(data.get("top_logprobs") or 5),
-                   description=str(data.get("description") or ""),
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            name=str(data.get("name") or "custom"),
+            user=data["user"],
+            system=data.get("system"),
+            parser=str(data.get("parser") or "text"),
+            labels=tuple(labels),
+            soft_labels=bool(data.get("soft_labels", False)),
+            top_logprobs=int(data.get("top_logprobs") or 5),
+            description=str(data.get("description") or ""),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     # -- rendering ----------------------------------------------------------------------------------
     def fields(self) -> set[str]:
@@ -142,8 +158,10 @@ class PromptTemplate:
     def check_fields(self, available: Sequence[str], where: str = "the input records") -> None:
         missing = sorted(self.fields() - {"input"} - set(available))
         if missing:
-            raise TemplateError(f"template {self.name!r} uses field(s) {missing} that {where} lack; "
-                                f"available fields: {sorted(set(available) | {'input'})}")
+            raise TemplateError(
+                f"template {self.name!r} uses field(s) {missing} that {where} lack; "
+                f"available fields: {sorted(set(available) | {'input'})}"
+            )
 
     def render(self, text: str, record: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
         values = {**(record or {}), "input": text}
@@ -202,8 +220,9 @@ class PromptTemplate:
         total = sum(mass)
         return [m / total for m in mass] if total > 0 else None
 
-    def parse(self, response: str | None, logprobs: Any = None,
-              soft_label: Sequence[float] | None = None) -> dict[str, Any]:
+    def parse(
+        self, response: str | None, logprobs: Any = None, soft_label: Sequence[float] | None = None
+    ) -> dict[str, Any]:
         """The result fields of one response: ``response`` and, for the label parser, ``label`` and
         ``soft_label``. ``logprobs`` is the chat-completions ``choices[0].logprobs`` object; ``soft_label``
         may be given directly (local teachers compute it from logits). Raises ParseError."""
@@ -242,9 +261,11 @@ def answer_token_alternatives(logprobs: Any) -> list[tuple[str, float]]:
         token = entry.get("token")
         if not isinstance(token, str) or not _norm(token):
             continue
-        alternatives = [(t.get("token"), t.get("logprob")) for t in entry.get("top_logprobs") or []
-                        if isinstance(t, Mapping) and isinstance(t.get("token"), str)
-                        and isinstance(t.get("logprob"), (int, float))]
+        alternatives = [
+            (t.get("token"), t.get("logprob"))
+            for t in entry.get("top_logprobs") or []
+            if isinstance(t, Mapping) and isinstance(t.get("token"), str) and isinstance(t.get("logprob"), (int, float))
+        ]
         if not alternatives and isinstance(entry.get("logprob"), (int, float)):
             alternatives = [(token, entry["logprob"])]
         return [(t, float(lp)) for t, lp in alternatives]
@@ -252,7 +273,7 @@ def answer_token_alternatives(logprobs: Any) -> list[tuple[str, float]]:
 
 
 def templates_dir() -> Path:
-    from litdistill.config import config_dir
+    from litdistill.core.conf import config_dir
 
     return config_dir() / "prompt"
 
@@ -268,8 +289,10 @@ def load_template(name: str) -> PromptTemplate:
 
     path = templates_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise TemplateError(f"unknown template {name!r}; shipped templates: {available_templates()} "
-                            "(or give prompt.user / prompt.system in the config)")
+        raise TemplateError(
+            f"unknown template {name!r}; shipped templates: {available_templates()} "
+            "(or give prompt.user / prompt.system in the config)"
+        )
     node = OmegaConf.load(path)
     if "prompt" in node and "user" not in node:  # a `# @package _global_` file
         node = node.prompt

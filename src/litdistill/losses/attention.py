@@ -13,8 +13,8 @@ position ``q``):
 * ``metric="mse"``: ``(A_s - A_t)^2`` averaged over heads and the (real query, real key) entries.
 
 Pairs are averaged. The teacher side is a constant. Attention maps exist only with eager attention:
-:class:`~litdistill.module.DistillationModule` switches both models to it (only) when a loss like
-this one is configured (:func:`litdistill.attention_impl.ensure_attention_outputs`). During training
+:class:`~litdistill.training.module.DistillationModule` switches both models to it (only) when a loss like
+this one is configured (:func:`litdistill.core.attention_impl.ensure_attention_outputs`). During training
 the student's returned maps are after attention dropout; set the student's
 ``attention_probs_dropout_prob`` to 0 for exact distributions.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses.base import DistillationLoss
 from litdistill.losses.features import (
     _zero,
@@ -34,7 +35,7 @@ from litdistill.losses.features import (
     num_layers,
     resolve_layer_map,
 )
-from litdistill.outputs import ModelOutputs
+from litdistill.models.multi_teacher import teacher_source
 
 ATTENTION_METRICS = ("kl", "mse")
 EPS = 1e-12
@@ -64,11 +65,15 @@ def attention_mse(student: Tensor, teacher: Tensor, key_mask: Tensor | None = No
 
 def _match_heads(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     if student.dim() != 4 or teacher.dim() != 4:
-        raise ValueError(f"attention maps must be [B, heads, T, T], got {tuple(student.shape)} and {tuple(teacher.shape)}")
+        raise ValueError(
+            f"attention maps must be [B, heads, T, T], got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
     if student.shape[1] != teacher.shape[1]:
         student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
     if student.shape != teacher.shape:
-        raise ValueError(f"student attention {tuple(student.shape)} and teacher attention {tuple(teacher.shape)} do not match")
+        raise ValueError(
+            f"student attention {tuple(student.shape)} and teacher attention {tuple(teacher.shape)} do not match"
+        )
     return student, teacher
 
 
@@ -90,7 +95,9 @@ class AttentionLoss(DistillationLoss):
     name = "attention"
     needs = frozenset({"attentions"})
 
-    def __init__(self, layer_map: str | list = "auto", metric: str = "kl", teacher: str | None = None, weight: float = 1.0) -> None:
+    def __init__(
+        self, layer_map: str | list = "auto", metric: str = "kl", teacher: str | None = None, weight: float = 1.0
+    ) -> None:
         super().__init__(weight)
         owner = type(self).__name__
         self.layer_map = check_layer_map_spec(owner, layer_map)
@@ -99,12 +106,17 @@ class AttentionLoss(DistillationLoss):
         self.pairs: list[tuple[int, int]] | None = None
 
     def setup(self, student: nn.Module, teacher: nn.Module) -> None:
-        from litdistill.teachers import teacher_source
 
         source = teacher_source(teacher, self.teacher, "attentions")
         init = init_layers(student) if source is getattr(teacher, "primary_model", teacher) else None
-        self.pairs = resolve_layer_map(self.layer_map, num_layers(student), num_layers(source), init,
-                                       allow_embeddings=False, owner=f"{type(self).__name__}.layer_map")
+        self.pairs = resolve_layer_map(
+            self.layer_map,
+            num_layers(student),
+            num_layers(source),
+            init,
+            allow_embeddings=False,
+            owner=f"{type(self).__name__}.layer_map",
+        )
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         view = layer_pair_view(self, student, teacher, batch)
@@ -114,17 +126,24 @@ class AttentionLoss(DistillationLoss):
         a_s, a_t = student.attentions, teacher.attentions
         if not a_s or not a_t:
             raise ValueError(
-                f"{type(self).__name__} got no attention maps (student: {len(a_s or ())}, teacher: {len(a_t or ())} layers); "
+                f"{type(self).__name__} got no attention maps (student: {len(a_s or ())}, teacher: {len(a_t or ())} "
+                "layers); "
                 "the models must run eager attention (DistillationModule switches them when this loss is configured)"
             )
         mask = batch.get("attention_mask")
         values = []
         for s, t in self.pairs:
             if s > len(a_s) or t > len(a_t):
-                raise ValueError(f"{type(self).__name__}: pair [{s}, {t}] but the models returned {len(a_s)} and {len(a_t)} attention maps")
+                raise ValueError(
+                    f"{type(self).__name__}: pair [{s}, {t}] but the models returned {len(a_s)} and {len(a_t)} "
+                    "attention maps"
+                )
             fn = attention_kl if self.metric == "kl" else attention_mse
             values.append(fn(a_s[s - 1], a_t[t - 1], mask))
         return torch.stack(values).mean()
 
     def extra_repr(self) -> str:
-        return f"layer_map={self.layer_map!r}, pairs={self.pairs}, metric={self.metric!r}, teacher={self.teacher!r}, weight={self.weight}"
+        return (
+            f"layer_map={self.layer_map!r}, pairs={self.pairs}, metric={self.metric!r}, "
+            f"teacher={self.teacher!r}, weight={self.weight}"
+        )

@@ -14,9 +14,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from litdistill.outputs import ModelOutputs
+from litdistill.core.outputs import ModelOutputs
+from litdistill.core.validation import check_temperature
 
-LOSSES: dict[str, type["DistillationLoss"]] = {}
+LOSSES: dict[str, type[DistillationLoss]] = {}
 
 # What a loss may ask the forward passes for; the module requests only the union of these.
 # "lm_head": the LM head's own parameters in features (a head-fused loss applies the head itself)
@@ -78,8 +79,10 @@ def register(cls: type[DistillationLoss]) -> None:
     existing = LOSSES.get(cls.name)
     same = existing is not None and (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
     if existing is not None and not same:
-        raise TypeError(f"loss name {cls.name!r} of {_path(cls)} is already registered by {_path(existing)}; "
-                        f"give {cls.__name__} another name (registered: {sorted(LOSSES)})")
+        raise TypeError(
+            f"loss name {cls.name!r} of {_path(cls)} is already registered by {_path(existing)}; "
+            f"give {cls.__name__} another name (registered: {sorted(LOSSES)})"
+        )
     LOSSES[cls.name] = cls
 
 
@@ -99,14 +102,6 @@ def teacher_logits(teacher: ModelOutputs, temperature: float) -> Tensor:
     if getattr(teacher, "log_probs", False):
         return teacher.logits * temperature
     return teacher.logits
-
-
-def check_temperature(owner: str, value: float) -> float:
-    """Temperatures divide logits: refuse zero, negatives and non-finite values wherever one is set."""
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: temperature must be a finite number > 0, got {value}")
-    return value
 
 
 class Temperature:

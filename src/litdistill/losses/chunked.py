@@ -39,21 +39,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from litdistill.losses.base import LOSSES, DistillationLoss, teacher_logits
-from litdistill.losses.base import token_scale
+from litdistill.core.outputs import ModelOutputs
+from litdistill.losses.base import LOSSES, DistillationLoss, teacher_logits, token_scale
 from litdistill.losses.divergences import TokenDivergence, compute_dtype
-from litdistill.outputs import ModelOutputs
 
 __all__ = [
     "ChunkedDivergence",
     "FusedLinearKD",
     "chunked_divergence_sum",
     "fused_linear_divergence_sum",
-    "lm_head_features",
-    "lm_head_of",
 ]
 
 # Auto chunk: about 2^24 float32 values (64 MB) per chunk-sized temporary.
@@ -103,8 +100,9 @@ def _slots(divergence: TokenDivergence, ce_weight: float) -> list[int]:
 _CE = 4  # the buffer of the hard-label CE term; 0-3 are the divergence's (see value_and_grad_)
 
 
-def _value_and_grad(divergence, s_rows: Tensor, t_rows: Tensor, labels, ce_weight: float, bufs: _ChunkBuffers,
-                    want_grad: bool = True):
+def _value_and_grad(
+    divergence, s_rows: Tensor, t_rows: Tensor, labels, ce_weight: float, bufs: _ChunkBuffers, want_grad: bool = True
+):
     """(sum over the chunk, d sum / d chunk in ``bufs.dtype`` or None) for one chunk of student logits.
 
     ``s_rows``/``t_rows`` [n, V] are read only, except that they may be ``bufs.get(0, n)`` /
@@ -116,8 +114,9 @@ def _value_and_grad(divergence, s_rows: Tensor, t_rows: Tensor, labels, ce_weigh
     n = s_rows.shape[0]
     soft = None
     if ce_weight:  # CE at T = 1: value logsumexp(z) - z_y, gradient softmax(z) - onehot(y); -100 rows: 0
-        soft = torch.log_softmax(bufs.get(_CE, n).copy_(s_rows) if s_rows.dtype != bufs.dtype else s_rows, -1,
-                                 out=bufs.get(_CE, n))
+        soft = torch.log_softmax(
+            bufs.get(_CE, n).copy_(s_rows) if s_rows.dtype != bufs.dtype else s_rows, -1, out=bufs.get(_CE, n)
+        )
         valid = labels != -100
         target = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
         ce_total = -(soft.gather(1, target).squeeze(1) * valid).sum()
@@ -223,7 +222,9 @@ class _ChunkedLogitsFn(torch.autograd.Function):
         grad, ctx.grad_student = ctx.grad_student, None
         if grad is None:  # second backward (retain_graph): recompute chunk by chunk
             student, teacher, mask, labels = ctx.saved_tensors
-            _, grad = _chunked_logits_pass(student, teacher, mask, labels, ctx.divergence, ctx.ce_weight, ctx.chunk_size, True)
+            _, grad = _chunked_logits_pass(
+                student, teacher, mask, labels, ctx.divergence, ctx.ce_weight, ctx.chunk_size, True
+            )
         grad.mul_(grad_out.to(grad.dtype))
         return grad, None, None, None, None, None, None, None
 
@@ -247,7 +248,9 @@ def _chunked_logits_pass(student, teacher, mask, labels, divergence, ce_weight, 
         end = min(start + chunk_size, n)
         lab = labels[tuple(c[start:end] for c in coords)] if ce_weight else None
         if not want_grad:
-            total += _value_and_grad(divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, bufs, False)[0]
+            total += _value_and_grad(
+                divergence, s_rows.get(start, end), t_rows.get(start, end), lab, ce_weight, bufs, False
+            )[0]
             continue
         # the student's log-probabilities (and so the gradient, for most divergences) go straight
         # into the gradient tensor's rows when they are consecutive and of the compute dtype
@@ -282,14 +285,28 @@ def chunked_divergence_sum(
     ``ce_weight > 0``. Differentiable w.r.t. ``student_logits``; equals the plain computation.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ "
+            "in shape"
+        )
     if mask.shape != student_logits.shape[:-1]:
-        raise ValueError(f"mask {tuple(mask.shape)} does not match the logits' leading dims {tuple(student_logits.shape[:-1])}")
+        raise ValueError(
+            f"mask {tuple(mask.shape)} does not match the logits' leading dims {tuple(student_logits.shape[:-1])}"
+        )
     if ce_weight and labels is None:
         raise ValueError("ce_weight > 0 needs labels")
     chunk = _resolve_chunk(chunk_size, student_logits.shape[-1])
     labels = labels if ce_weight else torch.empty(0, dtype=torch.long, device=student_logits.device)
-    return _ChunkedLogitsFn.apply(student_logits, teacher_logits, mask.bool(), labels, divergence, float(ce_weight), chunk, torch.is_grad_enabled())
+    return _ChunkedLogitsFn.apply(
+        student_logits,
+        teacher_logits,
+        mask.bool(),
+        labels,
+        divergence,
+        float(ce_weight),
+        chunk,
+        torch.is_grad_enabled(),
+    )
 
 
 # ---- (b) fused with the LM head, given hidden states ---------------------------------------------
@@ -309,10 +326,27 @@ def _matmul_dtype(*tensors: Tensor) -> torch.dtype:
 
 class _FusedLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, grad_enabled):
+    def forward(
+        ctx,
+        h,
+        weight,
+        bias,
+        t_logits,
+        t_h,
+        t_weight,
+        t_bias,
+        mask,
+        labels,
+        divergence,
+        ce_weight,
+        chunk_size,
+        grad_enabled,
+    ):
         ctx.divergence, ctx.ce_weight, ctx.chunk_size = divergence, ce_weight, chunk_size
         ctx.want = tuple(bool(x) and grad_enabled for x in ctx.needs_input_grad[:3])
-        total, grads = _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, ctx.want)
+        total, grads = _fused_pass(
+            h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, ctx.want
+        )
         ctx.grads = grads
         ctx.save_for_backward(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels)
         return total
@@ -340,7 +374,9 @@ def _linear_into(x: Tensor, w: Tensor, b: Tensor | None, out: Tensor) -> Tensor:
     return torch.addmm(b, x, w.t(), out=out)
 
 
-def _fused_pass(h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, want):
+def _fused_pass(
+    h, weight, bias, t_logits, t_h, t_weight, t_bias, mask, labels, divergence, ce_weight, chunk_size, want
+):
     want_h, want_w, want_b = want
     want_any = want_h or want_w or (want_b and bias is not None)
     device_type = h.device.type
@@ -413,13 +449,20 @@ def fused_linear_divergence_sum(
     ``hidden``, ``weight`` and ``bias``; the student logits are never materialised in full.
     """
     if mask.shape != hidden.shape[:-1]:
-        raise ValueError(f"mask {tuple(mask.shape)} does not match the hidden states' leading dims {tuple(hidden.shape[:-1])}")
+        raise ValueError(
+            f"mask {tuple(mask.shape)} does not match the hidden states' leading dims {tuple(hidden.shape[:-1])}"
+        )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"head weight {tuple(weight.shape)} does not fit hidden size {hidden.shape[-1]} (expected [V, {hidden.shape[-1]}])")
+        raise ValueError(
+            f"head weight {tuple(weight.shape)} does not fit hidden size {hidden.shape[-1]} (expected [V, "
+            f"{hidden.shape[-1]}])"
+        )
     vocab = weight.shape[0]
     if teacher_logits is not None:
         if teacher_logits.shape[:-1] != mask.shape or teacher_logits.shape[-1] != vocab:
-            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match mask {tuple(mask.shape)} and vocab {vocab}")
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} do not match mask {tuple(mask.shape)} and vocab {vocab}"
+            )
     else:
         if teacher_hidden is None or teacher_weight is None:
             raise ValueError("give teacher_logits, or teacher_hidden with teacher_weight")
@@ -433,42 +476,29 @@ def fused_linear_divergence_sum(
     chunk = _resolve_chunk(chunk_size, vocab)
     labels = labels if ce_weight else torch.empty(0, dtype=torch.long, device=hidden.device)
     return _FusedLinearFn.apply(
-        hidden, weight, bias, teacher_logits, teacher_hidden, teacher_weight, teacher_bias,
-        mask.bool(), labels, divergence, float(ce_weight), chunk, torch.is_grad_enabled(),
+        hidden,
+        weight,
+        bias,
+        teacher_logits,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        mask.bool(),
+        labels,
+        divergence,
+        float(ce_weight),
+        chunk,
+        torch.is_grad_enabled(),
     )
-
-
-# ---- LM head helpers -----------------------------------------------------------------------------
-def lm_head_of(model: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """``(weight [V, H], bias [V] or None)`` of a Hugging Face model's output embeddings.
-
-    The returned tensors are the parameters themselves (gradients reach them; tied embeddings
-    stay tied). Wrappers with ``.module`` (DDP) are unwrapped. Sharded parameters (FSDP) are
-    not gathered here.
-    """
-    inner = model
-    while not hasattr(inner, "get_output_embeddings") and hasattr(inner, "module"):
-        inner = inner.module
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() returned {head!r})")
-    return head.weight, getattr(head, "bias", None)
-
-
-def lm_head_features(model: nn.Module) -> dict[str, Tensor]:
-    """``{"lm_head_weight": W, "lm_head_bias": b}`` (bias only if present) for ``ModelOutputs.features``."""
-    weight, bias = lm_head_of(model)
-    features = {"lm_head_weight": weight}
-    if bias is not None:
-        features["lm_head_bias"] = bias
-    return features
 
 
 # ---- the losses ----------------------------------------------------------------------------------
 def _build_divergence(owner: str, divergence: str | TokenDivergence, kwargs: dict[str, Any]) -> TokenDivergence:
     if isinstance(divergence, TokenDivergence):
         if kwargs:
-            raise ValueError(f"{owner}: pass divergence parameters {sorted(kwargs)} to the divergence instance, not to the wrapper")
+            raise ValueError(
+                f"{owner}: pass divergence parameters {sorted(kwargs)} to the divergence instance, not to the wrapper"
+            )
         return divergence
     if isinstance(divergence, str):
         cls = LOSSES.get(divergence)
@@ -524,13 +554,17 @@ class ChunkedDivergence(_ChunkedBase):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if teacher.logits is None:
-            raise ValueError("chunked needs dense teacher logits (a top-k teacher cache works with the plain divergences only)")
+            raise ValueError(
+                "chunked needs dense teacher logits (a top-k teacher cache works with the plain divergences only)"
+            )
         s, t = student.logits, teacher_logits(teacher, self.divergence.temperature)
         if s.dim() == 2:
             mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
         else:
             mask = batch["token_mask"].bool()
-        total = chunked_divergence_sum(s, t, mask, self.divergence, self.chunk_size, self._labels(batch), self.ce_weight)
+        total = chunked_divergence_sum(
+            s, t, mask, self.divergence, self.chunk_size, self._labels(batch), self.ce_weight
+        )
         return total * token_scale(mask.sum(), batch).to(total.dtype)
 
 
@@ -561,12 +595,16 @@ class FusedLinearKD(_ChunkedBase):
     @staticmethod
     def _aligned(hidden: Tensor, mask: Tensor, who: str) -> Tensor:
         if hidden.dim() != 3 or mask.dim() != 2 or hidden.shape[0] != mask.shape[0]:
-            raise ValueError(f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}")
+            raise ValueError(
+                f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}"
+            )
         if hidden.shape[1] == mask.shape[1] + 1:
             return hidden[:, :-1]
         if hidden.shape[1] == mask.shape[1]:
             return hidden
-        raise ValueError(f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}")
+        raise ValueError(
+            f"fused_kd: {who} hidden states {tuple(hidden.shape)} do not fit token_mask {tuple(mask.shape)}"
+        )
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if "token_mask" not in batch:
@@ -574,7 +612,8 @@ class FusedLinearKD(_ChunkedBase):
         if not {"lm_head_input", "lm_head_weight"} <= student.features.keys():
             raise KeyError(
                 "fused_kd needs the student's LM head input and weight in student.features['lm_head_input'] and "
-                "['lm_head_weight'] (run_model adds them for needs={'lm_head'}; see litdistill.losses.chunked.lm_head_features)"
+                "['lm_head_weight'] (run_model adds them for needs={'lm_head'}; see "
+                "litdistill.core.architecture.lm_head_features)"
             )
         mask = batch["token_mask"].bool()
         h = self._aligned(student.features["lm_head_input"], mask, "student")
@@ -591,7 +630,14 @@ class FusedLinearKD(_ChunkedBase):
             kwargs["teacher_weight"] = teacher.features["lm_head_weight"]
             kwargs["teacher_bias"] = teacher.features.get("lm_head_bias")
         total = fused_linear_divergence_sum(
-            h, student.features["lm_head_weight"], student.features.get("lm_head_bias"), mask, self.divergence,
-            chunk_size=self.chunk_size, labels=self._labels(batch), ce_weight=self.ce_weight, **kwargs,
+            h,
+            student.features["lm_head_weight"],
+            student.features.get("lm_head_bias"),
+            mask,
+            self.divergence,
+            chunk_size=self.chunk_size,
+            labels=self._labels(batch),
+            ce_weight=self.ce_weight,
+            **kwargs,
         )
         return total * token_scale(mask.sum(), batch).to(total.dtype)

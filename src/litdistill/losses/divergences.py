@@ -25,9 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import (DistillationLoss, Temperature, rows_and_mask, teacher_logits, token_mean,
-                                    token_scale)
-from litdistill.outputs import ModelOutputs
+from litdistill.core.outputs import ModelOutputs
+from litdistill.losses.base import (
+    DistillationLoss,
+    Temperature,
+    rows_and_mask,
+    teacher_logits,
+    token_scale,
+)
+from litdistill.losses.sparse import sparse_divergence
 
 __all__ = [
     "ForwardKL",
@@ -85,7 +91,7 @@ def _check_unit(owner: str, name: str, value: float, *, upper_open: bool = False
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
     value = float(value)
-    ok = math.isfinite(value) and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0)
+    ok = math.isfinite(value) and value >= 0.0 and (value < 1.0 if upper_open else value <= 1.0)
     if not ok:
         valid = "[0, 1)" if upper_open else "[0, 1]"
         raise ValueError(f"{owner}: {name} must be in {valid}, got {value}")
@@ -178,8 +184,12 @@ class TokenDivergence(DistillationLoss):
         ``_log_probs`` is redefined."""
         cls = type(self)
         owner = next((c for c in cls.__mro__ if "_closed_form" in c.__dict__), TokenDivergence)
-        return (owner is not TokenDivergence and cls.divergence is owner.__dict__.get("divergence")
-                and cls.per_token is TokenDivergence.per_token and cls._log_probs is TokenDivergence._log_probs)
+        return (
+            owner is not TokenDivergence
+            and cls.divergence is owner.__dict__.get("divergence")
+            and cls.per_token is TokenDivergence.per_token
+            and cls._log_probs is TokenDivergence._log_probs
+        )
 
     def _log_probs_into(self, rows: Tensor, out: Tensor) -> Tensor:
         """``log_softmax(rows / T)`` in ``compute_dtype`` (as :meth:`_log_probs`), written to ``out``
@@ -207,8 +217,6 @@ class TokenDivergence(DistillationLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if teacher.logits is None and teacher.topk is not None:  # a top-k teacher cache: the k+1-bucket divergence
-            from litdistill.losses.sparse import sparse_divergence
-
             return sparse_divergence(self, student, teacher, batch)
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, V], [N]
         t_rows, _ = rows_and_mask(teacher_logits(teacher, self.temperature), batch)  # [N, V]
@@ -269,7 +277,9 @@ class GeneralizedJSD(TokenDivergence):
 
     name = "jsd"
 
-    def __init__(self, beta: float = 0.5, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+    def __init__(
+        self, beta: float = 0.5, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True
+    ) -> None:
         super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
         self.beta = _check_unit(type(self).__name__, "beta", beta)
 
@@ -315,7 +325,9 @@ class SkewKL(TokenDivergence):
 
     name = "skew_kl"
 
-    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+    def __init__(
+        self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True
+    ) -> None:
         super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
         self.alpha = _check_unit(type(self).__name__, "alpha", alpha, upper_open=True)
 
@@ -354,7 +366,9 @@ class SkewReverseKL(TokenDivergence):
 
     name = "skew_reverse_kl"
 
-    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True) -> None:
+    def __init__(
+        self, alpha: float = 0.1, temperature: float = 1.0, weight: float = 1.0, scale_by_t2: bool = True
+    ) -> None:
         super().__init__(temperature=temperature, weight=weight, scale_by_t2=scale_by_t2)
         self.alpha = _check_unit(type(self).__name__, "alpha", alpha, upper_open=True)
 

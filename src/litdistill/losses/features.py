@@ -51,8 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litdistill.core.hooks import capture_features
+from litdistill.core.outputs import ModelOutputs
 from litdistill.losses.base import DistillationLoss, masked_mean
-from litdistill.outputs import ModelOutputs
+from litdistill.models.layer_subset import layer_stack
+from litdistill.models.multi_teacher import for_teacher, teacher_source
 
 METRICS = ("mse", "cosine", "nmse")
 LAYER_MAPS = ("auto", "init", "uniform", "last")
@@ -65,13 +68,13 @@ def num_layers(model: nn.Module) -> int:
     value = getattr(config, "num_hidden_layers", None) if config is not None else None
     if isinstance(value, int):
         return value
-    from litdistill.layer_subset import layer_stack
 
     try:
         return len(layer_stack(model)[1])
     except ValueError as err:
         raise ValueError(
-            f"cannot tell how many layers {type(model).__name__} has (no config.num_hidden_layers, no known layer stack); "
+            f"cannot tell how many layers {type(model).__name__} has (no config.num_hidden_layers, no known layer "
+            "stack); "
             "use a FeatureLoss on named submodules instead"
         ) from err
 
@@ -108,11 +111,17 @@ def check_layer_map_spec(owner: str, spec: Any) -> Any:
     spec = _plain(spec)
     if isinstance(spec, str):
         if spec not in LAYER_MAPS:
-            raise ValueError(f"{owner}: layer_map must be one of {list(LAYER_MAPS)} or a list of [student, teacher] pairs, got {spec!r}")
+            raise ValueError(
+                f"{owner}: layer_map must be one of {list(LAYER_MAPS)} or a list of [student, teacher] pairs, got "
+                f"{spec!r}"
+            )
         return spec
     if isinstance(spec, (list, tuple)) and spec:
         return [list(p) if isinstance(p, (list, tuple)) else p for p in spec]
-    raise ValueError(f"{owner}: layer_map must be one of {list(LAYER_MAPS)} or a non-empty list of [student, teacher] pairs, got {spec!r}")
+    raise ValueError(
+        f"{owner}: layer_map must be one of {list(LAYER_MAPS)} or a non-empty list of [student, teacher] pairs, got "
+        f"{spec!r}"
+    )
 
 
 def resolve_layer_map(
@@ -160,14 +169,17 @@ def resolve_layer_map(
     if all(_is_int(x) for x in spec):  # flat: one teacher layer per student layer
         if len(spec) != student_layers:
             raise ValueError(
-                f"{owner} {list(spec)} lists {len(spec)} teacher layers, but {counts}: a flat map needs one teacher layer "
+                f"{owner} {list(spec)} lists {len(spec)} teacher layers, but {counts}: a flat map needs one teacher "
+                "layer "
                 f"per student layer (or give [student, teacher] pairs)"
             )
         spec = [[i + 1, t] for i, t in enumerate(spec)]
     pairs = []
     for pair in spec:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_int(x) for x in pair):
-            raise ValueError(f"{owner}: every entry must be a [student, teacher] pair of layer numbers, got {pair!r}; {counts}")
+            raise ValueError(
+                f"{owner}: every entry must be a [student, teacher] pair of layer numbers, got {pair!r}; {counts}"
+            )
         s, t = int(pair[0]), int(pair[1])
         if not (low <= s <= student_layers and low <= t <= teacher_layers):
             raise ValueError(f"{owner}: pair [{s}, {t}] is out of range: {counts}; valid {valid}")
@@ -189,7 +201,9 @@ def check_metric(owner: str, metric: str, valid: Sequence[str] = METRICS) -> str
 def feature_distance(student: Tensor, teacher: Tensor, metric: str) -> Tensor:
     """Per-position distance over the last dimension: [..., D] x [..., D] -> [...]."""
     if student.shape != teacher.shape:
-        raise ValueError(f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} differ in shape")
+        raise ValueError(
+            f"student feature {tuple(student.shape)} and teacher feature {tuple(teacher.shape)} differ in shape"
+        )
     if metric == "mse":
         return (student - teacher).pow(2).mean(-1)
     if metric == "cosine":
@@ -227,7 +241,12 @@ def make_projection(student_dim: int, teacher_dim: int, like: nn.Module) -> nn.L
 
 def _zero(student: ModelOutputs) -> Tensor:
     """A zero loss still connected to the student's graph (a routed teacher without examples)."""
-    for value in (*(student.hidden_states or ()), *(student.attentions or ()), *student.features.values(), student.logits):
+    for value in (
+        *(student.hidden_states or ()),
+        *(student.attentions or ()),
+        *student.features.values(),
+        student.logits,
+    ):
         if torch.is_tensor(value):
             return value.sum() * 0.0
     return torch.zeros(())
@@ -249,7 +268,7 @@ class HiddenStateLoss(DistillationLoss):
         project: None (a learned projection per pair when hidden sizes differ), True, False.
         include_embeddings: add the embedding outputs (0, 0) to a named map.
         teacher: with a MultiTeacher, the name of the teacher to match (its layers, its examples);
-            None: the combined output (see :mod:`litdistill.teachers`).
+            None: the combined output (see :mod:`litdistill.models.multi_teacher`).
     """
 
     name = "hidden"
@@ -277,32 +296,45 @@ class HiddenStateLoss(DistillationLoss):
     def teacher_layers(self, student_layers: int, teacher_layers: int) -> list[int]:
         """The teacher layers this loss reads for models of these depths, without the models: what an
         offline teacher cache must store ('init' maps need the student's copied layers and are refused)."""
-        pairs = resolve_layer_map(self.layer_map, student_layers, teacher_layers, None,
-                                  include_embeddings=self.include_embeddings, owner=f"{type(self).__name__}.layer_map")
+        pairs = resolve_layer_map(
+            self.layer_map,
+            student_layers,
+            teacher_layers,
+            None,
+            include_embeddings=self.include_embeddings,
+            owner=f"{type(self).__name__}.layer_map",
+        )
         return sorted({t for _, t in pairs})
 
     def setup(self, student: nn.Module, teacher: nn.Module) -> None:
-        from litdistill.teachers import teacher_source
 
         source = teacher_source(teacher, self.teacher, "hidden_states")
         stored = _stored_layers(self, source)
         copied_from = getattr(teacher, "primary_model", teacher)
         init = init_layers(student) if source is copied_from else None
         self.pairs = resolve_layer_map(
-            self.layer_map, num_layers(student), num_layers(source), init,
-            include_embeddings=self.include_embeddings, owner=f"{type(self).__name__}.layer_map",
+            self.layer_map,
+            num_layers(student),
+            num_layers(source),
+            init,
+            include_embeddings=self.include_embeddings,
+            owner=f"{type(self).__name__}.layer_map",
         )
         missing = sorted({t for _, t in self.pairs} - set(stored)) if stored is not None else []
         if missing:
-            raise ValueError(f"{type(self).__name__}: the layer map {self.pairs} reads teacher layers {missing}, but the "
-                             f"teacher's outputs come from {source.source}, which stores the hidden states of layers {stored}")
+            raise ValueError(
+                f"{type(self).__name__}: the layer map {self.pairs} reads teacher layers {missing}, but the "
+                f"teacher's outputs come from {source.source}, which stores the hidden states of layers {stored}"
+            )
         s_dim, t_dim = hidden_size(student), hidden_size(source)
         if s_dim != t_dim and self.project is False:
-            raise ValueError(f"{type(self).__name__}: hidden sizes differ (student {s_dim}, teacher {t_dim}) and project=false")
+            raise ValueError(
+                f"{type(self).__name__}: hidden sizes differ (student {s_dim}, teacher {t_dim}) and project=false"
+            )
         if s_dim != t_dim or self.project:
             for s, t in self.pairs:
                 key = f"{s}_{t}"
-                existing = self.projections[key] if key in self.projections else None
+                existing = self.projections[key] if key in self.projections else None  # noqa: SIM401 (ModuleDict has no .get)
                 if existing is None or (existing.in_features, existing.out_features) != (s_dim, t_dim):
                     self.projections[key] = make_projection(s_dim, t_dim, student)
 
@@ -314,14 +346,17 @@ class HiddenStateLoss(DistillationLoss):
         hs, ht = student.hidden_states, teacher.hidden_states
         if not hs or not ht:
             raise ValueError(
-                f"{type(self).__name__} needs hidden states from both models (student: {_count(hs)}, teacher: {_count(ht)}); "
+                f"{type(self).__name__} needs hidden states from both models (student: {_count(hs)}, teacher: "
+                f"{_count(ht)}); "
                 "with a routed MultiTeacher of differently shaped teachers give teacher=<name>"
             )
         values = []
         for s, t in self.pairs:
             if s >= len(hs) or t >= len(ht) or ht[t] is None:
-                raise ValueError(f"{type(self).__name__}: pair [{s}, {t}] but the student returned {len(hs)} hidden states "
-                                 f"and the teacher's outputs hold layers {_held(ht)}")
+                raise ValueError(
+                    f"{type(self).__name__}: pair [{s}, {t}] but the student returned {len(hs)} hidden states "
+                    f"and the teacher's outputs hold layers {_held(ht)}"
+                )
             x = hs[s]
             key = f"{s}_{t}"
             if key in self.projections:
@@ -330,7 +365,10 @@ class HiddenStateLoss(DistillationLoss):
         return torch.stack(values).mean()
 
     def extra_repr(self) -> str:
-        return f"layer_map={self.layer_map!r}, pairs={self.pairs}, metric={self.metric!r}, teacher={self.teacher!r}, weight={self.weight}"
+        return (
+            f"layer_map={self.layer_map!r}, pairs={self.pairs}, metric={self.metric!r}, "
+            f"teacher={self.teacher!r}, weight={self.weight}"
+        )
 
 
 def module_output_dim(model: nn.Module, name: str) -> int | None:
@@ -390,8 +428,6 @@ class FeatureLoss(DistillationLoss):
         self.projection: nn.Linear | None = None
 
     def setup(self, student: nn.Module, teacher: nn.Module) -> None:
-        from litdistill.hooks import capture_features
-        from litdistill.teachers import teacher_source
 
         source = teacher_source(teacher, self.teacher, "features")
         for model, module_name in ((student, self.student_module), (source, self.teacher_module)):
@@ -403,7 +439,10 @@ class FeatureLoss(DistillationLoss):
             return
         if s_dim is None or t_dim is None:
             if self.project:
-                raise ValueError(f"{type(self).__name__}: project=true but the feature sizes are unknown; give student_dim and teacher_dim")
+                raise ValueError(
+                    f"{type(self).__name__}: project=true but the feature sizes are unknown; give student_dim and "
+                    "teacher_dim"
+                )
             return
         if s_dim != t_dim or self.project:
             p = self.projection
@@ -417,26 +456,37 @@ class FeatureLoss(DistillationLoss):
         student, teacher, batch = view
         if self.teacher is None and self.teacher_module not in teacher.features:
             _check_routed_feature_shapes(self, teacher)
-        missing = [f"{who} {name!r}" for who, out, name in (("student", student, self.student_module), ("teacher", teacher, self.teacher_module))
-                   if name not in out.features]
+        missing = [
+            f"{who} {name!r}"
+            for who, out, name in (("student", student, self.student_module), ("teacher", teacher, self.teacher_module))
+            if name not in out.features
+        ]
         if missing:
-            raise KeyError(f"{type(self).__name__}: no hooked output for {', '.join(missing)} (was the loss set up by DistillationModule?)")
+            raise KeyError(
+                f"{type(self).__name__}: no hooked output for {', '.join(missing)} (was the loss set up by "
+                "DistillationModule?)"
+            )
         x, y = student.features[self.student_module], teacher.features[self.teacher_module]
         if self.projection is not None:
             if x.shape[-1] != self.projection.in_features:
-                raise ValueError(f"{type(self).__name__}: student feature size {x.shape[-1]} != projection input "
-                                 f"{self.projection.in_features}; set student_dim")
+                raise ValueError(
+                    f"{type(self).__name__}: student feature size {x.shape[-1]} != projection input "
+                    f"{self.projection.in_features}; set student_dim"
+                )
             x = self.projection(x.float())
         if x.shape != y.shape:
             raise ValueError(
-                f"{type(self).__name__}: student {self.student_module!r} gives {tuple(x.shape)}, teacher {self.teacher_module!r} "
+                f"{type(self).__name__}: student {self.student_module!r} gives {tuple(x.shape)}, teacher "
+                f"{self.teacher_module!r} "
                 f"{tuple(y.shape)}; with different last sizes set project=true with student_dim/teacher_dim"
             )
         return masked_distance(x, y, self.metric, batch)
 
     def extra_repr(self) -> str:
-        return (f"student_module={self.student_module!r}, teacher_module={self.teacher_module!r}, metric={self.metric!r}, "
-                f"teacher={self.teacher!r}, weight={self.weight}")
+        return (
+            f"student_module={self.student_module!r}, teacher_module={self.teacher_module!r}, metric={self.metric!r}, "
+            f"teacher={self.teacher!r}, weight={self.weight}"
+        )
 
 
 def _check_routed_feature_shapes(loss: FeatureLoss, teacher: ModelOutputs) -> None:
@@ -445,12 +495,17 @@ def _check_routed_feature_shapes(loss: FeatureLoss, teacher: ModelOutputs) -> No
     per = getattr(teacher, "per_teacher", None)
     if not per or all(rows is None for rows in getattr(teacher, "rows", {}).values()):
         return  # not routed: the combined feature is the primary's, checked at setup
-    shapes = {name: tuple(out.features[loss.teacher_module].shape[1:]) if loss.teacher_module in out.features else None
-              for name, out in per.items()}
+    shapes = {
+        name: tuple(out.features[loss.teacher_module].shape[1:]) if loss.teacher_module in out.features else None
+        for name, out in per.items()
+    }
     raise ValueError(
-        f"{type(loss).__name__}: the routed teachers' {loss.teacher_module!r} outputs cannot be put back in batch order: "
-        f"per-example shapes {shapes} (None: no such submodule); routing combines a feature only when every teacher gives one shape. "
-        f"Set `teacher: <name>` on the loss (one of {sorted(per)}; one loss per teacher, each on that teacher's examples)"
+        f"{type(loss).__name__}: the routed teachers' {loss.teacher_module!r} outputs cannot be put back in batch "
+        "order: "
+        f"per-example shapes {shapes} (None: no such submodule); routing combines a feature only when every teacher "
+        "gives one shape. "
+        f"Set `teacher: <name>` on the loss (one of {sorted(per)}; one loss per teacher, each on that teacher's "
+        "examples)"
     )
 
 
@@ -458,12 +513,13 @@ def layer_pair_view(loss: nn.Module, student: ModelOutputs, teacher: ModelOutput
     """What a layer-mapped loss compares: ``(student, teacher, batch)`` restricted to the examples of its
     teacher (``loss.teacher`` of a MultiTeacher), or None when the batch has none of them."""
     if loss.pairs is None:
-        raise RuntimeError(f"{type(loss).__name__}.setup(student, teacher) was not called (DistillationModule calls it)")
+        raise RuntimeError(
+            f"{type(loss).__name__}.setup(student, teacher) was not called (DistillationModule calls it)"
+        )
     return _select(student, teacher, batch, loss.teacher)
 
 
 def _select(student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor], name: str | None):
-    from litdistill.teachers import for_teacher
 
     if teacher is None:
         raise ValueError("feature losses need teacher outputs")
@@ -477,8 +533,10 @@ def _stored_layers(loss: nn.Module, source: nn.Module) -> list[int] | None:
         return None
     stored = list(getattr(source, "hidden_layers", None) or [])
     if not stored:
-        raise ValueError(f"{type(loss).__name__} needs the teacher's hidden states, but its outputs come from "
-                         f"{source.source}, which stores none (a teacher cache stores them when built for a hidden-state loss)")
+        raise ValueError(
+            f"{type(loss).__name__} needs the teacher's hidden states, but its outputs come from "
+            f"{source.source}, which stores none (a teacher cache stores them when built for a hidden-state loss)"
+        )
     return stored
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from litdistill.losses.base import DistillationLoss, Temperature, rows_and_mask, teacher_logits, token_mean
-from litdistill.outputs import ModelOutputs
+from litdistill.core.outputs import ModelOutputs
+from litdistill.losses.base import (
+    DistillationLoss,
+    Temperature,
+    rows_and_mask,
+    teacher_logits,
+    token_mean,
+)
+from litdistill.losses.sparse import sparse_soft_kl
 
 
 class SoftTargetKL(DistillationLoss):
@@ -26,8 +33,6 @@ class SoftTargetKL(DistillationLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         if teacher.logits is None and teacher.topk is not None:  # a top-k teacher cache: the k+1-bucket KL
-            from litdistill.losses.sparse import sparse_soft_kl
-
             return sparse_soft_kl(self, student, teacher, batch)
         t = self.temperature
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, C]
@@ -55,6 +60,7 @@ class HardCE(DistillationLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
         logits = student.logits.reshape(-1, student.logits.shape[-1]).float()  # [N, C]
         labels = batch["labels"].reshape(-1)  # [N]
-        per_row = F.cross_entropy(logits, labels, ignore_index=-100, label_smoothing=self.label_smoothing,
-                                  reduction="none")  # [N], 0 where ignored
+        per_row = F.cross_entropy(
+            logits, labels, ignore_index=-100, label_smoothing=self.label_smoothing, reduction="none"
+        )  # [N], 0 where ignored
         return token_mean(per_row, labels != -100, batch)

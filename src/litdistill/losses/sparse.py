@@ -2,7 +2,7 @@
 
 An offline teacher cache (``litdistill.cache``) keeps, per token of an LLM vocabulary, only the
 teacher's ``k`` most likely entries ``K`` (ids and log-probabilities at temperature 1) and the log of
-the mass left outside them (:class:`~litdistill.outputs.TopK`). This module computes the existing
+the mass left outside them (:class:`~litdistill.core.outputs.TopK`). This module computes the existing
 divergences (:class:`~litdistill.losses.SoftTargetKL`, and every
 :class:`~litdistill.losses.TokenDivergence`: forward/reverse KL, JSD, skew KL, TVD) against it.
 
@@ -63,11 +63,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from litdistill.core.outputs import ModelOutputs, TopK
 from litdistill.losses.base import rows_and_mask, token_mean, token_scale
-from litdistill.outputs import ModelOutputs, TopK
 
-__all__ = ["FLOOR", "coarse_log_probs", "dense_to_topk", "sparse_divergence", "sparse_rows", "sparse_soft_kl",
-           "student_coarse_log_probs", "tail_gap_bound"]
+__all__ = [
+    "FLOOR",
+    "coarse_log_probs",
+    "dense_to_topk",
+    "sparse_divergence",
+    "sparse_rows",
+    "sparse_soft_kl",
+    "student_coarse_log_probs",
+    "tail_gap_bound",
+]
 
 FLOOR = -1.0e4  # "no mass" as a finite log-probability
 

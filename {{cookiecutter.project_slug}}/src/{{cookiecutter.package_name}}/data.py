@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from litdistill.models import load_tokenizer
+from litdistill.models.loading import load_tokenizer
 {%- endif %}
 
 TASK = "{{ cookiecutter.task_type }}"

@@ -1,0 +1,179 @@
+"""The run report: teacher vs student vs no-KD baseline, as report.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from litdistill.core.io import atomic_write_text
+from litdistill.models.multi_teacher import MultiTeacher, teachers_memory
+
+COLUMNS = [
+    ("model", "model"),
+    ("params_m", "params (M)"),
+    ("size_mb", "in memory (MB)"),
+    ("disk_mb", "on disk (MB)"),
+    ("latency_ms", "CPU ms/example (b=1)"),
+    ("throughput_per_s", "CPU examples/s (b=32)"),
+]
+
+
+def summarize(
+    rows: dict[str, dict[str, Any]],
+    metric: str,
+    agreement: float | None,
+    threads: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add the derived comparisons: per row (student, baseline) its retained % of the teacher's metric,
+    CPU speed-up and agreement with the teacher; the student's also as the report's headline numbers."""
+    report: dict[str, Any] = {"metric": metric, "threads": threads, "models": rows, "agreement": agreement}
+    teacher, student = rows.get("teacher"), rows.get("student")
+    if student is not None and agreement is not None:
+        student["agreement"] = agreement
+    for name, row in rows.items():
+        if teacher and name != "teacher":
+            row.update(versus_teacher(row, teacher, metric))
+    if teacher and student:
+        report.update({k: student[k] for k in ("retained_pct", "speedup") if k in student})
+        if teacher.get("latency_ms") and student.get("latency_ms"):
+            report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
+        if teacher.get("params_m") and student.get("params_m"):  # an LLM known only by its labels has none
+            report["compression"] = teacher["params_m"] / student["params_m"]
+    report.update(extra or {})
+    return report
+
+
+def versus_teacher(row: dict[str, Any], teacher: dict[str, Any], metric: str) -> dict[str, float]:
+    """A model's retained % of the teacher's metric and its CPU speed-up over the teacher (b=1)."""
+    out: dict[str, float] = {}
+    t_metric, r_metric = teacher.get("metrics", {}).get(metric), row.get("metrics", {}).get(metric)
+    if t_metric and r_metric is not None:
+        out["retained_pct"] = 100.0 * r_metric / t_metric
+    if teacher.get("latency_ms") and row.get("latency_ms"):
+        out["speedup"] = teacher["latency_ms"] / row["latency_ms"]
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    metric_names = sorted({k for row in report["models"].values() for k in row.get("metrics", {})})
+    versus = [
+        ("agreement", "agreement w/ teacher"),
+        ("retained_pct", f"% of teacher {report['metric']}"),
+        ("speedup", "speed-up (b=1)"),
+    ]
+    header = [title for _, title in COLUMNS] + metric_names + [title for _, title in versus]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in report["models"].items():
+        cells = [name] + [_cell(row.get(key)) for key, _ in COLUMNS[1:]]
+        cells += [_cell(row.get("metrics", {}).get(m)) for m in metric_names]
+        cells += [_cell(row.get(key)) for key, _ in versus]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = [
+        ("teacher-student agreement", report.get("agreement")),
+        (f"retained % of teacher {report['metric']}", report.get("retained_pct")),
+        ("CPU speed-up (b=1)", report.get("speedup")),
+        ("throughput ratio (b=32)", report.get("throughput_ratio")),
+        ("compression (params)", report.get("compression")),
+    ]
+    lines += ["", f"Threads: {report['threads']}. Metrics on the held-out test split."]
+    teacher = report["models"].get("teacher") or {}
+    if teacher.get("source"):  # an LLM known by its labels: scored on gold, no weights to time or count
+        lines += [
+            f"- teacher: {teacher['source']}; labelled {100 * teacher.get('labelled_fraction', 1):.1f}% of the "
+            "test sentences (a sentence it failed to label counts as wrong)"
+        ]
+    if report.get("majority_class_rate") is not None:
+        lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
+    lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    lines += teachers_memory_markdown(report)
+    lines += exports_markdown(report)
+    return "\n".join(lines) + "\n"
+
+
+def multi_teacher_memory(teacher: Any) -> dict[str, Any]:
+    """``{"teachers_memory": teachers_memory(teacher)}`` for a MultiTeacher (report extra), else ``{}``.
+
+    Per teacher and in total, quantized weights at their packed size
+    (:func:`litdistill.models.multi_teacher.teachers_memory`).
+    """
+
+    return {"teachers_memory": teachers_memory(teacher)} if isinstance(teacher, MultiTeacher) else {}
+
+
+def teachers_memory_markdown(report: dict[str, Any]) -> list[str]:
+    """The MultiTeacher members' memory (``teacher=multi``): one row per teacher and the total."""
+    memory = report.get("teachers_memory") or {}
+    if not memory.get("teachers"):
+        return []
+    lines = [
+        "",
+        "## Teachers' memory",
+        "",
+        "Parameters and buffers; quantized weights at their packed size.",
+        "",
+        "| teacher | quantization | dtype | params (M) | in memory (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in memory["teachers"].items():
+        lines.append(
+            f"| {name} | {row.get('quantization') or '-'} | {row.get('dtype') or '-'} | {_cell(row['params'] / 1e6)} | "
+            f"{_cell(row['mb'])} |"
+        )
+    lines.append(f"| total ({len(memory['teachers'])} teachers) | | | | {_cell(memory['total_mb'])} |")
+    return lines
+
+
+def exports_markdown(report: dict[str, Any]) -> list[str]:
+    """The exported student formats (``export.onnx`` / ``export.int8``): size, latency, fidelity."""
+    exports = report.get("exports") or {}
+    if not exports.get("formats"):
+        return []
+    lines = [
+        "",
+        "## Exported student",
+        "",
+        f"Same example, batch {exports.get('batch_size', 1)}, {exports.get('threads')} threads; "
+        "agreement and max |logit diff| against the PyTorch student on held-out batches.",
+        "",
+        "| format | file | size (MB) | CPU ms/example (b=1) | agreement | max abs logit diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fmt, row in exports["formats"].items():
+        diff = row.get("max_abs_diff")
+        lines.append(
+            f"| {fmt} | {row.get('file') or '-'} | {_cell(row.get('size_mb'))} | {_cell(row.get('latency_ms'))} | "
+            f"{_cell(row.get('agreement'))} | {'-' if diff is None else f'{diff:.2e}'} |"
+        )
+    return lines
+
+
+FIGURE_TITLES = {
+    "loss_curves": "Training losses",
+    "comparison": "Teacher vs student vs baseline: quality, latency, size",
+}
+
+
+def figures_markdown(report: dict[str, Any]) -> str:
+    figures = report.get("figures") or {}
+    if not figures:
+        return ""
+    return "\n## Figures\n\n" + "".join(
+        f"![{FIGURE_TITLES.get(name, name)}]({file})\n\n" for name, file in figures.items()
+    )
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.md", "# litdistill report\n\n" + to_markdown(report) + figures_markdown(report))
+    return out_dir / "report.md"
