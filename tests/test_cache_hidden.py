@@ -43,7 +43,7 @@ from litdistill.core.outputs import ModelOutputs
 from litdistill.data.sft import collate as sft_collate
 from litdistill.losses import FeatureLoss, ForwardKL, HiddenStateLoss, SoftTargetKL
 from litdistill.models.loading import from_config
-from litdistill.pipeline.train import build_losses
+from litdistill.pipeline.builders import build_losses
 from litdistill.training.module import DistillationModule
 
 RTOL, ATOL = 1e-3, 1e-5  # float16 hidden states (and logits) against the online float32 teacher

@@ -15,8 +15,9 @@ from tests.conftest import tiny_bert
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from litdistill import DistillationModule
+from litdistill.config.checks import check_scaling
 from litdistill.training.clipping import clip_gradients
-from litdistill.training.strategies import configure_strategy, validate_scaling
+from litdistill.training.strategies import configure_strategy
 
 
 def _norm(params) -> float:
@@ -72,7 +73,7 @@ def test_fsdp_config_clips_by_norm_through_the_root_fsdp_unit(gloo_world_of_one,
     """trainer=fsdp keeps gradient_clip_val=1.0 (by norm). Lightning's FSDPPrecision refuses norm clipping;
     the module's configure_gradient_clipping calls the root unit's clip_grad_norm_ (a global norm) instead."""
     cfg = compose_train(["trainer=fsdp", "experiment=tiny", "teacher_finetune=null", "baseline=false"])
-    validate_scaling(cfg)
+    check_scaling(cfg)
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.get("gradient_clip_algorithm") in (None, "norm")
 
     strategy = instantiate(cfg.trainer.strategy)

@@ -82,7 +82,7 @@ def test_layer_maps_are_checked_before_teacher_finetuning_without_touching_the_r
     the unfinetuned teacher and a throwaway student; the RNG state and the losses themselves are unchanged."""
     from hydra.utils import instantiate
 
-    from litdistill.pipeline.train import build_losses
+    from litdistill.pipeline.builders import build_losses
     from litdistill.training.finetune import check_layer_maps
 
     cfg = compose_train(["experiment=tiny", "loss=distilbert"])

@@ -18,6 +18,7 @@ from omegaconf import open_dict
 from tests.conftest import tiny_bert
 
 from litdistill.cli import _launch_args
+from litdistill.config.checks import check_scaling
 from litdistill.core.conf import config_dir
 from litdistill.training.fault_tolerance import resume_checkpoint
 from litdistill.training.strategies import (
@@ -26,7 +27,6 @@ from litdistill.training.strategies import (
     enable_gradient_checkpointing,
     pin_hydra_run_dir,
     strategy_kind,
-    validate_scaling,
 )
 
 FSDP_OK = ["teacher_finetune=null", "baseline=false"]
@@ -45,7 +45,7 @@ FSDP_OK = ["teacher_finetune=null", "baseline=false"]
 def test_trainer_options_compose_validate_and_instantiate(option, kind, target, compose_train):
     cfg = compose_train([f"trainer={option}", *(FSDP_OK if option == "fsdp" else [])])
     assert strategy_kind(cfg.trainer.strategy)[0] == kind
-    validate_scaling(cfg)
+    check_scaling(cfg)
     if kind == "deepspeed":
         assert strategy_kind(cfg.trainer.strategy) == ("deepspeed", 2)
         pytest.importorskip("deepspeed")
@@ -58,7 +58,7 @@ def test_trainer_options_compose_validate_and_instantiate(option, kind, target, 
 
 
 def test_ddp_cpu_builds_a_two_process_gloo_trainer(compose_train):
-    from litdistill.pipeline.train import build_trainer
+    from litdistill.pipeline.builders import build_trainer
 
     cfg = compose_train(["trainer=ddp_cpu", "experiment=tiny"])
     trainer = build_trainer(cfg)
@@ -102,13 +102,13 @@ def test_unsupported_combinations_are_refused_with_the_fix(overrides, message, c
     for variable in (o[1:] for o in overrides if o.startswith("$")):  # "$NAME=value": an environment variable
         monkeypatch.setenv(*variable.split("=", 1))
     with pytest.raises(ValueError) as error:
-        validate_scaling(compose_train([o for o in overrides if not o.startswith("$")]))
+        check_scaling(compose_train([o for o in overrides if not o.startswith("$")]))
     assert message in str(error.value)
 
 
 def test_every_listed_precision_passes(compose_train):
     for precision in (*PRECISIONS, "32-true"):
-        validate_scaling(compose_train([f"trainer.precision={precision}", "trainer.accelerator=gpu"]))
+        check_scaling(compose_train([f"trainer.precision={precision}", "trainer.accelerator=gpu"]))
 
 
 def test_refusal_happens_before_any_data_or_model_is_loaded(compose_train, tmp_path, monkeypatch):

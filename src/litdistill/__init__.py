@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from litdistill.core import conf as _config  # noqa: F401  (registers the OmegaConf resolvers)
+from litdistill.config import schema as _schema  # noqa: F401  (registers the typed config schemas)
+from litdistill.core import conf as _conf  # noqa: F401  (registers the OmegaConf resolvers)
 
 __version__ = "0.1.0"
 _LAZY = {

@@ -259,29 +259,3 @@ def export_formats(
         torch.set_num_threads(previous_threads)
         student.train(was_training)
     return {"threads": threads, "batch_size": 1, "formats": formats}
-
-
-def export_configured(cfg: Any, student: nn.Module, datamodule: Any, out_dir: str | Path) -> dict[str, Any] | None:
-    """``export.onnx`` / ``export.int8`` from the run config; None when neither is on."""
-    spec = cfg.get("export") or {}
-    if not (spec.get("onnx") or spec.get("int8")):
-        return None
-    batches = []
-    for batch in datamodule.test_dataloader():
-        batches.append(batch)
-        if len(batches) >= int(spec.get("check_batches", 4)):
-            break
-    report_cfg = cfg.get("report") or {}
-    return export_formats(
-        student,
-        batches,
-        out_dir,
-        task=cfg.get("task", "classification"),
-        onnx=bool(spec.get("onnx")),
-        int8=bool(spec.get("int8")),
-        threads=int(report_cfg.get("threads", 1)),
-        repeats=int(report_cfg.get("repeats", 10)),
-        speed=bool(report_cfg.get("speed", True)),
-        opset=int(spec.get("opset", 17)),
-        hf_dir=Path(out_dir) / "student",
-    )

@@ -1,7 +1,7 @@
 """Scale-out: strategy and precision checks made before any model is loaded, and what each strategy needs.
 
-``validate_scaling`` refuses what cannot work (a bad precision, DeepSpeed ZeRO-3 with a teacher, FSDP
-on CPU, ...) with a message naming the fix. ``pin_hydra_run_dir`` makes Lightning's DDP launcher start
+(``litdistill.config.checks.check_scaling`` refuses what cannot work, before any model loads.)
+``pin_hydra_run_dir`` makes Lightning's DDP launcher start
 its child processes in this job's output directory; ``ddp_launch_scope`` undoes what that launcher
 leaves in the environment, so the next job of a multirun starts its own ranks. ``configure_strategy``
 places the frozen teacher under FSDP (sharded like the student, or replicated on every rank).
@@ -118,47 +118,6 @@ def normalize_precision(precision: Any) -> str:
     if value not in PRECISIONS:
         raise ValueError(f"trainer.precision={precision!r} is not supported; valid values: {', '.join(PRECISIONS)}")
     return value
-
-
-def validate_scaling(cfg: DictConfig) -> None:
-    """Refuse unsupported strategy/precision combinations before data or models are loaded."""
-    trainer = cfg.trainer
-    precision = normalize_precision(trainer.get("precision", 32))
-    accelerator = str(trainer.get("accelerator", "auto"))
-    kind, zero = strategy_kind(trainer.get("strategy"))
-    if precision == "16-mixed" and accelerator == "cpu":
-        raise ValueError(
-            "trainer.precision=16-mixed needs a GPU (fp16 autocast is not supported on CPU); "
-            "use trainer.precision=bf16-mixed on CPU"
-        )
-    if kind in ("fsdp", "deepspeed") and accelerator == "cpu":
-        raise ValueError(f"the {kind} strategy needs GPUs; on CPU use trainer=ddp_cpu (gloo)")
-    has_teacher = bool(cfg.get("teacher"))
-    if kind == "deepspeed" and zero == 3:
-        raise ValueError(
-            "DeepSpeed ZeRO-3 is refused: it partitions every parameter inside its engine, so after the fit the "
-            "student holds only placeholders and the export and report would need a ZeRO-3 gather litdistill does "
-            "not have; with a teacher (two models in one engine) the frozen teacher would also be partitioned into "
-            "every checkpoint the engine writes. Use trainer=deepspeed (ZeRO-2), or trainer=fsdp (full-state "
-            "gather for export; teacher_placement=shard|replicate)"
-        )
-    placement = cfg.get("teacher_placement", "shard")
-    if placement not in TEACHER_PLACEMENTS:
-        raise ValueError(f"teacher_placement={placement!r}; valid: {list(TEACHER_PLACEMENTS)}")
-    if kind == "fsdp" and has_teacher:
-        if cfg.get("teacher_finetune"):
-            raise ValueError(
-                "teacher_finetune under FSDP would wrap (and shard) the teacher in place before "
-                "distillation; fine-tune it in a separate run and point teacher.name_or_path at the "
-                "result, then set teacher_finetune=null"
-            )
-        if cfg.get("baseline"):
-            raise ValueError(
-                "baseline=true under FSDP would copy a student out of an already sharded teacher; "
-                "set baseline=false (run the baseline separately with teacher=null)"
-            )
-    if int(trainer.get("accumulate_grad_batches", 1)) < 1:
-        raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
 
 
 def pin_hydra_run_dir() -> None:

@@ -1,0 +1,149 @@
+"""Every check of the composed config that needs no data and no model: run first, so a bad value is
+refused before any download, fine-tuning or training, with the key, the value and what is valid.
+
+Types and unknown keys of the typed nodes are refused earlier still, by the schemas at compose time
+(:mod:`litdistill.config.schema`). Each rule here is one small named function; :func:`check_config`
+runs them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from litdistill.cache.run import MODES as CACHE_MODES
+from litdistill.core.forward import TASKS
+from litdistill.training.strategies import TEACHER_PLACEMENTS, normalize_precision, strategy_kind
+
+CACHE_OUTPUTS = ("auto", "logits", "topk")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
+CACHE_CODECS = ("raw", "packed")
+RESUME_MODES = (True, False, None, "auto")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Run every check below; the first failing one raises ``ValueError``."""
+    check_task(cfg)
+    check_resume(cfg)
+    check_report(cfg.get("report"))
+    check_export(cfg.get("export"))
+    check_teacher_finetune(cfg.get("teacher_finetune"))
+    check_cache(cfg.get("cache"))
+    check_data_sizes(cfg.get("data"))
+    check_epochs(cfg.trainer)
+    check_scaling(cfg)
+
+
+def _choice(key: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"{key}={value!r} is not valid; valid values: {valid}")
+
+
+def _at_least(key: str, value: Any, low: float) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ValueError(f"{key}={value!r} is not valid; it must be a number >= {low}")
+
+
+def check_task(cfg: DictConfig) -> None:
+    _choice("task", cfg.get("task"), TASKS)
+
+
+def check_resume(cfg: DictConfig) -> None:
+    mode = cfg.get("resume")
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume={mode!r}; valid: false, true (a checkpoint must exist), auto (use one if present)")
+
+
+def check_report(report: DictConfig | None) -> None:
+    if report:
+        _at_least("report.threads", report.threads, 1)
+        _at_least("report.repeats", report.repeats, 1)
+
+
+def check_export(export: DictConfig | None) -> None:
+    if export:
+        _at_least("export.opset", export.opset, 7)
+        _at_least("export.check_batches", export.check_batches, 1)
+
+
+def check_teacher_finetune(spec: DictConfig | None) -> None:
+    if spec:
+        _at_least("teacher_finetune.max_steps", spec.max_steps, 1)
+        if not spec.lr > 0:
+            raise ValueError(f"teacher_finetune.lr={spec.lr!r} is not valid; it must be > 0")
+        if not 0 <= spec.warmup_ratio < 1:
+            raise ValueError(f"teacher_finetune.warmup_ratio={spec.warmup_ratio!r} is not valid; it must be in [0, 1)")
+
+
+def check_cache(cache: DictConfig | None) -> None:
+    if not cache:
+        return
+    _choice("cache.mode", cache.mode, CACHE_MODES)
+    _choice("cache.outputs", cache.outputs, CACHE_OUTPUTS)
+    _choice("cache.dtype", cache.dtype, CACHE_DTYPES)
+    _choice("cache.codec", cache.codec, CACHE_CODECS)
+    for key in ("k", "shard_size", "batch_size", "max_shards_in_memory"):
+        _at_least(f"cache.{key}", cache[key], 1)
+
+
+def check_data_sizes(data: DictConfig | None) -> None:
+    """``data.batch_size`` and ``data.max_length`` (where the data module has them) must be >= 1."""
+    for key in ("batch_size", "max_length"):
+        if data and data.get(key) is not None:
+            _at_least(f"data.{key}", data[key], 1)
+
+
+def check_epochs(trainer: DictConfig) -> None:
+    """An unbounded run (``max_epochs=-1``) needs ``max_steps``: schedulers size themselves from one of them."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if epochs is not None and epochs != -1:
+        _at_least("trainer.max_epochs", epochs, 1)
+    elif steps is None or steps < 1:
+        raise ValueError(
+            f"trainer.max_epochs={epochs!r} with trainer.max_steps={steps!r} never ends; "
+            "set trainer.max_epochs >= 1 or trainer.max_steps >= 1"
+        )
+
+
+def check_scaling(cfg: DictConfig) -> None:
+    """Refuse unsupported strategy/precision combinations before data or models are loaded."""
+    trainer = cfg.trainer
+    precision = normalize_precision(trainer.get("precision", 32))
+    accelerator = str(trainer.get("accelerator", "auto"))
+    kind, zero = strategy_kind(trainer.get("strategy"))
+    if precision == "16-mixed" and accelerator == "cpu":
+        raise ValueError(
+            "trainer.precision=16-mixed needs a GPU (fp16 autocast is not supported on CPU); "
+            "use trainer.precision=bf16-mixed on CPU"
+        )
+    if kind in ("fsdp", "deepspeed") and accelerator == "cpu":
+        raise ValueError(f"the {kind} strategy needs GPUs; on CPU use trainer=ddp_cpu (gloo)")
+    has_teacher = bool(cfg.get("teacher"))
+    if kind == "deepspeed" and zero == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 is refused: it partitions every parameter inside its engine, so after the fit the "
+            "student holds only placeholders and the export and report would need a ZeRO-3 gather litdistill does "
+            "not have; with a teacher (two models in one engine) the frozen teacher would also be partitioned into "
+            "every checkpoint the engine writes. Use trainer=deepspeed (ZeRO-2), or trainer=fsdp (full-state "
+            "gather for export; teacher_placement=shard|replicate)"
+        )
+    placement = cfg.get("teacher_placement", "shard")
+    if placement not in TEACHER_PLACEMENTS:
+        raise ValueError(f"teacher_placement={placement!r}; valid: {list(TEACHER_PLACEMENTS)}")
+    if kind == "fsdp" and has_teacher:
+        if cfg.get("teacher_finetune"):
+            raise ValueError(
+                "teacher_finetune under FSDP would wrap (and shard) the teacher in place before "
+                "distillation; fine-tune it in a separate run and point teacher.name_or_path at the "
+                "result, then set teacher_finetune=null"
+            )
+        if cfg.get("baseline"):
+            raise ValueError(
+                "baseline=true under FSDP would copy a student out of an already sharded teacher; "
+                "set baseline=false (run the baseline separately with teacher=null)"
+            )
+    if int(trainer.get("accumulate_grad_batches", 1)) < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")

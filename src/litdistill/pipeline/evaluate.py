@@ -1,0 +1,99 @@
+"""Stage 5, evaluate: every model on the test split, agreement with the teacher, CPU speed side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from litdistill.config.schema import ReportConfig
+from litdistill.models.loading import count_parameters, memory_footprint
+from litdistill.models.saving import weights_on_disk_mb
+from litdistill.reporting.evaluation import agreement_rate, cpu_speeds, predict, score
+from litdistill.reporting.report import multi_teacher_memory, summarize
+
+
+def evaluate_models(
+    models: dict[str, nn.Module],
+    datamodule: L.LightningDataModule,
+    task: str,
+    settings: ReportConfig,
+    scratch_dir: str | Path,
+) -> dict[str, Any]:
+    """Test-split metrics, agreement with the teacher, and CPU speed at equal threads and inputs.
+
+    ``scratch_dir``: where each model's safetensors are written for the size-on-disk column.
+    """
+    threads = settings.threads
+    loader = datamodule.test_dataloader()
+    example = next(iter(loader))
+    rows, preds = {}, {}
+    labels = None
+    for name, model in tqdm(models.items(), desc="evaluating on the test split", unit="model"):
+        preds[name], labels, mean_nll = predict(model, loader, task)
+        num_labels = model.config.num_labels if task == "classification" else model.config.vocab_size
+        row = {
+            "params_m": count_parameters(model) / 1e6,
+            "size_mb": memory_footprint(model) / 2**20,
+            "metrics": score(preds[name], labels, task, num_labels, mean_nll),
+        }
+        if settings.disk_size:
+            row["disk_mb"] = weights_on_disk_mb(model, scratch_dir)
+        rows[name] = row
+    if settings.speed:
+        timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}
+        for name, speed in cpu_speeds(timed, example, threads, repeats=settings.repeats).items():
+            rows[name].update(speed)
+    llm_labels = getattr(datamodule, "teacher_test_labels", None)
+    if llm_labels is not None:  # the LLM teacher's own labels of the test sentences, scored like a model
+        preds["teacher"], teacher_row = llm_label_row(
+            llm_labels, labels, models["student"].config.num_labels, datamodule
+        )
+        rows = {"teacher": teacher_row, **rows}
+    agreement = agreement_rate(preds["student"], preds["teacher"], labels, task) if "teacher" in preds else None
+    if "teacher" in preds and "baseline" in preds:
+        rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)
+    majority = (
+        float(torch.bincount(labels[labels != -100]).max() / (labels != -100).sum())
+        if task == "classification"
+        else None
+    )
+    return summarize(
+        rows,
+        settings.metric,
+        agreement,
+        threads,
+        {"majority_class_rate": majority, "task": task, **multi_teacher_memory(models.get("teacher"))},
+    )
+
+
+def llm_label_row(
+    llm_labels: torch.Tensor, gold: torch.Tensor, num_labels: int, datamodule: L.LightningDataModule
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Report row of the LLM teacher: its labels of the test split against gold. A sentence it failed
+    to label counts as wrong (scored as a class other than gold), so every model is scored on all rows."""
+    missing = llm_labels < 0
+    preds = torch.where(missing, (gold + 1) % num_labels, llm_labels)
+    source = str(datamodule.hparams.teacher_labels)
+    row = {
+        "source": f"LLM labels ({teacher_model_name(source)}): {source}",
+        "labelled_fraction": float((~missing).float().mean()),
+        "train_rows": datamodule.teacher_label_counts,
+        "metrics": score(preds, gold, "classification", num_labels),
+    }
+    return preds, row
+
+
+def teacher_model_name(source: str) -> str:
+    """The model named in the generation run's manifest, or "unknown model" without one."""
+    path = Path(source)
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    try:
+        return str(json.loads(manifest.read_text(encoding="utf-8")).get("model") or "unknown model")
+    except (OSError, ValueError):
+        return "unknown model"
