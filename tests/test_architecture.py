@@ -10,15 +10,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "litdistill"
-# Where a function-local import of litdistill is allowed, and why: the entry layer and the generation
-# commands import the heavy packages only when a command needs them (`litdistill new`, `generate`).
+# Where a function-local import of litdistill is allowed, and why: the command line and the generation
+# package import torch-heavy modules only when a command needs them (`litdistill new`, `generate` with
+# an HTTP teacher never import torch).
 LAZY_IMPORTS_ALLOWED = {
     "cli/__init__.py",
     "generation/__init__.py",
     "generation/run.py",
     "generation/local.py",
-    "generation/templates.py",
-    "cli/sweeping.py",
 }
 
 

@@ -54,6 +54,7 @@ from litdistill.losses import (
     TotalVariation,
 )
 from litdistill.losses.sparse import coarse_log_probs, dense_to_topk, tail_gap_bound
+from litdistill.pipeline.builders import cache_request
 from litdistill.training.module import DistillationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,8 +367,8 @@ def test_reader_maps_shards_hashes_each_once_and_reads_raw_and_packed_alike(tmp_
     import litdistill.cache.store as store_module
 
     hashed: list[str] = []
-    real_hash = store_module.file_sha256
-    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real_hash(path))
+    real_hash = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real_hash(path))
     readers = {}
     for codec in ("raw", "packed"):
         teacher, sources, spec, key = causal_store_inputs(k=16, codec=codec, shard_size=4)
@@ -503,20 +504,22 @@ def test_use_refuses_a_student_built_from_the_teacher_and_a_missing_store_names_
 
     cfg = compose_train(["experiment=tiny", "cache=use"])
     with pytest.raises(ValueError, match="student=from_teacher copies the teacher's layers"):
-        teacher_cache(cfg, {"kd": SoftTargetKL()}, cls_data)
+        teacher_cache(cache_request(cfg), {"kd": SoftTargetKL()}, cls_data)
     cfg = compose_train(["experiment=tiny", "cache=use", "student=tiny_bert", "teacher_finetune=null"])
     with pytest.raises(CacheMissingError, match="no complete teacher cache"):
-        teacher_cache(cfg, {"kd": SoftTargetKL()}, cls_data)
+        teacher_cache(cache_request(cfg), {"kd": SoftTargetKL()}, cls_data)
     spec = StoreSpec(task="classification", outputs="logits")
-    key = cache_key(cfg, cls_data, spec, ["train", "validation"])
+    key = cache_key(cache_request(cfg), cls_data, spec, ["train", "validation"])
     assert key["max_length"] == 24 and key["teacher"]["name"] == "random-init"
     # a store for another max_length sits in the root: the error names that field
     TeacherStore(Path(cfg.cache.root) / "other", dict(key, max_length=32)).claim(None)
     with pytest.raises(CacheMissingError, match=r"differs: field 'max_length' differs \(store: 32, this run: 24\)"):
-        teacher_cache(cfg, {"kd": SoftTargetKL()}, cls_data)
+        teacher_cache(cache_request(cfg), {"kd": SoftTargetKL()}, cls_data)
     with pytest.raises(ValueError, match="needs the teacher's full logits"):
         teacher_cache(
-            compose_train(["experiment=tiny_causal", "cache=use", "student=tiny_bert", "loss=chunked_forward_kl"]),
+            cache_request(
+                compose_train(["experiment=tiny_causal", "cache=use", "student=tiny_bert", "loss=chunked_forward_kl"])
+            ),
             {"kd": ChunkedDivergence()},
             cls_data,
         )

@@ -43,7 +43,7 @@ from litdistill.core.outputs import ModelOutputs
 from litdistill.data.sft import collate as sft_collate
 from litdistill.losses import FeatureLoss, ForwardKL, HiddenStateLoss, SoftTargetKL
 from litdistill.models.loading import from_config
-from litdistill.pipeline.builders import build_losses
+from litdistill.pipeline.builders import build_losses, cache_request
 from litdistill.training.module import DistillationModule
 
 RTOL, ATOL = 1e-3, 1e-5  # float16 hidden states (and logits) against the online float32 teacher
@@ -227,7 +227,7 @@ BASE = ["experiment=tiny", "student=tiny_bert", "teacher_finetune=null"]
 def test_a_store_without_the_needed_hidden_states_is_never_used(compose_train, cls_data, tmp_path):
     def run(*overrides: str, losses: str = "hidden_mse"):
         cfg = compose_train([*BASE, f"loss={losses}", *overrides])
-        return teacher_cache(cfg, build_losses(cfg.loss), cls_data), cfg
+        return teacher_cache(cache_request(cfg), build_losses(cfg.loss), cls_data), cfg
 
     logits_only, cfg = run("cache=build", f"cache.dir={tmp_path / 'logits'}", losses="kd_ce")
     logits_only.build(instantiate(cfg.teacher))
@@ -252,7 +252,7 @@ def test_a_store_without_the_needed_hidden_states_is_never_used(compose_train, c
 def test_refused_attention_features_unstored_layers_and_a_student_cut_from_the_teacher(compose_train, cls_data):
     def cache_run(*overrides: str, losses=None):
         cfg = compose_train([*BASE, "cache=use", *overrides])
-        return teacher_cache(cfg, losses or build_losses(cfg.loss), cls_data)
+        return teacher_cache(cache_request(cfg), losses or build_losses(cfg.loss), cls_data)
 
     not_stored = "which a teacher cache does not store"
     with pytest.raises(
@@ -287,7 +287,7 @@ def test_refused_attention_features_unstored_layers_and_a_student_cut_from_the_t
         cfg = compose_train(
             ["experiment=tiny", "teacher_finetune=null", "cache=build", "loss=hidden_mse"]
         )  # from_teacher
-        teacher_cache(cfg, build_losses(cfg.loss), cls_data)
+        teacher_cache(cache_request(cfg), build_losses(cfg.loss), cls_data)
 
     # the Python API: a stand-in teacher refuses layers it does not hold, at setup and when read
     manifest = {"splits": {"train": {}}, "hidden_layers": [2, 4], "teacher_layers": 4, "hidden_size": 64}

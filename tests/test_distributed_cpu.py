@@ -99,12 +99,15 @@ def test_bf16_fits_on_cpu(precision, dtype, tmp_path, tiny_data):
 def test_fsdp_student_is_gathered_whole_for_export(gloo_world_of_one, compose_train):
     """After an FSDP fit, rank 0 rebuilds plain models from the configs and loads the gathered student."""
     import copy
+    from functools import partial
     from types import SimpleNamespace
 
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from litdistill.training.strategies import gather_full_student, unsharded_models
+    from litdistill.pipeline.builders import student_factory
+    from litdistill.pipeline.fit import unsharded_models
+    from litdistill.training.strategies import gather_full_student
 
     cfg = compose_train(["experiment=tiny"])
     teacher = instantiate(cfg.teacher)
@@ -121,7 +124,7 @@ def test_fsdp_student_is_gathered_whole_for_export(gloo_world_of_one, compose_tr
     )
     gathered = gather_full_student(SimpleNamespace(strategy=strategy))
     assert gathered.keys() == expected.keys()
-    fresh_teacher, plain = unsharded_models(cfg, gathered)
+    fresh_teacher, plain = unsharded_models(partial(instantiate, cfg.teacher), student_factory(cfg), gathered)
     assert not any(isinstance(m, FSDP) for m in [*plain.modules(), *fresh_teacher.modules()])
     for name, value in plain.state_dict().items():
         assert torch.equal(value, expected[name]), name

@@ -11,7 +11,6 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import OmegaConf
 from tests.conftest import tiny_bert
 from tests.killer import KillAt
 
@@ -181,7 +180,7 @@ def test_a_failing_logger_is_reported_and_training_goes_on(tmp_path, tiny_data, 
 
 
 REPORT = {"models": {"student": {"params_m": 1.0, "metrics": {"f1": 0.5}}}, "agreement": 0.9}
-WANDB_CFG = OmegaConf.create({"task": "classification", "logger": {"wandb": {"log_model": False}}})
+WANDB_CONFIG = {"task": "classification", "logger": {"wandb": {"log_model": False}}}
 
 
 @pytest.fixture
@@ -219,7 +218,7 @@ def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_rais
     )
     with caplog.at_level(logging.WARNING, logger="litdistill"):
         trainer.fit(DistillationModule(tiny_bert(layers=2, seed=1), tiny_bert()), datamodule=tiny_data)
-        assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 0  # the report is written: W&B must not fail it
+        assert log_run(trainer, REPORT, tmp_path, WANDB_CONFIG) == 0  # the report is written: W&B must not fail it
     assert trainer.global_step == 4
     assert len(attempts) == 1  # not once per log call (each can block ~90 s), nor again in log_run
     failures = [r.getMessage() for r in caplog.records if "WandbLogger" in r.getMessage()]
@@ -233,7 +232,7 @@ def test_unreachable_wandb_is_tried_once_reported_once_and_log_run_does_not_rais
         default_root_dir=tmp_path,
     )
     with caplog.at_level(logging.WARNING, logger="litdistill"):  # its first wandb.init is log_run's own
-        assert log_run(never_used, WANDB_CFG, REPORT, tmp_path) == 0
+        assert log_run(never_used, REPORT, tmp_path, WANDB_CONFIG) == 0
     assert len(attempts) == 2 and "W&B is unreachable (CommError" in caplog.records[-1].getMessage()
 
 
@@ -248,7 +247,7 @@ def test_a_failing_wandb_finish_does_not_fail_the_run(tmp_path, caplog, monkeypa
     monkeypatch.setattr(offline_wandb, "finish", unreachable)
     try:
         with caplog.at_level(logging.WARNING, logger="litdistill"):
-            assert log_run(trainer, WANDB_CFG, REPORT, tmp_path) == 1  # logged; only the upload at the end failed
+            assert log_run(trainer, REPORT, tmp_path, WANDB_CONFIG) == 1  # logged; only the upload at the end failed
     finally:
         finish()
     assert any("could not finish the W&B run (ConnectionError" in r.getMessage() for r in caplog.records)

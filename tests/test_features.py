@@ -82,7 +82,7 @@ def test_layer_maps_are_checked_before_teacher_finetuning_without_touching_the_r
     the unfinetuned teacher and a throwaway student; the RNG state and the losses themselves are unchanged."""
     from hydra.utils import instantiate
 
-    from litdistill.pipeline.builders import build_losses
+    from litdistill.pipeline.builders import build_losses, student_factory
     from litdistill.training.finetune import check_layer_maps
 
     cfg = compose_train(["experiment=tiny", "loss=distilbert"])
@@ -90,13 +90,13 @@ def test_layer_maps_are_checked_before_teacher_finetuning_without_touching_the_r
     losses = build_losses(cfg.loss)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    check_layer_maps(cfg, losses, teacher)  # the tiny student is a from_teacher student: fine
+    check_layer_maps(losses, teacher, student_factory(cfg))  # the tiny student is a from_teacher student: fine
     assert torch.equal(torch.get_rng_state(), state) and losses["cos"].pairs is None
     bad = build_losses(compose_train(["experiment=tiny", "loss=distilbert", "loss.cos.layer_map=[[1,9]]"]).loss)
     with pytest.raises(ValueError, match=r"pair \[1, 9\] is out of range: the student has 2 layers, the teacher 4"):
-        check_layer_maps(cfg, bad, teacher)
+        check_layer_maps(bad, teacher, student_factory(cfg))
     scratch = compose_train(["experiment=tiny", "student=tiny_bert", "loss=distilbert", "loss.cos.layer_map=last"])
-    check_layer_maps(scratch, build_losses(scratch.loss), teacher)  # from_config seeds torch: restored
+    check_layer_maps(build_losses(scratch.loss), teacher, student_factory(scratch))  # from_config seeds torch: restored
     assert torch.equal(torch.get_rng_state(), state)
 
 

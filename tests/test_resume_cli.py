@@ -23,7 +23,7 @@ COMMON = [
     "+trainer.limit_train_batches=5",
     "+trainer.limit_val_batches=2",
     "trainer.num_sanity_val_steps=0",
-    "callbacks.fault_tolerance.every_n_train_steps=2",
+    "callbacks.step_checkpoint.every_n_train_steps=2",
 ]
 KILLER = "+callbacks.killer._target_=tests.killer.KillAt"
 

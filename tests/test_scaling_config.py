@@ -20,12 +20,12 @@ from tests.conftest import tiny_bert
 from litdistill.cli import _launch_args
 from litdistill.config.checks import check_scaling
 from litdistill.core.conf import config_dir
-from litdistill.training.fault_tolerance import resume_checkpoint
+from litdistill.pipeline.builders import resume_from
+from litdistill.training.ddp_launch import pin_hydra_run_dir
 from litdistill.training.strategies import (
     PRECISIONS,
     configure_strategy,
     enable_gradient_checkpointing,
-    pin_hydra_run_dir,
     strategy_kind,
 )
 
@@ -112,10 +112,11 @@ def test_every_listed_precision_passes(compose_train):
 
 
 def test_refusal_happens_before_any_data_or_model_is_loaded(compose_train, tmp_path, monkeypatch):
+    from litdistill.pipeline import builders
     from litdistill.pipeline import train as train_module
 
     loaded = []
-    monkeypatch.setattr(train_module, "instantiate", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
+    monkeypatch.setattr(builders, "instantiate", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
     cfg = compose_train(["experiment=tiny", "trainer=deepspeed", "trainer.strategy.stage=3"])
     with pytest.raises(ValueError, match="ZeRO-3"):
         train_module.train(cfg)
@@ -179,24 +180,24 @@ def test_run_dir_alias_and_torchrun_ranks_need_a_shared_run_dir(monkeypatch):
 
 
 def test_resume_finds_the_newest_checkpoint_of_the_run_dir(compose_train, tmp_path):
-    assert resume_checkpoint(compose_train(["ckpt_path=/some/file.ckpt", "resume=true"])) == "/some/file.ckpt"
-    assert resume_checkpoint(compose_train([])) is None
+    assert resume_from(compose_train(["ckpt_path=/some/file.ckpt", "resume=true"])) == "/some/file.ckpt"
+    assert resume_from(compose_train([])) is None
     with pytest.raises(FileNotFoundError, match="pass run_dir=<the interrupted run's directory>"):
-        resume_checkpoint(compose_train(["resume=true"]))
-    assert resume_checkpoint(compose_train(["resume=auto"])) is None
+        resume_from(compose_train(["resume=true"]))
+    assert resume_from(compose_train(["resume=auto"])) is None
     with pytest.raises(ValueError, match="valid: false, true"):
-        resume_checkpoint(compose_train(["resume=maybe"]))
+        resume_from(compose_train(["resume=maybe"]))
     ckpts = tmp_path / "out" / "checkpoints"
     ckpts.mkdir(parents=True)
     for i, name in enumerate(["epoch_000.ckpt", "last.ckpt", ".last.ckpt.x1.tmp"]):
         (ckpts / name).write_bytes(b"x")
         os.utime(ckpts / name, (time.time() + i, time.time() + i))
-    assert resume_checkpoint(compose_train(["resume=true"])) == str(ckpts / "last.ckpt")
+    assert resume_from(compose_train(["resume=true"])) == str(ckpts / "last.ckpt")
     assert not (ckpts / ".last.ckpt.x1.tmp").exists()  # the cut write's leftover is cleared, never chosen
     hpc = tmp_path / "out" / "hpc_ckpt_1.ckpt"  # Lightning's SLURM requeue checkpoint, newer
     hpc.write_bytes(b"x")
     os.utime(hpc, (time.time() + 10, time.time() + 10))
-    assert resume_checkpoint(compose_train(["resume=auto"])).endswith("hpc_ckpt_1.ckpt")
+    assert resume_from(compose_train(["resume=auto"])).endswith("hpc_ckpt_1.ckpt")
 
 
 def test_student_gradient_checkpointing_flag_gives_the_same_gradients():

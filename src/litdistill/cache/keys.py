@@ -27,7 +27,6 @@ a later build or ``cache=auto`` loads the teacher again.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,13 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from litdistill.training.finetune import finetune_key
+from litdistill.core.conf import to_plain
+from litdistill.core.forward import MODEL_INPUTS
+from litdistill.core.io import canonical_json, sha256_file, sha256_text
 
 FORMAT = 1
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 CONFIG_FILES = ("config.json", "generation_config.json")
 # data-module settings that do not change the teacher's inputs
@@ -57,22 +56,6 @@ DATA_IGNORED = {
     "max_length",
     "_target_",
 }
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def directory_weights_sha256(path: str | os.PathLike) -> str:
@@ -98,10 +81,6 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _container(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def _name(name_or_path: str) -> tuple[str, str | None]:
     """(name as keyed, content hash): local directories by basename plus their files' sha256."""
     if os.path.isdir(name_or_path):
@@ -109,9 +88,10 @@ def _name(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
-def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
-    """Key fields of the configured teacher, from its config alone (nothing is loaded)."""
-    spec = dict(_container(cfg.teacher) or {})
+def teacher_identity(teacher: Mapping[str, Any], finetune: str | None = None) -> dict[str, Any]:
+    """Key fields of the configured teacher, from its config node alone (nothing is loaded);
+    ``finetune``: the key of its fine-tuning (``teacher_finetune``), None without one."""
+    spec = dict(to_plain(teacher) or {})
     ident: dict[str, Any] = {}
     if "name_or_path" in spec and "config" not in spec:
         name, weights = _name(str(spec.pop("name_or_path")))
@@ -123,17 +103,14 @@ def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
 
         base = spec.pop("base", None)
         ident["name"] = "random-init" + (f" of {_name(str(base))[0]}" if base else "")
-        ident["config"] = sha256_text(canonical(spec.pop("config", None)))[:16]
+        ident["config"] = sha256_text(canonical_json(spec.pop("config", None)))[:16]
         ident["seed"] = spec.pop("seed", None)
         ident["init_versions"] = f"torch {torch.__version__.split('+')[0]}, transformers {transformers.__version__}"
     ident["dtype"] = spec.pop("dtype", "float32")
     ident["quantization"] = spec.pop("quantization", None)
     spec.pop("_partial_", None)
-    ident["options"] = sha256_text(canonical(spec))[:16] if spec else None  # _target_, task, labels, ...
-    if cfg.get("teacher_finetune"):
-        ident["finetune"] = finetune_key(cfg)
-    else:
-        ident["finetune"] = None
+    ident["options"] = sha256_text(canonical_json(spec))[:16] if spec else None  # _target_, task, labels, ...
+    ident["finetune"] = finetune
     return ident
 
 
@@ -143,13 +120,13 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
     special = {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}
     return {
         "name": _name(name)[0] if os.path.isdir(name) else name,
-        "vocab_sha256": sha256_text(canonical([vocab, special])),
+        "vocab_sha256": sha256_text(canonical_json([vocab, special])),
     }
 
 
 def dataset_identity(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, Any]:
     """(dataset source, hash of the other data options, max_length) of a data module's settings."""
-    h = {k: _container(v) for k, v in dict(hparams).items()}
+    h = {k: to_plain(v) for k, v in dict(hparams).items()}
     files = h.get("data_files")
     if files:
         source: dict[str, Any] = {
@@ -158,7 +135,7 @@ def dataset_identity(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | 
     else:
         source = {"hub": h.get("dataset"), "subset": h.get("subset"), "revision": h.get("revision")}
     options = {k: v for k, v in h.items() if k not in DATA_IGNORED}
-    return source, (sha256_text(canonical(options))[:16] if options else None), h.get("max_length")
+    return source, (sha256_text(canonical_json(options))[:16] if options else None), h.get("max_length")
 
 
 def _column(ds: Any, name: str) -> list[Any] | None:
@@ -208,7 +185,7 @@ def flatten(key: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def key_hash(key: Mapping[str, Any]) -> str:
-    return sha256_text(canonical(key))[:16]
+    return sha256_text(canonical_json(key))[:16]
 
 
 def differing_fields(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -218,12 +195,12 @@ def differing_fields(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     return [
         (n, a.get(n, "<absent>"), b.get(n, "<absent>"))
         for n in names
-        if canonical(a.get(n, "<absent>")) != canonical(b.get(n, "<absent>"))
+        if canonical_json(a.get(n, "<absent>")) != canonical_json(b.get(n, "<absent>"))
     ]
 
 
 def _short(value: Any) -> str:
-    text = canonical(value) if not isinstance(value, str) else value
+    text = canonical_json(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -1,4 +1,4 @@
-"""``cache=build|use|auto`` in the training entry (``litdistill.pipeline.train``).
+"""``cache=build|use|auto`` for one training run: its key, its store, building it, and reading it.
 
 * ``build``: load the teacher (fine-tuned as configured), run it once over ``cache.splits``, write
   the store, exit. Run again, it resumes an interrupted build or repairs corrupted shards.
@@ -18,12 +18,12 @@ depth, read from the student's config like the teacher's depth and width (no mod
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from litdistill.cache.build import StoreSpec, build_store, split_sources
@@ -43,6 +43,7 @@ from litdistill.cache.store import (
     manifest_summary,
     nearest_store,
 )
+from litdistill.core.conf import to_plain
 from litdistill.losses import SoftTargetKL, TokenDivergence
 from litdistill.losses.base import DistillationLoss
 from litdistill.losses.features import HiddenStateLoss
@@ -55,8 +56,33 @@ MODES = ("none", "build", "use", "auto")
 TEACHER_BUILDERS = ("litdistill.models.layer_subset.student_from_teacher",)
 
 
-def cache_mode(cfg: DictConfig) -> str:
-    mode = str((cfg.get("cache") or {}).get("mode", "none"))
+@dataclass(frozen=True)
+class CacheRequest:
+    """What a run asks of the teacher cache, as plain values (the entry layer builds it from the config:
+    ``litdistill.pipeline.builders.cache_request``). ``teacher`` and ``student`` are their config nodes as
+    plain dicts: the key and the layer counts are read from them, and no model is loaded."""
+
+    mode: str
+    task: str
+    teacher: Mapping[str, Any] | None
+    student: Mapping[str, Any] | None
+    finetune_key: str | None = None  # the fine-tuned teacher's key (teacher_finetune), part of the store's key
+    root: str = "teacher_outputs"
+    dir: str | None = None
+    splits: tuple[str, ...] = ("train", "validation")
+    outputs: str = "auto"
+    k: int = 64
+    dtype: str = "float16"
+    codec: str = "raw"
+    hidden_states: Any = "auto"
+    shard_size: int = 256
+    batch_size: int = 32
+    verify: bool = True
+    max_shards_in_memory: int = 256
+    progress: bool = True
+
+
+def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"cache.mode must be one of {list(MODES)}, got {mode!r}")
     return mode
@@ -81,7 +107,7 @@ class HiddenPlan:
 
 def hidden_setting(value: Any) -> Any:
     """``cache.hidden_states`` checked: "auto", "all", False, or a sorted list of teacher layers."""
-    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    value = to_plain(value)
     if value is False or value in ("auto", "all"):
         return value
     layers = isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
@@ -98,7 +124,7 @@ def model_shape(spec: Any, role: str) -> tuple[int, int]:
     cache=use the teacher is never loaded, and the student is built only after the store is found."""
     from transformers import AutoConfig
 
-    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec or {})
+    spec = dict(to_plain(spec) or {})
     target = str(spec.get("_target_", ""))
     try:
         if target == "litdistill.models.loading.from_config":
@@ -121,9 +147,8 @@ def model_shape(spec: Any, role: str) -> tuple[int, int]:
     return layers, size
 
 
-def student_layers(cfg: DictConfig, names: list[str]) -> int:
+def student_layers(student: Mapping[str, Any] | None, names: list[str]) -> int:
     """The configured student's depth, which the layer maps of the hidden-state losses ``names`` depend on."""
-    student = cfg.get("student")
     if not student or str(student.get("_target_", "")) in TEACHER_BUILDERS:
         raise ValueError(
             f"teacher cache: the hidden-state losses {names} map student layers to teacher layers, so the hidden "
@@ -136,17 +161,17 @@ def student_layers(cfg: DictConfig, names: list[str]) -> int:
     return model_shape(student, "student")[0]
 
 
-def plan_hidden(cfg: DictConfig, losses: dict[str, DistillationLoss]) -> HiddenPlan:
+def plan_hidden(request: CacheRequest, losses: dict[str, DistillationLoss]) -> HiddenPlan:
     """Which teacher hidden states the run's store holds and which each hidden-state loss reads, from
     the configs (nothing is loaded)."""
-    setting = hidden_setting((cfg.cache or {}).get("hidden_states", "auto"))
+    setting = hidden_setting(request.hidden_states)
     hidden = {name: loss for name, loss in losses.items() if isinstance(loss, HiddenStateLoss)}
     if not hidden and setting in ("auto", False):
         return HiddenPlan(setting)
-    depth, size = model_shape(cfg.teacher, "teacher")
+    depth, size = model_shape(request.teacher, "teacher")
     reads: dict[str, list[int]] = {}
     if hidden:
-        depth_s = student_layers(cfg, list(hidden))
+        depth_s = student_layers(request.student, list(hidden))
         reads = {name: loss.teacher_layers(depth_s, depth) for name, loss in hidden.items()}
     if setting is False:
         layers: Any = ()
@@ -201,14 +226,14 @@ def check_losses(losses: dict[str, DistillationLoss], outputs: str, hidden: Hidd
             )
 
 
-def cache_key(cfg: DictConfig, datamodule: Any, spec: StoreSpec, splits: list[str]) -> dict[str, Any]:
+def cache_key(request: CacheRequest, datamodule: Any, spec: StoreSpec, splits: list[str]) -> dict[str, Any]:
     """The store's key fields, in the order a mismatch is reported (see litdistill.cache.keys)."""
     sources = split_sources(datamodule, splits)
     dataset, options, max_length = dataset_identity(getattr(datamodule, "hparams", {}))
     return {
         "format": FORMAT,
         "task": spec.task,
-        "teacher": teacher_identity(cfg),
+        "teacher": teacher_identity(request.teacher or {}, request.finetune_key),
         "tokenizer": tokenizer_identity(datamodule.tokenizer),
         "dataset": dataset,
         "data_options": options,
@@ -225,50 +250,48 @@ def cache_key(cfg: DictConfig, datamodule: Any, spec: StoreSpec, splits: list[st
 class TeacherCacheRun:
     """The cache for one training run: its key and store, building, and the wrapped data module."""
 
-    def __init__(self, cfg: DictConfig, losses: dict[str, DistillationLoss], datamodule: Any) -> None:
-        c = cfg.cache
-        self.mode = cache_mode(cfg)
-        self.cfg, self.task = cfg, cfg.task
-        if not cfg.get("teacher"):
+    def __init__(self, request: CacheRequest, losses: dict[str, DistillationLoss], datamodule: Any) -> None:
+        self.request, self.mode, self.task = request, check_mode(request.mode), request.task
+        if not request.teacher:
             raise ValueError(
                 f"cache={self.mode} caches a teacher's outputs, but no teacher is configured (teacher=null)"
             )
-        target = str(cfg.teacher.get("_target_", ""))
+        target = str(request.teacher.get("_target_", ""))
         if target.endswith("MultiTeacher"):
             raise ValueError(
                 "cache: several teachers (teacher=multi) are not supported by the teacher cache; use cache=none"
             )
-        if self.mode in ("use", "auto") and str((cfg.get("student") or {}).get("_target_", "")) in TEACHER_BUILDERS:
+        if self.mode in ("use", "auto") and str((request.student or {}).get("_target_", "")) in TEACHER_BUILDERS:
             raise ValueError(
                 f"cache={self.mode} never loads the teacher, but student=from_teacher copies the teacher's layers. "
                 "Use a student that does not need the teacher's weights (student=tiny_bert, student=scaled, "
                 "student=pretrained ...), or cache=none. (cache=build needs no student.)"
             )
-        self.splits = list(c.get("splits") or ["train", "validation"])
+        self.splits = list(request.splits or ["train", "validation"])
         missing = {"train", "validation"} - set(self.splits)
         if missing:
             raise ValueError(
                 f"cache.splits must include train and validation (the fit reads both), missing {sorted(missing)}"
             )
-        outputs = resolve_outputs(str(c.get("outputs", "auto")), cfg.task)
-        hidden = plan_hidden(cfg, losses)
+        outputs = resolve_outputs(str(request.outputs), request.task)
+        hidden = plan_hidden(request, losses)
         self.spec = StoreSpec(
-            task=cfg.task,
+            task=request.task,
             outputs=outputs,
-            k=int(c.k) if outputs == "topk" else None,
-            dtype=str(c.get("dtype", "float16")),
-            codec=str(c.get("codec", "raw")),
-            shard_size=int(c.get("shard_size", 256)),
+            k=int(request.k) if outputs == "topk" else None,
+            dtype=str(request.dtype),
+            codec=str(request.codec),
+            shard_size=int(request.shard_size),
             hidden_layers=hidden.layers,
             hidden_size=hidden.size,
             teacher_layers=hidden.teacher_layers,
         )
         check_losses(losses, outputs, hidden)
         self.datamodule = datamodule
-        self.key = cache_key(cfg, datamodule, self.spec, self.splits)
-        root = Path(str(c.root))
-        self.explicit_dir = c.get("dir") is not None
-        path = Path(str(c.dir)) if self.explicit_dir else root / TeacherStore(root, self.key).hash
+        self.key = cache_key(request, datamodule, self.spec, self.splits)
+        root = Path(str(request.root))
+        self.explicit_dir = request.dir is not None
+        path = Path(str(request.dir)) if self.explicit_dir else root / TeacherStore(root, self.key).hash
         self.store = TeacherStore(path, self.key)
         self.store.check_key()  # an explicit cache.dir holding another key: refused, naming the field
         if self.mode == "use" and not self.store.complete:
@@ -290,7 +313,6 @@ class TeacherCacheRun:
     def build(self, teacher: nn.Module, device: torch.device | None = None) -> dict[str, Any]:
         """Build (or resume) the store with ``teacher`` on ``device`` (the rank's device, as a fit would place
         it; a bitsandbytes-quantized teacher stays where it was loaded: it cannot be moved)."""
-        c = self.cfg.cache
         if device is not None and not getattr(teacher, "is_quantized", False):
             teacher.to(device)
         sources = split_sources(self.datamodule, self.splits)
@@ -299,8 +321,8 @@ class TeacherCacheRun:
             teacher,
             sources,
             self.spec,
-            batch_size=int(c.get("batch_size", 32)),
-            progress=bool(c.get("progress", True)),
+            batch_size=int(self.request.batch_size),
+            progress=bool(self.request.progress),
         )
         return self.manifest
 
@@ -322,13 +344,12 @@ class TeacherCacheRun:
             manifest_summary(self.manifest),
             note,
         )
-        c = self.cfg.cache
         return CachedTeacherDataModule(
             self.datamodule,
             self.store,
             self.task,
-            verify=bool(c.get("verify", True)),
-            max_shards=int(c.get("max_shards_in_memory", 256)),
+            verify=bool(self.request.verify),
+            max_shards=int(self.request.max_shards_in_memory),
         )
 
     @property
@@ -366,11 +387,13 @@ class TeacherCacheRun:
         }
 
 
-def teacher_cache(cfg: DictConfig, losses: dict[str, DistillationLoss], datamodule: Any) -> TeacherCacheRun | None:
+def teacher_cache(
+    request: CacheRequest | None, losses: dict[str, DistillationLoss], datamodule: Any
+) -> TeacherCacheRun | None:
     """The run's teacher cache, or None for ``cache=none`` (or no ``cache`` group)."""
-    if not cfg.get("cache") or cache_mode(cfg) == "none":
+    if request is None or check_mode(request.mode) == "none":
         return None
-    return TeacherCacheRun(cfg, losses, datamodule)
+    return TeacherCacheRun(request, losses, datamodule)
 
 
-__all__ = ["CacheKeyMismatch", "CacheMissingError", "TeacherCacheRun", "cache_key", "cache_mode", "teacher_cache"]
+__all__ = ["CacheKeyMismatch", "CacheMissingError", "CacheRequest", "TeacherCacheRun", "cache_key", "teacher_cache"]

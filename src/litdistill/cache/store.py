@@ -60,14 +60,13 @@ from litdistill.cache.keys import (
     differing_fields,
     key_hash,
 )
-from litdistill.core.io import atomic_write_bytes, atomic_write_text
+from litdistill.core.io import atomic_write_bytes, atomic_write_text, sha256_file
 from litdistill.core.outputs import TopK
 
 log = logging.getLogger(__name__)
 
 MANIFEST, KEY_FILE = "manifest.json", "key.json"
 STALE_TMP_SECONDS = 600
-HASH_CHUNK = 1 << 20  # bytes read at a time while checking a shard's sha256
 
 
 class CacheKeyMismatch(ValueError):
@@ -207,7 +206,7 @@ class TeacherStore:
         """Sidecar present and the shard's bytes hash to its sha256 (anything else is rebuilt)."""
         try:
             info = json.loads(self.sidecar_path(shard).read_text())
-            digest = file_sha256(self.shard_path(shard))
+            digest = sha256_file(self.shard_path(shard))
         except (FileNotFoundError, json.JSONDecodeError):
             return False
         if digest != info.get("sha256"):
@@ -353,7 +352,7 @@ class ShardReader:
         if not path.is_file():
             raise CorruptShardError(f"teacher cache shard {path} is missing; run cache=build to rebuild it")
         if self.verify and i not in self._verified:
-            if file_sha256(path) != info["sha256"]:
+            if sha256_file(path) != info["sha256"]:
                 raise CorruptShardError(
                     f"teacher cache shard {path} is corrupted: its sha256 is not the manifest's "
                     f"({info['sha256'][:16]}...). "
@@ -400,15 +399,6 @@ class ShardReader:
     def verify_all(self) -> None:
         for i in range(len(self.shards)):
             self._shard(i)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed in chunks so a large shard is never held in memory whole."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_summary(manifest: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ log = logging.getLogger("litdistill")
 
 def _train(cfg: DictConfig) -> None:
     from litdistill.pipeline.train import train
-    from litdistill.training.strategies import ddp_launch_scope
+    from litdistill.training.ddp_launch import ddp_launch_scope
 
     with ddp_launch_scope():  # a multirun runs its jobs in this process: each DDP job must start its own ranks
         train(cfg)

@@ -5,10 +5,11 @@ The sweep files are W&B sweep configs, not Hydra configs. Their parameters are f
 ${args_no_hyphens}]``, so the W&B agent runs ``python -m litdistill key=value ...`` and Hydra applies
 each suggestion as overrides on top of the config defaults.
 
-Suggestions come from W&B's own ``sweeps`` package when it is installed and works (the agent's
-server-side logic), else from a small equivalent here: the full grid for ``grid``, independent
-draws from each parameter's distribution for ``random``, and for ``bayes`` (which needs finished
-runs to model) random draws too. Offline preview::
+Suggestions come from W&B's own ``sweeps`` package (the agent's server-side logic: grid, random,
+bayes), so an offline preview draws what an agent would. It pins numpy<2 and works on numpy 2, so it is
+installed without its pins: ``pip install --no-deps sweeps==0.3.0`` (``scripts/install.sh --dev``
+does). Every swept key is checked against the composed training config, so a misspelt key
+(``loss.kd.temprature``) is refused before any agent starts. Offline preview::
 
     python -m litdistill.cli.sweeping conf/sweep/kd_temperature.yaml -n 4
 """
@@ -16,15 +17,16 @@ runs to model) random draws too. Offline preview::
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
 import random
 import sys
 import warnings
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from litdistill.core.conf import config_dir
 
 METHODS = ("grid", "random", "bayes")
 GOALS = ("maximize", "minimize")
@@ -53,8 +55,6 @@ DISTRIBUTIONS = (
 def sweeps_dir() -> Path:
     """``conf/sweep/``: W&B sweep files beside the Hydra groups they set (shipped in the wheel too).
     They are W&B's format, not Hydra configs: no primary config lists the ``sweep`` group."""
-    from litdistill.core.conf import config_dir
-
     return config_dir() / "sweep"
 
 
@@ -73,7 +73,7 @@ def _sweeps_package() -> Any | None:
             warnings.simplefilter("ignore")
             import sweeps
         return sweeps
-    except Exception:  # noqa: BLE001 - any import failure means "use the fallback"
+    except Exception:  # noqa: BLE001 - any import failure: not installed (suggest says how to install it)
         return None
 
 
@@ -90,9 +90,9 @@ def _distribution(spec: dict[str, Any]) -> str:
     return "uniform"
 
 
-def validate_sweep(sweep: dict[str, Any], check_command: bool = True, use_package: bool = True) -> list[str]:
+def validate_sweep(sweep: dict[str, Any], check_command: bool = True) -> list[str]:
     """Problems with a sweep config (empty when valid): method, metric, parameters, command; plus
-    W&B's own schema check when the ``sweeps`` package is importable and ``use_package``."""
+    W&B's own schema check when the ``sweeps`` package is importable."""
     problems = []
     if sweep.get("method") not in METHODS:
         problems.append(f"method must be one of {list(METHODS)}, got {sweep.get('method')!r}")
@@ -128,7 +128,7 @@ def validate_sweep(sweep: dict[str, Any], check_command: bool = True, use_packag
         problems.append(
             f"command must be {COMMAND} (the agent runs litdistill with Hydra overrides), got {sweep.get('command')}"
         )
-    package = _sweeps_package() if use_package else None
+    package = _sweeps_package()
     if package is not None and not problems:
         problems += [str(v) for v in package.schema_violations_from_proposed_config(sweep)]
     return problems
@@ -140,71 +140,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
 
 
-def _draw(spec: dict[str, Any], rng: random.Random) -> Any:
-    dist = _distribution(spec)
-    lo, hi = spec.get("min"), spec.get("max")
-    q = spec.get("q", 1)
-    if dist == "constant":
-        return spec["value"]
-    if dist == "categorical":
-        weights = spec.get("probabilities")
-        return rng.choices(spec["values"], weights=weights)[0]
-    if dist == "int_uniform":
-        return rng.randint(lo, hi)
-    if dist in ("uniform", "q_uniform"):
-        value = rng.uniform(lo, hi)
-    elif dist in ("log_uniform", "q_log_uniform"):  # min/max are natural logs of the bounds
-        value = math.exp(rng.uniform(lo, hi))
-    elif dist in ("log_uniform_values", "q_log_uniform_values"):
-        value = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    elif dist == "inv_log_uniform":
-        value = math.exp(-rng.uniform(lo, hi))
-    elif dist == "inv_log_uniform_values":
-        value = 1.0 / math.exp(rng.uniform(math.log(1.0 / hi), math.log(1.0 / lo)))
-    elif dist in ("normal", "q_normal"):
-        value = rng.gauss(spec.get("mu", 0.0), spec.get("sigma", 1.0))
-    elif dist in ("log_normal", "q_log_normal"):
-        value = math.exp(rng.gauss(spec.get("mu", 0.0), spec.get("sigma", 1.0)))
-    elif dist in ("beta", "q_beta"):
-        value = rng.betavariate(spec.get("a", 1.0), spec.get("b", 1.0))
-    else:  # pragma: no cover - validate_sweep refuses it first
-        raise ValueError(f"unknown distribution {dist!r}")
-    if dist.startswith("q_"):
-        value = round(value / q) * q
-    return value
-
-
-def grid(sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of a grid sweep's values, in W&B's order (last parameter varies fastest)."""
-    keys = list(sweep["parameters"])
-    choices = []
-    for key in keys:
-        spec = sweep["parameters"][key]
-        dist = _distribution(spec)
-        if dist == "constant":
-            choices.append([spec["value"]])
-        elif dist == "categorical":
-            choices.append(list(spec["values"]))
-        elif "q" in spec:  # a quantised range is a finite grid
-            n = int(round((spec["max"] - spec["min"]) / spec["q"]))
-            choices.append([spec["min"] + i * spec["q"] for i in range(n + 1)])
-        else:
-            raise ValueError(f"parameter {key}: a grid sweep needs value/values, not a continuous {dist}")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
-
-
-def _suggest_builtin(sweep: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
-    if sweep["method"] == "grid":
-        return grid(sweep)[:n]
-    rng = random.Random(seed)
-    return [{key: _draw(spec, rng) for key, spec in sweep["parameters"].items()} for _ in range(n)]
-
-
 def _suggest_package(package: Any, sweep: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
     import numpy as np
 
-    state = np.random.get_state()
+    state, py_state = np.random.get_state(), random.getstate()  # sweeps draws from both global generators
     np.random.seed(seed)
+    random.seed(seed)
     rng = random.Random(seed)
     goal_name = sweep["metric"]["name"]
     runs: list[Any] = []
@@ -222,24 +163,50 @@ def _suggest_package(package: Any, sweep: dict[str, Any], n: int, seed: int) -> 
                 runs.append(run)
     finally:
         np.random.set_state(state)
+        random.setstate(py_state)
     return out
 
 
-def suggest(sweep: dict[str, Any], n: int = 1, seed: int = 0, backend: str = "auto") -> list[dict[str, Any]]:
-    """Up to ``n`` parameter suggestions (``{hydra key: value}``) as the W&B agent would receive them.
-
-    ``backend``: ``"sweeps"`` (W&B's package), ``"builtin"`` (the fallback here), ``"auto"`` (the
-    package when it imports, else the fallback).
-    """
-    problems = validate_sweep(sweep, check_command=False, use_package=backend != "builtin")
+def suggest(sweep: dict[str, Any], n: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """Up to ``n`` parameter suggestions (``{hydra key: value}``) as the W&B agent would receive them,
+    from W&B's ``sweeps`` package (seeded: the same ``seed`` gives the same suggestions)."""
+    problems = validate_sweep(sweep, check_command=False)
     if problems:
         raise ValueError("invalid sweep: " + "; ".join(problems))
-    package = _sweeps_package() if backend in ("auto", "sweeps") else None
-    if backend == "sweeps" and package is None:
-        raise ImportError("the sweeps package is not importable; use backend='builtin'")
-    if package is not None:
-        return _suggest_package(package, sweep, n, seed)
-    return _suggest_builtin(sweep, n, seed)
+    package = _sweeps_package()
+    if package is None:
+        raise ImportError(
+            "suggestions come from W&B's sweeps package, which is not importable; install it without its "
+            "numpy<2 pin: pip install --no-deps sweeps==0.3.0 (scripts/install.sh --dev does)"
+        )
+    return _suggest_package(package, sweep, n, seed)
+
+
+def unknown_keys(sweep: dict[str, Any], config: Any, groups: set[str]) -> list[str]:
+    """Problems for swept keys that are neither a key of the composed ``config`` (a null value counts as
+    present) nor a config group (``logger``, ``loss``: chosen by name)."""
+    from omegaconf import OmegaConf
+
+    absent = object()
+    problems = []
+    for key in sweep.get("parameters") or {}:
+        if key in groups or OmegaConf.select(config, key, default=absent) is not absent:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        near = get_close_matches(leaf, list(node.keys()) if OmegaConf.is_dict(node) else [], n=3)
+        hint = f"; did you mean {', '.join(f'{parent}.{m}' if parent else m for m in near)}?" if near else ""
+        problems.append(f"parameter {key}: not a key of the training config{hint}")
+    return problems
+
+
+def _composed_train_config() -> tuple[Any, set[str]]:
+    """The default training config, composed as ``litdistill`` composes it, and the config group names."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        config = compose("train")
+    return config, {d.name for d in config_dir().iterdir() if d.is_dir()}
 
 
 def render_overrides(params: dict[str, Any]) -> list[str]:
@@ -274,12 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("-n", type=int, default=3, help="suggestions per file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("auto", "sweeps", "builtin"), default="auto")
     args = parser.parse_args(argv)
+    config, groups = _composed_train_config()
     failed = False
     for path in args.files:
         sweep = load_sweep(path)
-        problems = validate_sweep(sweep)
+        problems = validate_sweep(sweep) or unknown_keys(sweep, config, groups)
         if problems:
             failed = True
             print(f"{path}: INVALID\n  " + "\n  ".join(problems))
@@ -287,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{path}: {sweep['method']} sweep on {sweep['metric']['name']} ({sweep['metric'].get('goal', 'minimize')})"
         )
-        for params in suggest(sweep, args.n, args.seed, args.backend):
+        for params in suggest(sweep, args.n, args.seed):
             print("  litdistill " + " ".join(render_overrides(params)))
     sys.exit(1 if failed else 0)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import signal
@@ -34,6 +33,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from litdistill.core.conf import to_plain
+from litdistill.core.io import atomic_write_text, canonical_json, sha256_text
 from litdistill.generation.client import (
     ChatClient,
     ChatResult,
@@ -46,8 +47,6 @@ from litdistill.generation.store import (
     MANIFEST,
     RESULTS,
     ResultStore,
-    atomic_write_text,
-    canonical_json,
     dataset_rows,
     record_key,
 )
@@ -187,8 +186,7 @@ def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str
         rec["__id__"] = (
             str(ident)
             if ident not in (None, "")
-            else "h"
-            + hashlib.sha256(canonical_json({k: v for k, v in rec.items() if k != "__id__"}).encode()).hexdigest()[:16]
+            else "h" + sha256_text(canonical_json({k: v for k, v in rec.items() if k != "__id__"}))[:16]
         )
         records.append(rec)
     limit = input_cfg.get("limit")
@@ -200,10 +198,6 @@ def load_inputs(input_cfg: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str
 
 
 # -- teacher -----------------------------------------------------------------------------------------
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def build_teacher(api: Mapping[str, Any], template: PromptTemplate) -> tuple[Any, str, str, str | None]:
     """``(teacher, type, model name, base_url)`` from the ``teacher_api`` config node."""
     kind = api.get("type") or "openai"
@@ -293,10 +287,10 @@ def prepare(cfg: DictConfig) -> Plan:
         raise TemplateError(
             f"no prompt template: choose one with prompt=<name>; shipped templates: {available_templates()}"
         )
-    template = PromptTemplate.from_config(_plain(cfg.prompt))
+    template = PromptTemplate.from_config(to_plain(cfg.prompt))
     if cfg.get("input") is None:
         raise ConfigError("no input: set input.path=<prompts.jsonl|.csv|.txt> or input.prompts=[...]")
-    input_cfg = _plain(cfg.input)
+    input_cfg = to_plain(cfg.input)
     records, source = load_inputs(input_cfg)
     field_name = input_cfg.get("field") or "prompt"
     common = set.intersection(*(set(r) - {"__id__"} for r in records))
@@ -305,10 +299,10 @@ def prepare(cfg: DictConfig) -> Plan:
         raise ConfigError(
             "output_dir is empty; set output_dir=<directory for results.jsonl, dataset.jsonl, manifest.json>"
         )
-    api = _plain(cfg.get("teacher_api")) or {}
+    api = to_plain(cfg.get("teacher_api")) or {}
     if not api:
         raise ConfigError("no teacher: choose teacher_api=openai | vllm | local_hf")
-    gen = _plain(cfg.get("generation")) or {}
+    gen = to_plain(cfg.get("generation")) or {}
     unknown = sorted(set(gen) - set(API_PARAMS))
     if unknown:
         raise ConfigError(
@@ -363,7 +357,7 @@ def prepare(cfg: DictConfig) -> Plan:
         by_id[job.id] = job
         inputs.append(job)
     jobs = [j for j in inputs if j.copy_of is None]
-    input_key = hashlib.sha256(canonical_json([[j.id, j.record] for j in inputs]).encode()).hexdigest()
+    input_key = sha256_text(canonical_json([[j.id, j.record] for j in inputs]))
     return Plan(
         output_dir=Path(str(cfg.output_dir)).expanduser(),
         template=template,

@@ -17,15 +17,15 @@ templates), ``status`` ("ok" | "failed"), ``error`` (failed), ``attempts``, ``us
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from litdistill.core.io import atomic_write_text, canonical_json, sha256_text
 
 log = logging.getLogger("litdistill.generation")
 
@@ -38,49 +38,10 @@ class StoreLockedError(RuntimeError):
     """Another process is writing to the same output directory."""
 
 
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
 def record_key(messages: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], model: str) -> str:
     """sha256 of the prompt messages + generation settings + model: the identity of one result."""
     payload = canonical_json({"messages": [dict(m) for m in messages], "settings": dict(settings), "model": model})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:  # mkstemp makes 0600 files; keep the mode of the file replaced, else an ordinary 0644
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = 0o644
-        with contextlib.suppress(OSError, AttributeError):
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return sha256_text(payload)
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:

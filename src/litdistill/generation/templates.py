@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from litdistill.core.conf import config_dir, to_plain
+
 PARSERS = ("text", "label")
 _WORD = re.compile(r"[\w'-]+", re.UNICODE)
 
@@ -110,13 +114,7 @@ class PromptTemplate:
         if isinstance(cfg, str):
             return load_template(cfg)
         if not isinstance(cfg, Mapping):
-            try:
-                from omegaconf import DictConfig, OmegaConf
-
-                if isinstance(cfg, DictConfig):
-                    cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-            except ImportError:  # pragma: no cover
-                pass
+            cfg = to_plain(cfg)
         if not isinstance(cfg, Mapping):
             raise TemplateError(f"prompt must be a mapping or a template name, got {type(cfg).__name__}")
         known = {"name", "user", "system", "parser", "labels", "soft_labels", "top_logprobs", "description"}
@@ -273,8 +271,6 @@ def answer_token_alternatives(logprobs: Any) -> list[tuple[str, float]]:
 
 
 def templates_dir() -> Path:
-    from litdistill.core.conf import config_dir
-
     return config_dir() / "prompt"
 
 
@@ -285,7 +281,6 @@ def available_templates() -> list[str]:
 
 def load_template(name: str) -> PromptTemplate:
     """A shipped template by name (``conf/prompt/NAME.yaml``)."""
-    from omegaconf import OmegaConf
 
     path = templates_dir() / f"{name}.yaml"
     if not path.is_file():
@@ -296,4 +291,4 @@ def load_template(name: str) -> PromptTemplate:
     node = OmegaConf.load(path)
     if "prompt" in node and "user" not in node:  # a `# @package _global_` file
         node = node.prompt
-    return PromptTemplate.from_config(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+    return PromptTemplate.from_config(to_plain(node))

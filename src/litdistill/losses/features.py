@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litdistill.core.conf import to_plain
 from litdistill.core.hooks import capture_features
 from litdistill.core.outputs import ModelOutputs
 from litdistill.losses.base import DistillationLoss, masked_mean
@@ -94,21 +95,9 @@ def init_layers(student: nn.Module) -> list[int] | None:
     return [int(i) for i in layers] if layers is not None else None
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf ListConfig -> list, recursively (Hydra hands configs over as such)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
 def check_layer_map_spec(owner: str, spec: Any) -> Any:
     """Config-time check of the form of a layer map (ranges are checked at setup)."""
-    spec = _plain(spec)
+    spec = to_plain(spec)
     if isinstance(spec, str):
         if spec not in LAYER_MAPS:
             raise ValueError(
@@ -140,7 +129,7 @@ def resolve_layer_map(
     valid = f"layers {low}..{student_layers} (student) and {low}..{teacher_layers} (teacher)" + (
         "; 0 is the embedding output" if allow_embeddings else "; attention maps exist for blocks 1.. only"
     )
-    spec = _plain(spec)
+    spec = to_plain(spec)
     if isinstance(spec, str):
         if spec == "auto":
             spec = "init" if init is not None else "uniform"

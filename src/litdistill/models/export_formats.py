@@ -28,13 +28,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from litdistill.core.forward import MODEL_INPUTS
 from litdistill.core.io import atomic_file, atomic_write_bytes
 from litdistill.core.timing import median_ms, median_row
 from litdistill.models.loading import auto_class
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_FILE = "student.onnx"
 INT8_FILE = "student_int8.pt"
 

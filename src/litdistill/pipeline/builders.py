@@ -1,22 +1,30 @@
-"""Objects built from the composed config: the only place besides ``train`` that reads ``cfg``.
+"""The composed config turned into the objects the stages take: the one module that reads ``cfg``.
 
-Each builder returns a plain object or a factory, so the stages take what they need and never the
-config: a stage can be called from Python with objects built any other way.
+:func:`plan_run` builds a :class:`RunPlan` (factories, plain values, typed config nodes; nothing is
+loaded), so the stages take what they need and never the config: a stage can be called from Python
+with objects built any other way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from litdistill.cache.run import CacheRequest
+from litdistill.config.schema import ExportConfig, ReportConfig
+from litdistill.core.conf import to_plain
 from litdistill.losses import DistillationLoss
 from litdistill.training.checkpointing import AtomicCheckpointIO
+from litdistill.training.fault_tolerance import resume_checkpoint
+from litdistill.training.finetune import FinetuneJob, finetune_key
 from litdistill.training.safe_logger import guard_logger
 
 TrainerFactory = Callable[..., L.Trainer]
@@ -64,3 +72,138 @@ def optimizer_factories(cfg: DictConfig) -> tuple[Any, Any]:
 def cuts_teacher_layers(student_cfg: DictConfig | None) -> bool:
     """True when the student is cut from the teacher's layers (``student=from_teacher``)."""
     return bool(student_cfg) and str(student_cfg.get("_target_", "")).endswith("student_from_teacher")
+
+
+def teacher_finetune_key(cfg: DictConfig, teacher: DictConfig | None = None) -> str | None:
+    """The fine-tuned teacher's key (None without ``teacher_finetune``); ``teacher``: one member's node."""
+    if not cfg.get("teacher_finetune"):
+        return None
+    nodes = {k: OmegaConf.select(cfg, k) for k in ("teacher", "teacher_finetune", "data", "task", "tokenizer", "seed")}
+    return finetune_key({**nodes, "teacher": teacher if teacher is not None else cfg.teacher})
+
+
+def finetune_job(cfg: DictConfig, teacher: DictConfig | None = None) -> FinetuneJob:
+    """``teacher_finetune`` for the teacher (or one member of ``teacher=multi``) as a plain job."""
+    node = teacher if teacher is not None else cfg.teacher
+    spec = cfg.teacher_finetune
+    quantization = node.get("quantization")
+    return FinetuneJob(
+        max_steps=int(spec.max_steps),
+        lr=float(spec.lr),
+        warmup_ratio=float(spec.warmup_ratio),
+        cache_dir=Path(cfg.paths.cache_dir) / "teachers" / teacher_finetune_key(cfg, teacher),
+        task=str(cfg.task),
+        seed=int(cfg.seed),
+        dtype=str(node.get("dtype", "float32")),
+        quantization=quantization,
+        load_float=partial(instantiate, node, quantization=None) if quantization else None,
+    )
+
+
+def finetune_jobs(cfg: DictConfig) -> FinetuneJob | dict[str, FinetuneJob]:
+    """One job, or one per member of ``teacher=multi`` (each cached by its own config)."""
+    members = cfg.teacher.get("teachers") if str(cfg.teacher.get("_target_", "")).endswith("MultiTeacher") else None
+    if members:
+        return {name: finetune_job(cfg, node) for name, node in members.items()}
+    return finetune_job(cfg)
+
+
+def cache_request(cfg: DictConfig) -> CacheRequest | None:
+    """The ``cache`` group as a plain request (None without one)."""
+    cache = cfg.get("cache")
+    if not cache:
+        return None
+    return CacheRequest(
+        mode=str(cache.mode),
+        task=str(cfg.task),
+        teacher=to_plain(cfg.get("teacher")),
+        student=to_plain(cfg.get("student")),
+        finetune_key=teacher_finetune_key(cfg) if cfg.get("teacher") else None,
+        root=str(cache.root),
+        dir=None if cache.get("dir") is None else str(cache.dir),
+        splits=tuple(cache.get("splits") or ("train", "validation")),
+        outputs=str(cache.outputs),
+        k=int(cache.k),
+        dtype=str(cache.dtype),
+        codec=str(cache.codec),
+        hidden_states=to_plain(cache.get("hidden_states", "auto")),
+        shard_size=int(cache.shard_size),
+        batch_size=int(cache.batch_size),
+        verify=bool(cache.verify),
+        max_shards_in_memory=int(cache.max_shards_in_memory),
+        progress=bool(cache.progress),
+    )
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """``ckpt_path``, or with ``resume=true|auto`` the run directory's newest checkpoint."""
+    checkpoints = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    run_dir = Path(cfg.paths.output_dir)
+    return resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), checkpoints or run_dir / "checkpoints", run_dir)
+
+
+@dataclass
+class RunPlan:
+    """Everything a training run wires together, built from the config before anything is loaded."""
+
+    seed: int
+    task: str
+    out_dir: Path
+    ckpt_path: str | None
+    losses: dict[str, DistillationLoss]
+    optimizers: tuple[Any, Any]
+    make_datamodule: Callable[[], L.LightningDataModule]
+    make_trainer: TrainerFactory
+    make_student: StudentFactory | None  # None: no student configured (cache=build needs none)
+    load_teacher: Callable[[], nn.Module] | None  # None: teacher=null
+    teacher_target: str | None
+    teacher_source: str | None  # its hub name or folder, for the vocabulary check
+    student_source: str | None  # a pretrained student's, likewise
+    data_tokenizer_source: str | None
+    cuts_teacher_layers: bool
+    finetune: FinetuneJob | dict[str, FinetuneJob] | None
+    cache: CacheRequest | None
+    baseline: bool
+    teacher_placement: str
+    gradient_checkpointing: bool
+    report: ReportConfig
+    export: ExportConfig
+    log_model: Any
+    resolved: dict[str, Any]  # the config with every ${...} resolved (config.yaml, W&B)
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """The run's :class:`RunPlan`. Builds the loss terms (a bad value fails here) and finds the checkpoint
+    to resume from; loads no data and no model."""
+    teacher = cfg.get("teacher")
+    return RunPlan(
+        seed=int(cfg.seed),
+        task=str(cfg.task),
+        out_dir=Path(cfg.paths.output_dir),
+        ckpt_path=resume_from(cfg),
+        losses=build_losses(cfg.loss),
+        optimizers=optimizer_factories(cfg),
+        make_datamodule=partial(instantiate, cfg.data),
+        make_trainer=trainer_factory(cfg),
+        make_student=student_factory(cfg) if cfg.get("student") else None,
+        load_teacher=partial(instantiate, teacher) if teacher else None,
+        teacher_target=teacher.get("_target_") if teacher else None,
+        teacher_source=teacher.get("name_or_path") if teacher else None,
+        student_source=OmegaConf.select(cfg, "student.name_or_path", default=None),
+        data_tokenizer_source=cfg.get("tokenizer"),
+        cuts_teacher_layers=cuts_teacher_layers(cfg.get("student")),
+        finetune=finetune_jobs(cfg) if teacher and cfg.get("teacher_finetune") else None,
+        cache=cache_request(cfg),
+        baseline=bool(cfg.get("baseline")),
+        teacher_placement=str(cfg.get("teacher_placement", "shard")),
+        gradient_checkpointing=bool(cfg.get("student_gradient_checkpointing")),
+        report=_typed(cfg.get("report"), ReportConfig),
+        export=_typed(cfg.get("export"), ExportConfig),
+        log_model=OmegaConf.select(cfg, "logger.wandb.log_model", default=False),
+        resolved=OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
+    )
+
+
+def _typed(node: DictConfig | None, schema: type) -> Any:
+    """A typed node as its dataclass (the schema's defaults when the node is absent)."""
+    return OmegaConf.to_object(node) if node is not None else schema()

@@ -50,3 +50,16 @@ def fit_baseline(
     module = distillation_module(baseline, None, {"ce": HardCE()}, optimizers, task)
     make_trainer(logger=False, callbacks=[], enable_checkpointing=False).fit(module, datamodule=datamodule)
     return baseline
+
+
+def unsharded_models(
+    load_teacher: Callable[[], nn.Module] | None,
+    make_student: Callable[[nn.Module | None], nn.Module],
+    student_state: dict[str, Any],
+) -> tuple[nn.Module | None, nn.Module]:
+    """Rank 0 after FSDP (which sharded the models in place): a fresh teacher and a plain student
+    holding the trained weights, for the export and the report."""
+    teacher = load_teacher() if load_teacher is not None else None
+    student = make_student(teacher)
+    student.load_state_dict(student_state)
+    return teacher, student

@@ -6,7 +6,8 @@ quantized source for a layer-cut student and the layer maps before the fine-tuni
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 from torch import nn
@@ -15,10 +16,12 @@ from litdistill.cache.run import TeacherCacheRun
 from litdistill.models.compatibility import check_tokenizers
 from litdistill.models.layer_subset import refuse_quantized_source
 from litdistill.models.loading import load_tokenizer
-from litdistill.training.strategies import leave_process_group, start_ranks
+from litdistill.training.ddp_launch import start_ranks
+from litdistill.training.finetune import FinetuneJob, check_layer_maps, finetune_members, finetuned_teacher
+from litdistill.training.strategies import leave_process_group
 
 
-def load_teacher(load: Callable[[], nn.Module], source: str | None, data_tokenizer, *, cuts_layers: bool) -> nn.Module:
+def load_teacher(load: Callable[[], nn.Module], source: str | None, data_tokenizer, cuts_layers: bool) -> nn.Module:
     """The frozen teacher. ``source`` (its hub name or folder) is checked against the data tokenizer first."""
     if source:  # a vocabulary mismatch fails before any model loads
         check_tokenizers(load_tokenizer(source), data_tokenizer)
@@ -29,11 +32,19 @@ def load_teacher(load: Callable[[], nn.Module], source: str | None, data_tokeniz
 
 
 def finetune_teacher(
-    teacher: nn.Module, finetune: Callable[[nn.Module], nn.Module], check_layer_maps: Callable[[nn.Module], None]
+    teacher: nn.Module,
+    jobs: FinetuneJob | Mapping[str, FinetuneJob],
+    datamodule: L.LightningDataModule,
+    make_trainer: Callable[..., L.Trainer],
+    losses: Mapping[str, Any],
+    make_student: Callable[[nn.Module | None], nn.Module] | None,
 ) -> nn.Module:
-    """``teacher_finetune``: fit the teacher on the labels (cached by config); a bad layer map fails first."""
-    check_layer_maps(teacher)
-    return finetune(teacher)
+    """``teacher_finetune``: fit the teacher (each member of several, by name) on the labels, cached by
+    config. The losses' layer maps are resolved against the student first: a bad map fails before any step."""
+    check_layer_maps(dict(losses), teacher, make_student)
+    if isinstance(jobs, Mapping):
+        return finetune_members(teacher, jobs, datamodule, make_trainer)
+    return finetuned_teacher(teacher, jobs, datamodule, make_trainer)
 
 
 def run_cache(

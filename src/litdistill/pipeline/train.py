@@ -1,103 +1,76 @@
-"""The training entry: ``train(cfg)`` lists the stages and wires them; it is the one place that reads ``cfg``.
+"""The training entry: ``train(cfg)`` lists the stages and wires them.
 
-data -> teacher (load, fine-tune, cache) -> student -> fit -> baseline -> evaluate -> export -> report.
-Each stage is a function of its own module in this package and takes objects and plain values; the
-builders (:mod:`litdistill.pipeline.builders`) turn config nodes into those objects.
+check -> data -> teacher (load, fine-tune, cache) -> student -> fit -> baseline -> evaluate -> export
+-> report. Each stage is a function of its own module in this package and takes objects and plain
+values; :func:`litdistill.pipeline.builders.plan_run` turns the config into those (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from litdistill.cache.run import teacher_cache
 from litdistill.config.checks import check_config
-from litdistill.config.schema import ExportConfig, ReportConfig
-from litdistill.pipeline.builders import (
-    build_losses,
-    cuts_teacher_layers,
-    optimizer_factories,
-    student_factory,
-    trainer_factory,
-)
+from litdistill.pipeline.builders import plan_run
 from litdistill.pipeline.data import check_student_source, llm_labels_teacher, load_data
 from litdistill.pipeline.evaluate import evaluate_models
 from litdistill.pipeline.export import export
-from litdistill.pipeline.fit import fit, fit_baseline
+from litdistill.pipeline.fit import fit, fit_baseline, unsharded_models
 from litdistill.pipeline.report import write_outputs
 from litdistill.pipeline.student import build_student, distillation_module, losses_for
 from litdistill.pipeline.teacher import finetune_teacher, load_teacher, run_cache
 from litdistill.reporting.tracking import log_run
-from litdistill.training.fault_tolerance import resume_checkpoint
-from litdistill.training.finetune import check_layer_maps, finetune_members, finetuned_teacher
-from litdistill.training.strategies import gather_full_student, leave_process_group, pin_hydra_run_dir
+from litdistill.training.ddp_launch import pin_hydra_run_dir
+from litdistill.training.strategies import gather_full_student, leave_process_group
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # types, ranges, strategy, precision: refused before any data or model is loaded
     pin_hydra_run_dir()  # DDP children re-run this job in this job's directory
-    ckpt_path = resume_checkpoint(cfg)  # ckpt_path=, or resume=true: the run dir's last checkpoint
-    L.seed_everything(cfg.seed, workers=True)
-    out_dir, task = Path(cfg.paths.output_dir), cfg.task
-    losses, optimizers = build_losses(cfg.loss), optimizer_factories(cfg)
-    make_trainer, make_student = trainer_factory(cfg), student_factory(cfg)
-    report_cfg, export_cfg = _typed(cfg.get("report"), ReportConfig), _typed(cfg.get("export"), ExportConfig)
+    plan = plan_run(cfg)  # losses, factories, typed settings, the checkpoint to resume from; nothing loaded
+    L.seed_everything(plan.seed, workers=True)
 
-    datamodule = load_data(partial(instantiate, cfg.data))  # 1. data, read and checked
-    labels_teacher = llm_labels_teacher(datamodule, (cfg.get("teacher") or {}).get("_target_"))
-    cache = teacher_cache(cfg, losses, datamodule)  # cache=build|use|auto, None for none (docs/caching.md)
-    check_student_source(OmegaConf.select(cfg, "student.name_or_path", default=None), cfg.get("tokenizer"), datamodule)
+    datamodule = load_data(plan.make_datamodule)  # 1. data, read and checked
+    labels_teacher = llm_labels_teacher(datamodule, plan.teacher_target)  # data.teacher_labels: an LLM taught
+    cache = teacher_cache(plan.cache, plan.losses, datamodule)  # cache=build|use|auto (docs/caching.md)
+    check_student_source(plan.student_source, plan.data_tokenizer_source, datamodule)
     teacher = None
-    if cfg.get("teacher") and (cache is None or cache.needs_teacher):  # 2. teacher: load, fine-tune
-        source = cfg.teacher.get("name_or_path")
-        teacher = load_teacher(
-            partial(instantiate, cfg.teacher),
-            source,
-            datamodule.tokenizer,
-            cuts_layers=cuts_teacher_layers(cfg.get("student")),
-        )
-        if cfg.get("teacher_finetune"):
-            tune = finetune_members if hasattr(teacher, "teachers") else finetuned_teacher
+    if plan.load_teacher and (cache is None or cache.needs_teacher):  # 2. teacher: load, fine-tune
+        teacher = load_teacher(plan.load_teacher, plan.teacher_source, datamodule.tokenizer, plan.cuts_teacher_layers)
+        if plan.finetune is not None:
             teacher = finetune_teacher(
-                teacher, lambda t: tune(cfg, t, datamodule, make_trainer), lambda t: check_layer_maps(cfg, losses, t)
+                teacher, plan.finetune, datamodule, plan.make_trainer, plan.losses, plan.make_student
             )
-    if cache is not None:  # 3. teacher cache: build the store, or read it in place of the teacher
-        datamodule, teacher = run_cache(cache, teacher, make_trainer), None
+    if cache is not None:  # 3. teacher cache: build the store, then read it in place of the teacher
+        datamodule, teacher = run_cache(cache, teacher, plan.make_trainer), None
         if datamodule is None:  # cache=build: the store is written; nothing is trained
             return {"teacher_cache": cache.summary()}
-    batch_teacher = cache.teacher if cache is not None else labels_teacher  # its outputs arrive in the batches
-    teaches = teacher if teacher is not None else batch_teacher
-    student = build_student(make_student, teacher, cache, task, bool(cfg.get("student_gradient_checkpointing")))
-    module = distillation_module(student, teaches, losses_for(losses, teaches is not None), optimizers, task)
-    trainer = make_trainer()
-    fit(trainer, module, datamodule, ckpt_path, teacher, cfg.get("teacher_placement", "shard"))  # 4. fit
+    L.seed_everything(plan.seed, workers=True)  # the student starts alike, whatever the teacher stage drew
+    teaches = teacher if teacher is not None else cache.teacher if cache is not None else labels_teacher
+    student = build_student(plan.make_student, teacher, cache, plan.task, plan.gradient_checkpointing)  # 4.
+    module = distillation_module(
+        student, teaches, losses_for(plan.losses, teaches is not None), plan.optimizers, plan.task
+    )
+    trainer = plan.make_trainer()
+    fit(trainer, module, datamodule, plan.ckpt_path, teacher, plan.teacher_placement)  # 5. fit
     baseline = None
-    if cfg.get("baseline") and teaches is not None:  # 5. the same student on the labels alone
-        baseline = fit_baseline(make_student, teacher, datamodule, make_trainer, optimizers, task, cfg.seed)
-
+    if plan.baseline and teaches is not None:  # 6. the same student on the labels alone
+        baseline = fit_baseline(
+            plan.make_student, teacher, datamodule, plan.make_trainer, plan.optimizers, plan.task, plan.seed
+        )
     full_student = gather_full_student(trainer)  # FSDP: every rank takes part; None for other strategies
     if not trainer.is_global_zero:
         return {}
     leave_process_group()  # rank 0 evaluates alone: no metric may wait for the other ranks
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
-        teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
-        student = make_student(teacher)
-        student.load_state_dict(full_student)
+        teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
-    report = evaluate_models(models, datamodule, task, report_cfg, out_dir)  # 6. evaluate
-    exports = export(student, datamodule, out_dir, task, export_cfg, report_cfg)  # 7. export
+    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir)  # 7. evaluate
+    exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report)  # 8. export
     report.update({"exports": exports} if exports else {})
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    write_outputs(report, out_dir, trainer, OmegaConf.to_yaml(resolved), report_cfg.plots)  # 8. report
-    log_run(trainer, cfg, report, out_dir, resolved)  # W&B: config, report table, figures, student artifact
+    write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report
+    log_run(trainer, report, plan.out_dir, plan.resolved, plan.log_model)  # W&B: config, report, figures, student
     return report
-
-
-def _typed(node: DictConfig | None, schema: type) -> Any:
-    """A typed node as its dataclass (the schema's defaults when the node is absent)."""
-    return OmegaConf.to_object(node) if node is not None else schema()

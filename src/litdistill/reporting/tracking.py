@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from litdistill.training.safe_logger import logger_failed
 
@@ -91,29 +91,27 @@ def report_summary(report: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def log_model_enabled(cfg: DictConfig) -> bool:
-    value = OmegaConf.select(cfg, "logger.wandb.log_model", default=False)
+def log_model_enabled(value: Any) -> bool:
+    """``logger.wandb.log_model`` as a flag (W&B also takes ``"all"``; ``"false"`` is off)."""
     return bool(value) and str(value).lower() != "false"
 
 
-def log_run(trainer: Any, cfg: DictConfig, report: dict[str, Any], out_dir: str | Path, resolved: Any = None) -> int:
-    """Log config, report, figures (and the student) to each W&B run; returns how many runs.
-
-    ``resolved``: ``cfg`` already resolved to plain containers (the run's ``config.yaml``), so it is
-    resolved once per run; None resolves it here.
-    """
+def log_run(
+    trainer: Any, report: dict[str, Any], out_dir: str | Path, config: dict[str, Any], log_model: Any = False
+) -> int:
+    """Log config, report, figures (and, with ``log_model``, the student) to each W&B run of ``trainer``'s
+    loggers; returns how many runs. ``config``: the run's resolved config as plain containers."""
     runs = wandb_runs(trainer)
     if not runs:
         return 0
     import wandb
 
     out_dir = Path(out_dir)
-    config = resolved if resolved is not None else OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     columns, rows = report_rows(report)
     logged = 0
     for run in runs:
         try:
-            _log_one(run, wandb, cfg, config, report, out_dir, columns, rows)
+            _log_one(run, wandb, config, log_model_enabled(log_model), report, out_dir, columns, rows)
             logged += 1
         except Exception as e:  # noqa: BLE001 - the report is written already; W&B trouble must not fail the run
             log.warning("could not log the report to W&B run %s: %s", getattr(run, "id", "?"), e)
@@ -127,8 +125,8 @@ def log_run(trainer: Any, cfg: DictConfig, report: dict[str, Any], out_dir: str 
 def _log_one(
     run: Any,
     wandb: Any,
-    cfg: DictConfig,
     config: Any,
+    log_model: bool,
     report: dict[str, Any],
     out_dir: Path,
     columns: list[str],
@@ -145,9 +143,9 @@ def _log_one(
             payload[f"report/figures/{name}"] = wandb.Image(str(out_dir / file))
     run.log(payload)
     run.summary.update(report_summary(report))
-    if log_model_enabled(cfg) and (out_dir / "student").is_dir():
+    if log_model and (out_dir / "student").is_dir():
         artifact = wandb.Artifact(
-            f"student-{run.id}", type="model", metadata={"task": cfg.get("task"), "report": report_summary(report)}
+            f"student-{run.id}", type="model", metadata={"task": report.get("task"), "report": report_summary(report)}
         )
         artifact.add_dir(str(out_dir / "student"), name="student")
         for fmt, row in ((report.get("exports") or {}).get("formats") or {}).items():
@@ -155,4 +153,4 @@ def _log_one(
             if fmt != "pytorch" and file.is_file():
                 artifact.add_file(str(file), name=file.name)
         run.log_artifact(artifact)
-    log.info("logged config, report%s to W&B run %s", " and student artifact" if log_model_enabled(cfg) else "", run.id)
+    log.info("logged config, report%s to W&B run %s", " and student artifact" if log_model else "", run.id)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
 
 from litdistill.data.resumable import ResumableTrainOrder
 
@@ -55,9 +54,10 @@ class FaultTolerance(L.Callback):
 
     SIGTERM (a scheduler's preemption notice) is handled by Lightning: the current step finishes, then
     the fit stops with ``SIGTERMException``; this callback checkpoints at that point. The first Ctrl+C
-    (SIGINT) is turned into the same graceful stop; a second one stops at once. ``every_n_train_steps``
-    also writes ``last.ckpt`` every N optimizer steps, for hard kills (SIGKILL, node loss) that give no
-    notice (a monitored ModelCheckpoint defers step saves until its metric exists).
+    (SIGINT) is turned into the same graceful stop; a second one stops at once. Checkpoints every N
+    optimizer steps, for hard kills that give no notice (SIGKILL, node loss), are Lightning's
+    ``ModelCheckpoint(every_n_train_steps=N)`` (``callbacks.step_checkpoint`` in ``conf/callbacks/default.yaml``);
+    what Lightning lacks, and this callback adds to every checkpoint, is every rank's random state.
     """
 
     def __init__(
@@ -65,10 +65,8 @@ class FaultTolerance(L.Callback):
         dirpath: str | None = None,
         filename: str = "last",
         graceful_sigint: bool = True,
-        every_n_train_steps: int = 0,
     ) -> None:
         self.dirpath, self.filename, self.graceful_sigint = dirpath, filename, graceful_sigint
-        self.every_n_train_steps = every_n_train_steps
         self._pending_rng: dict[str, Any] | None = None
         self._previous_sigint: Any = None
         self._sigint_seen = False
@@ -108,14 +106,6 @@ class FaultTolerance(L.Callback):
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
             self._pending_rng = None
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        n, step = self.every_n_train_steps, trainer.global_step
-        if n and step % n == 0 and step != getattr(self, "_saved_at", None):  # per optimizer step, not micro-batch
-            self._saved_at = step
-            trainer.save_checkpoint(self.checkpoint_path(trainer))
 
     # ---- graceful stop --------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -166,25 +156,22 @@ class FaultTolerance(L.Callback):
             )
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    configured = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-    return Path(configured) if configured else Path(cfg.paths.output_dir) / "checkpoints"
-
-
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to start from: ``ckpt_path`` if set; with ``resume=true`` the newest checkpoint of
-    the run (``checkpoints/*.ckpt``, Lightning's SLURM ``hpc_ckpt_*.ckpt``), an error if there is none;
-    ``resume=auto`` the same, or a fresh start when there is none yet (requeued SLURM jobs)."""
-    if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
-    mode = cfg.get("resume")
+def resume_checkpoint(
+    ckpt_path: str | None, mode: bool | str | None, checkpoints: str | Path, run_dir: str | Path
+) -> str | None:
+    """The checkpoint to start from: ``ckpt_path`` if set; with ``resume=true`` (``mode``) the newest
+    checkpoint of the run (``<checkpoints>/*.ckpt``, Lightning's SLURM ``<run_dir>/hpc_ckpt_*.ckpt``),
+    an error if there is none; ``resume=auto`` the same, or a fresh start when there is none yet
+    (requeued SLURM jobs)."""
+    if ckpt_path:
+        return str(ckpt_path)
     if mode not in (True, False, None, "auto"):
         raise ValueError(f"resume={mode!r}; valid: false, true (a checkpoint must exist), auto (use one if present)")
     if not mode:
         return None
-    directory = checkpoint_dir(cfg)
+    directory = Path(checkpoints)
     # any checkpoint is a full training state: the newest one wins (never the hidden .tmp of a cut write)
-    found = [*directory.glob("*.ckpt"), *Path(cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt")]
+    found = [*directory.glob("*.ckpt"), *Path(run_dir).glob("hpc_ckpt_*.ckpt")]
     for leftover in directory.glob(".*.ckpt.*.tmp"):  # a write cut short by a hard kill: never a checkpoint
         leftover.unlink(missing_ok=True)
     if found:

@@ -7,17 +7,20 @@ so later runs and sweep trials load it instead of training it again.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, open_dict
-from transformers import PreTrainedModel
+import torch
+from torch import nn
 
+from litdistill.core.conf import to_plain
+from litdistill.core.io import canonical_json, sha256_text
 from litdistill.losses import HardCE
 from litdistill.models.loading import load_pretrained
 from litdistill.models.multi_teacher import MultiTeacher
@@ -28,15 +31,34 @@ from litdistill.training.optim import adamw, warmup_decay
 log = logging.getLogger(__name__)
 
 
-def finetune_key(cfg: DictConfig) -> str:
-    resolved = {
-        k: OmegaConf.select(cfg, k) for k in ("teacher", "teacher_finetune", "data", "task", "tokenizer", "seed")
-    }
-    parts = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in resolved.items()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One teacher's fine-tuning on the labels: the schedule, where the result is cached, how it loads.
+
+    ``load_float``: for a quantized teacher, a float copy loaded from the same source (packed 8/4-bit
+    weights cannot be trained); it is fine-tuned and cached in float, then loaded back quantized.
+    """
+
+    max_steps: int
+    lr: float
+    warmup_ratio: float
+    cache_dir: Path  # <cache>/teachers/<finetune_key>
+    task: str
+    seed: int
+    dtype: str = "float32"
+    quantization: str | None = None
+    load_float: Callable[[], nn.Module] | None = None
 
 
-def check_layer_maps(cfg: DictConfig, losses: dict[str, Any], teacher: Any) -> None:
+def finetune_key(parts: Mapping[str, Any]) -> str:
+    """The fine-tuned teacher's cache key: a hash of what decides its weights (teacher, schedule, data,
+    task, tokenizer, seed), given as plain values."""
+    return sha256_text(canonical_json({k: to_plain(v) for k, v in parts.items()}))[:16]
+
+
+def check_layer_maps(
+    losses: dict[str, Any], teacher: Any, make_student: Callable[[nn.Module | None], nn.Module] | None
+) -> None:
     """Resolve the layer maps of the configured losses before ``teacher_finetune`` spends its steps.
 
     A layer map (HiddenStateLoss, AttentionLoss: anything with ``layer_map``) is otherwise checked only
@@ -46,50 +68,41 @@ def check_layer_maps(cfg: DictConfig, losses: dict[str, Any], teacher: Any) -> N
     state is restored, so the run is unchanged; only a bad map (or student config) fails sooner.
     """
     mapped = [loss for loss in losses.values() if hasattr(loss, "layer_map")]
-    if not mapped or not cfg.get("student"):
+    if not mapped or make_student is None:
         return
-    import copy
-
-    import torch
-    from hydra.utils import instantiate
-
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):  # a from_config student seeds the RNG
-        student = instantiate(cfg.student)(teacher=getattr(teacher, "primary_model", teacher))
+        student = make_student(teacher)
         for loss in mapped:
             copy.deepcopy(loss).setup(student, teacher)
     del student
 
 
 def finetuned_teacher(
-    cfg: DictConfig, teacher: PreTrainedModel, datamodule: L.LightningDataModule, trainer_factory: Any
-) -> PreTrainedModel:
+    teacher: nn.Module, job: FinetuneJob, datamodule: L.LightningDataModule, trainer_factory: Any
+) -> nn.Module:
     """Return the cached fine-tuned teacher, or fine-tune ``teacher`` on the labels and cache it.
 
-    Packed 8-bit/4-bit weights cannot be trained: a quantized teacher (``teacher.quantization``) is
-    fine-tuned as a float copy loaded from the same source, cached in float, and quantized as it is
-    loaded back, so the distillation runs against the quantized model the config asked for.
+    The random state after this call is the same whether the cache was hit or not: the fine-tuning runs
+    from ``job.seed`` and the caller reseeds the next stage, so a cold and a warm cache give one student.
     """
-    spec = cfg.teacher_finetune
-    cache = Path(cfg.paths.cache_dir) / "teachers" / finetune_key(cfg)
-    quantization = cfg.teacher.get("quantization")
+    cache = Path(job.cache_dir)
     if not (cache / "config.json").is_file():
-        if quantization:
-            from hydra.utils import instantiate
-
+        if job.quantization and job.load_float is not None:
             del teacher
-            teacher = instantiate(cfg.teacher, quantization=None)
-        log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", spec.max_steps, cache)
+            teacher = job.load_float()
+        log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", job.max_steps, cache)
+        L.seed_everything(job.seed, workers=True)
         module = DistillationModule(
             teacher,
             None,
             {"ce": HardCE()},
-            optimizer=adamw(spec.lr),
-            scheduler=partial(warmup_decay, warmup_ratio=spec.get("warmup_ratio", 0.1)),
-            task=cfg.task,
+            optimizer=adamw(job.lr),
+            scheduler=partial(warmup_decay, warmup_ratio=job.warmup_ratio),
+            task=job.task,
         )
         trainer = trainer_factory(
-            max_steps=spec.max_steps,
+            max_steps=job.max_steps,
             max_epochs=-1,
             enable_checkpointing=False,
             logger=False,
@@ -101,25 +114,21 @@ def finetuned_teacher(
         if trainer.is_global_zero:
             export_student(teacher, datamodule.tokenizer, cache)
         trainer.strategy.barrier()  # every rank may read the cache next
-        if not quantization:
+        if not job.quantization:
             teacher.requires_grad_(False)
             return teacher.eval()
     log.info("loading fine-tuned teacher from %s", cache)
-    model = load_pretrained(
-        str(cache), task=cfg.task, dtype=cfg.teacher.get("dtype", "float32"), quantization=quantization
-    )
+    model = load_pretrained(str(cache), task=job.task, dtype=job.dtype, quantization=job.quantization)
     model.requires_grad_(False)
     return model.eval()
 
 
-def finetune_members(cfg: Any, teacher: MultiTeacher, datamodule: Any, trainer_factory: Any) -> MultiTeacher:
+def finetune_members(
+    teacher: MultiTeacher, jobs: Mapping[str, FinetuneJob], datamodule: Any, trainer_factory: Any
+) -> MultiTeacher:
     """``teacher_finetune`` for a MultiTeacher: each teacher is fine-tuned on the labels (all the
     training data) and cached by its own config, exactly as a single teacher would be."""
-
     for name in teacher.names:
-        member_cfg = cfg.copy()
-        with open_dict(member_cfg):
-            member_cfg.teacher = cfg.teacher.teachers[name]
-        teacher.teachers[name] = finetuned_teacher(member_cfg, teacher.teachers[name], datamodule, trainer_factory)
+        teacher.teachers[name] = finetuned_teacher(teacher.teachers[name], jobs[name], datamodule, trainer_factory)
     teacher.requires_grad_(False)
     return teacher.eval()

@@ -1,14 +1,14 @@
-"""Optimizer parameter groups and learning-rate schedules."""
+"""The optimizer (fused AdamW, decay groups) and the learning-rate schedule (transformers' schedulers)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
 
@@ -31,20 +31,22 @@ def parameter_groups(named: Sequence[tuple[str, nn.Parameter]]) -> list[dict]:
     return groups
 
 
+# our shape name -> transformers' scheduler name
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
 def warmup_decay(
     optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1, shape: str = "linear"
 ) -> LambdaLR:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear or cosine decay to zero."""
-    if shape not in ("linear", "cosine", "constant"):
-        raise ValueError(f"unknown schedule shape {shape!r}; valid: linear, cosine, constant")
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear or cosine decay to zero (or constant).
+
+    transformers' own schedulers (what its Trainer runs): the learning rate is 0 at step 0, rises
+    linearly to the peak at the end of the warm-up, and decays to 0 at ``num_training_steps``.
+    """
+    if shape not in SCHEDULES:
+        raise ValueError(f"scheduler.shape={shape!r} is not valid; valid values: {list(SCHEDULES)}")
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"scheduler.warmup_ratio={warmup_ratio!r} is not valid; it must be in [0, 1)")
     warmup = int(warmup_ratio * num_training_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if shape == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, num_training_steps - warmup)
-        return max(0.0, 1.0 - progress) if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return LambdaLR(optimizer, factor)
+    kwargs = {} if shape == "constant" else {"num_training_steps": num_training_steps}
+    return get_scheduler(SCHEDULES[shape], optimizer, num_warmup_steps=warmup, **kwargs)

@@ -1,10 +1,9 @@
-"""Scale-out: strategy and precision checks made before any model is loaded, and what each strategy needs.
+"""Scale-out: what each strategy needs, and the names of the strategies and precisions litdistill runs.
 
-(``litdistill.config.checks.check_scaling`` refuses what cannot work, before any model loads.)
-``pin_hydra_run_dir`` makes Lightning's DDP launcher start
-its child processes in this job's output directory; ``ddp_launch_scope`` undoes what that launcher
-leaves in the environment, so the next job of a multirun starts its own ranks. ``configure_strategy``
-places the frozen teacher under FSDP (sharded like the student, or replicated on every rank).
+``configure_strategy`` places the frozen teacher under FSDP (sharded like the student, or replicated
+on every rank); ``gather_full_student`` brings the FSDP-trained student back whole. The refusals of
+what cannot work run before any model loads (``litdistill.config.checks.check_scaling``); the
+workarounds for Lightning's DDP launcher are in ``litdistill.training.ddp_launch``.
 """
 
 from __future__ import annotations
@@ -13,14 +12,11 @@ import json
 import logging
 import os
 import re
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, read_write
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -28,22 +24,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "bf16-true")
 PRECISION_ALIASES = {"32-true": "32"}
 TEACHER_PLACEMENTS = ("shard", "replicate")
-# What Lightning's _SubprocessScriptLauncher writes into the launching process's os.environ for good.
-_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # DeepSpeedStrategy reads its config from the JSON file this names when none is given.
 DEEPSPEED_CONFIG_ENV = "PL_DEEPSPEED_CONFIG_PATH"
-# Hydra overrides a DDP child must not repeat: it runs once, in this job's directory (Lightning adds those).
-_PARENT_ONLY = (
-    "hydra.mode",
-    "hydra.run.dir",
-    "hydra.sweep",
-    "hydra.launcher",
-    "hydra/launcher",
-    "hydra.sweeper",
-    "hydra/sweeper",
-    "hydra.job.name",
-    "hydra.output_subdir",
-)
 
 
 def strategy_kind(strategy: Any) -> tuple[str, int | None]:
@@ -90,83 +72,11 @@ def _zero_stage(config: Any, default: int) -> int:
     return int(stage if stage is not None else default)
 
 
-@contextmanager
-def ddp_launch_scope() -> Iterator[None]:
-    """Run one job; afterwards put back the launch variables as they were before it, if this process is no
-    launcher's child.
-
-    Lightning's DDP launcher sets LOCAL_RANK=0, WORLD_SIZE, MASTER_PORT... in the process that starts the
-    ranks and never removes them. The next job of a Hydra multirun, in the same process, would then take
-    itself for a rank started from outside, start no ranks and wait for them forever. A process that
-    found LOCAL_RANK already set (a DDP child, a torchrun rank) keeps its environment untouched; under
-    SLURM, whose environment sets only MASTER_ADDR/MASTER_PORT, the next job derives them again.
-    """
-    before = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
-    try:
-        yield
-    finally:
-        if before["LOCAL_RANK"] is None:
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
-
 def normalize_precision(precision: Any) -> str:
     value = PRECISION_ALIASES.get(str(precision), str(precision))
     if value not in PRECISIONS:
         raise ValueError(f"trainer.precision={precision!r} is not supported; valid values: {', '.join(PRECISIONS)}")
     return value
-
-
-def pin_hydra_run_dir() -> None:
-    """Make Lightning's DDP launcher re-run *this job* in *this job's* directory.
-
-    Lightning starts ranks 1..N-1 by re-executing ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>``.
-    From ``litdistill -m ...`` that would start a new sweep in each child, in a fresh directory. So the
-    launching process rewrites ``sys.argv`` to this job's own overrides (no ``-m``) and points ``run.dir``
-    at the job's output directory. A no-op outside Hydra and in processes a launcher already started.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized():
-        return
-    import __main__
-
-    hydra_cfg = HydraConfig.get()
-    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", throw_on_missing=False)
-    if not output_dir:  # composed, not run by Hydra (tests, notebooks): nothing would re-run it
-        return
-    keep = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(_PARENT_ONLY)]
-    script = sys.argv[0] if getattr(__main__, "__spec__", None) else getattr(__main__, "__file__", sys.argv[0])
-    sys.argv = [script, *hydra_cfg.overrides.task, *keep]
-    with read_write(hydra_cfg):
-        hydra_cfg.run.dir = output_dir
-
-
-def start_ranks(trainer: L.Trainer) -> None:
-    """Start the strategy's ranks now and join their process group, as ``trainer.fit`` would.
-
-    Building the teacher cache (``cache=build``, or ``cache=auto`` without a store) runs before any fit.
-    Lightning's DDP launcher starts ranks 1..N-1 only at a fit, so without this the launching process
-    would build every shard alone. Each rank started here re-runs the job up to this point and builds
-    its own ``shards[rank::world]``; ranks started from outside (torchrun, SLURM) just join the group.
-    A no-op for one process, when a group is already running (teacher fine-tuning under DDP started the
-    ranks), and for launchers that run a function in fresh processes (``ddp_spawn``, ``ddp_notebook``):
-    those build in one process.
-    """
-    import torch.distributed as dist
-    from lightning.pytorch.strategies.launchers.subprocess_script import (
-        _SubprocessScriptLauncher,
-    )
-
-    strategy = trainer.strategy
-    world = int(getattr(strategy, "num_processes", 1)) * int(getattr(strategy, "num_nodes", 1))  # world_size is 1 yet
-    if world < 2 or (dist.is_available() and dist.is_initialized()):
-        return
-    if isinstance(strategy.launcher, _SubprocessScriptLauncher):
-        strategy.launcher.launch(strategy.setup_environment, trainer=trainer)
 
 
 def gather_full_student(trainer: L.Trainer) -> dict[str, Any] | None:
@@ -186,16 +96,6 @@ def gather_full_student(trainer: L.Trainer) -> dict[str, Any] | None:
     with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, full):
         state = root.state_dict()
     return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-
-
-def unsharded_models(cfg: DictConfig, student_state: dict[str, Any]) -> tuple[nn.Module | None, nn.Module]:
-    """Rank 0 after FSDP: a fresh teacher from its config and a plain student holding the trained weights."""
-    from hydra.utils import instantiate
-
-    teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
-    student = instantiate(cfg.student)(teacher=teacher)
-    student.load_state_dict(student_state)
-    return teacher, student
 
 
 def leave_process_group() -> None:
