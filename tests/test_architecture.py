@@ -4,6 +4,7 @@ a cycle, the package root stays small, and train() stays the list of stages (doc
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ PACKAGE = REPO / "src" / "litdistill"
 LAZY_IMPORTS_ALLOWED = {
     "cli/__init__.py",
     "generation/__init__.py",
-    "generation/run.py",
+    "pipeline/generate.py",
     "generation/local.py",
 }
 
@@ -104,10 +105,17 @@ def test_train_is_a_short_list_of_stages():
 
 
 def test_only_the_entry_layer_reads_the_config():
-    """Stages take objects: no module of pipeline/ other than train.py and builders.py names ``cfg``."""
+    """Stages take objects: in pipeline/, only the commands' entries (train.py with builders.py, and
+    generate.py) name ``cfg``; no feature or core module takes a config at all."""
     readers = [
         p.name
         for p in (PACKAGE / "pipeline").glob("*.py")
-        if p.name not in {"train.py", "builders.py"} and "cfg" in p.read_text(encoding="utf-8")
+        if p.name not in {"train.py", "builders.py", "generate.py"} and "cfg" in p.read_text(encoding="utf-8")
     ]
     assert not readers, readers
+    features = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.parts[-2] not in {"pipeline", "cli", "config"} and re.search(r"\bDictConfig\b", p.read_text("utf-8"))
+    ]
+    assert not features, f"feature or core modules that take a DictConfig: {features}"

@@ -8,6 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from litdistill.config.checks import check_config
 from litdistill.core.conf import config_dir
 
 CONF = config_dir()
@@ -37,6 +38,9 @@ def test_every_config_option_composes_and_resolves(group, option, compose_train)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     if primary == "train":
         assert resolved["task"] in ("classification", "causal_lm")
+        if (group, option) == ("trainer", "fsdp"):  # refused with the shipped fine-tune and baseline, by design
+            cfg = compose_train([f"{group}={option}", "teacher_finetune=null", "baseline=false"])
+        check_config(cfg)  # every shipped option passes the config rules
 
 
 def test_models_take_num_labels_from_the_data_and_none_from_sft_data(compose_train):

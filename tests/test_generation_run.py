@@ -26,8 +26,8 @@ from litdistill.generation import (
     to_classification_records,
     to_sft_records,
 )
-from litdistill.generation.run import generate
 from litdistill.generation.store import read_jsonl
+from litdistill.pipeline.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ package = types.ModuleType("litdistill")
 package.__path__ = [sys.argv.pop(1)]
 sys.modules["litdistill"] = package
 from hydra import compose, initialize_config_dir
-from litdistill.generation.run import generate
+from litdistill.pipeline.generate import generate
 conf = sys.argv.pop(1)
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
     cfg = compose(config_name="generate", overrides=sys.argv[1:])
@@ -503,7 +503,7 @@ def test_bad_config_fails_before_any_request(extra, error, match, server, tmp_pa
 
 
 def test_inputs_from_txt_csv_and_config_with_stable_ids(tmp_path):
-    from litdistill.generation.run import load_inputs
+    from litdistill.pipeline.generate import load_inputs
 
     (tmp_path / "p.txt").write_text("What is aspirin?\n\nWhy rash?\n")
     recs, _ = load_inputs({"path": str(tmp_path / "p.txt"), "field": "prompt"})

@@ -13,12 +13,19 @@ from litdistill.config import schema as _schema  # noqa: F401  (registers the ty
 from litdistill.core import conf as _conf  # noqa: F401  (registers the OmegaConf resolvers)
 
 __version__ = "0.1.0"
+# the public names, where they live (docs/architecture.md has the full map)
 _LAZY = {
     "DistillationModule": "litdistill.training.module",
     "NonFiniteLossError": "litdistill.training.module",
     "DistillationLoss": "litdistill.losses",
     "HardCE": "litdistill.losses",
     "SoftTargetKL": "litdistill.losses",
+    "build_loss": "litdistill.losses",
+    "student_from_teacher": "litdistill.models.layer_subset",
+    "load_pretrained": "litdistill.models.loading",
+    "from_config": "litdistill.models.loading",
+    "MultiTeacher": "litdistill.models.multi_teacher",
+    "train": "litdistill.pipeline.train",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -25,7 +25,7 @@ def _train(cfg: DictConfig) -> None:
 
 
 def _generate(cfg: DictConfig) -> None:
-    from litdistill.generation.run import generate
+    from litdistill.pipeline.generate import generate
 
     generate(cfg)
 

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from litdistill.cache.run import MODES as CACHE_MODES
+from litdistill.config.schema import SCHEMAS
 from litdistill.core.forward import TASKS
 from litdistill.training.strategies import TEACHER_PLACEMENTS, normalize_precision, strategy_kind
 
@@ -25,6 +26,7 @@ RESUME_MODES = (True, False, None, "auto")
 
 def check_config(cfg: DictConfig) -> None:
     """Run every check below; the first failing one raises ``ValueError``."""
+    check_typed_nodes(cfg)
     check_task(cfg)
     check_resume(cfg)
     check_report(cfg.get("report"))
@@ -45,6 +47,16 @@ def _choice(key: str, value: Any, valid: Iterable[Any]) -> None:
 def _at_least(key: str, value: Any, low: float) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
         raise ValueError(f"{key}={value!r} is not valid; it must be a number >= {low}")
+
+
+def check_typed_nodes(cfg: DictConfig) -> None:
+    """A key added to a typed node with ``+`` (Hydra lets it through the schema) is a typo: refuse it."""
+    for node, schema in SCHEMAS.items():
+        extra = sorted(set(cfg.get(node) or {}) - set(schema.__dataclass_fields__))
+        if extra:
+            raise ValueError(
+                f"{node}.{extra[0]} is not a key of {node}; valid keys: {sorted(schema.__dataclass_fields__)}"
+            )
 
 
 def check_task(cfg: DictConfig) -> None:

@@ -1,5 +1,5 @@
 """Typed schemas of the config nodes that hold plain values (``report``, ``export``, ``teacher_finetune``,
-``cache``), registered in Hydra's ConfigStore.
+``cache``; ``generation`` and ``input`` of ``litdistill generate``), registered in Hydra's ConfigStore.
 
 ``conf/train.yaml`` puts each schema under its node (``schema/report@report`` in its defaults), so
 Hydra merges the YAML and the command line over a dataclass: a wrong type (``report.threads=two``)
@@ -70,18 +70,42 @@ class CacheConfig:
     progress: bool = True
 
 
+@dataclass
+class GenerationConfig:
+    """``litdistill generate``: the chat-completions settings (part of every result's key)."""
+
+    temperature: float = 0.0
+    max_tokens: int = 512
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Any = None  # a string or a list of them
+
+
+@dataclass
+class PromptInputConfig:
+    """``litdistill generate``: where the prompts come from."""
+
+    path: Any = None  # a file, or a list of files
+    field: str = "prompt"
+    id_field: str = "id"
+    prompts: Any = None  # the prompts themselves: strings or {prompt:, id:} mappings
+    limit: int | None = None
+
+
+# node -> schema, for train.yaml's nodes and for generate.yaml's
 SCHEMAS = {
     "report": ReportConfig,
     "export": ExportConfig,
     "teacher_finetune": TeacherFinetuneConfig,
     "cache": CacheConfig,
 }
+GENERATE_SCHEMAS = {"generation": GenerationConfig, "input": PromptInputConfig}
 
 
 def register_schemas() -> None:
     """Store each schema as ``schema/<node>`` for the defaults lists (idempotent)."""
     store = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
+    for name, node in {**SCHEMAS, **GENERATE_SCHEMAS}.items():
         store.store(group="schema", name=name, node=node)
 
 

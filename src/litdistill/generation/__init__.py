@@ -34,7 +34,6 @@ __all__ = [
     "ResultStore",
     "TemplateError",
     "Usage",
-    "generate",
     "load_generated",
     "load_template",
     "record_key",
@@ -48,8 +47,4 @@ def __getattr__(name: str) -> Any:  # heavy imports (torch, transformers, hydra)
         from litdistill.generation.local import LocalHFTeacher
 
         return LocalHFTeacher
-    if name == "generate":
-        from litdistill.generation.run import generate
-
-        return generate
     raise AttributeError(name)

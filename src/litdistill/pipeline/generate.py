@@ -33,6 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from litdistill.config import schema as _schema  # noqa: F401  (registers generate.yaml's typed nodes)
 from litdistill.core.conf import to_plain
 from litdistill.core.io import atomic_write_text, canonical_json, sha256_text
 from litdistill.generation.client import (
