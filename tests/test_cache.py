@@ -137,7 +137,7 @@ def test_topk_with_k_equal_vocab_is_the_full_loss(loss):
     s, t = torch.randn(2, 5, 40, dtype=torch.float64) * 2, torch.randn(2, 5, 40, dtype=torch.float64) * 3
     batch = {"token_mask": torch.rand(2, 5) > 0.3}
     dense = loss(ModelOutputs(logits=s), ModelOutputs(logits=t), batch)
-    sparse = loss(ModelOutputs(logits=s), ModelOutputs(topk=dense_to_topk(t, 40)), batch)
+    sparse = loss(ModelOutputs(logits=s), ModelOutputs(topk=dense_to_topk(t, 40, loss.temperature)), batch)
     torch.testing.assert_close(sparse.double(), dense.double(), atol=1e-5, rtol=1e-5)
 
 
@@ -320,6 +320,49 @@ def test_cached_topk_batches_line_up_with_real_tokens_and_losses_stay_within_tol
     assert torch.isfinite(total) and all(
         torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None
     )
+
+
+def test_a_store_captured_at_t2_reads_back_exact_tempered_targets_and_refuses_other_temperatures(tmp_path):
+    """cache at T=2: the teacher is tempered before its top k; the rows carry T, the loss at T=2 equals
+    the coarse KL of the tempered teacher computed online, and a loss at T=1 is refused."""
+    from dataclasses import replace
+
+    from litdistill.core.outputs import outputs_in_batch
+
+    teacher, sources, spec, key = causal_store_inputs(k=64, dtype="float32")
+    store = TeacherStore(tmp_path / "s", {**key, "topk_temperature": 2.0})
+    manifest = build_store(store, teacher, sources, replace(spec, temperature=2.0), batch_size=4, progress=False)
+    assert manifest["topk_temperature"] == 2.0
+    student = tiny_llama(1, seed=3, head_scale=10.0)
+    batch = align_labels(cached_batches(store, sources, "train", "causal_lm")[0], "causal_lm")
+    cached = outputs_in_batch(batch)
+    assert cached.topk.temperature == 2.0
+    with torch.no_grad():
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        t_logits, s_logits = (m(**inputs).logits[:, :-1] for m in (teacher, student))
+    online = ForwardKL(temperature=2.0)(
+        ModelOutputs(logits=s_logits), ModelOutputs(topk=dense_to_topk(t_logits, 64, 2.0)), batch
+    )
+    got = ForwardKL(temperature=2.0)(ModelOutputs(logits=s_logits), cached, batch)
+    torch.testing.assert_close(got, online, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="captured at temperature 2, the loss runs at 1"):
+        ForwardKL()(ModelOutputs(logits=s_logits), cached, batch)
+
+
+def test_the_run_captures_top_k_at_the_losses_temperature_and_keys_it(compose_train):
+    from hydra.utils import instantiate
+
+    from litdistill.cache.run import TeacherCacheRun
+
+    cfg = compose_train(["experiment=tiny_causal", "cache=build", "student=tiny_llama"])
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    at_2 = TeacherCacheRun(cache_request(cfg), {"kd": ForwardKL(temperature=2.0), "ce": HardCE()}, data)
+    assert at_2.spec.temperature == 2.0 and at_2.key["topk_temperature"] == 2.0
+    at_1 = TeacherCacheRun(cache_request(cfg), {"kd": ForwardKL(), "ce": HardCE()}, data)
+    assert at_1.spec.temperature == 1.0 and "topk_temperature" not in at_1.key  # T=1 stores keep their keys
+    with pytest.raises(ValueError, match="captured at one temperature, but the losses reading it use"):
+        TeacherCacheRun(cache_request(cfg), {"a": ForwardKL(temperature=2.0), "b": ReverseKL()}, data)
 
 
 def test_key_mismatch_is_refused_naming_the_field(tmp_path):

@@ -42,6 +42,8 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     report = json.loads((run / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
+    steps = {name: row.get("train_steps") for name, row in report["models"].items()}
+    assert steps["baseline"] == steps["student"] > 0 and steps["teacher"] is None  # the baseline trained alike
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
     config = (run / "config.yaml").read_text()
     assert "temperature: 3" in config and "${" not in config and f"output_dir: {run}" in config  # resolved

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 
 from litdistill.config.checks import check_config
@@ -97,6 +98,12 @@ def test_the_cli_refuses_before_any_model_loads_and_writes_no_run(tmp_path):
     for args, message in (
         (["report.threads=two"], "full_key: report.threads"),
         (["data.batch_size=0"], "data.batch_size=0 is not valid"),
+        (["+trainer.strategy=foo"], "trainer: ValueError: You selected an invalid strategy name: `strategy='foo'`"),
+        *(
+            [(["trainer=ddp"], "trainer: MisconfigurationException: No supported gpu backend found!")]
+            if not torch.cuda.is_available()
+            else []
+        ),
     ):
         proc = subprocess.run(["litdistill", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -109,3 +116,44 @@ def test_the_generate_command_types_its_settings(compose_train):
     with pytest.raises(ConfigCompositionException) as error:
         compose_train(["generation.max_tokens=lots"], config_name="generate")
     assert "full_key: generation.max_tokens" in str(error.value.__cause__)
+
+
+def test_a_bad_cut_or_a_small_teacher_vocabulary_is_refused_before_the_teacher_is_fine_tuned(tmp_path):
+    """The teacher is loaded (from its config: tiny), checked, and refused before any fine-tuning step."""
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for args, message in (
+        (
+            ["student.layers=[0,7]"],
+            "student.layers=[0, 7], student.every=None: layer indices [7] out of range: "
+            "the teacher has 4 layers (0..3)",
+        ),
+        (
+            ["teacher.config.vocab_size=1000"],
+            "the teacher's embedding has vocab_size=1000 rows, but the data tokenizer",
+        ),
+    ):
+        proc = subprocess.run(
+            ["litdistill", "experiment=tiny", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "cache" / "teachers").exists()  # no fine-tuned teacher was written
+
+
+def test_a_key_like_value_in_a_new_training_override_is_refused_before_hydra_writes_anything(tmp_path):
+    pasted = "sk-" + "a1B2c3D4" * 4
+    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        ["litdistill", "experiment=tiny", f"+foo={pasted}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "the value given to foo looks like an API key" in proc.stderr
+    assert pasted not in proc.stdout + proc.stderr and not (tmp_path / "outputs").exists()

@@ -59,7 +59,7 @@ def test_student_coarse_gradcheck_and_teacher_side_unchanged():
     valid, anchored = _anchored_ids(ids)
     z = (torch.randn(6, 30, dtype=torch.float64) * 2).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: _StudentCoarse.apply(x, anchored, valid), (z,))
-    topk = TopK(torch.full((6, 5), -2.0, dtype=torch.float64), ids, torch.full((6,), -0.5, dtype=torch.float64))
+    topk = TopK(torch.full((6, 5), -2.0, dtype=torch.float64), ids, torch.full((6,), -0.5, dtype=torch.float64), 2.0)
     s_c, t_c = coarse_log_probs(z, topk, temperature=2.0)
     torch.testing.assert_close(s_c, _reference(z / 2.0, ids), atol=1e-12, rtol=0)
     assert torch.isfinite(t_c).all()

@@ -67,6 +67,7 @@ class StoreSpec:
     hidden_layers: tuple[int, ...] = ()  # teacher layers (hidden_states indices, 0 = embeddings) stored raw
     hidden_size: int | None = None  # the teacher's; None: taken from the loaded teacher at build
     teacher_layers: int | None = None  # the teacher's block count, likewise
+    temperature: float = 1.0  # top-k only: the teacher is tempered (logits / T) before its top k are taken
 
     def __post_init__(self) -> None:
         if self.outputs not in OUTPUTS:
@@ -116,6 +117,7 @@ class StoreSpec:
             "k": self.k if self.outputs == "topk" else None,
             "dtype": self.dtype,
             "codec": self.codec if self.outputs == "topk" else None,
+            "topk_temperature": self.temperature if self.outputs == "topk" else None,
             "row_unit": "token" if self.task == "causal_lm" else "example",
             "shard_size": self.shard_size,
             **hidden,
@@ -178,7 +180,8 @@ def build_shard(
     if spec.outputs == "logits":
         tensors = encode_logits(logits, spec.dtype)
     else:
-        tensors = encode_topk(dense_to_topk(logits, spec.k), width, spec.dtype, spec.codec)
+        topk = dense_to_topk(logits, spec.k, spec.temperature)  # tempered first: exact (losses/sparse.py)
+        tensors = encode_topk(topk, width, spec.dtype, spec.codec)
     if hidden:
         tensors.update(encode_hidden(torch.cat(hidden), hidden_counts, spec.dtype))
     return tensors, offsets, width

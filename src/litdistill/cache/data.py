@@ -74,6 +74,8 @@ class CachedCollate:
         batch = dict(self.collate([row for _, row in items]))
         batch["idx"] = torch.as_tensor(idx, dtype=torch.long)
         batch.update(self.teacher_fields(idx, batch))
+        if "teacher_topk_ids" in batch:  # the temperature the store's top-k distribution was tempered at
+            batch["teacher_topk_temperature"] = torch.full((len(idx),), self.reader.topk_temperature)
         batch.update(self.hidden_fields(idx, batch))
         return batch
 

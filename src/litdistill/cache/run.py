@@ -186,6 +186,25 @@ def plan_hidden(request: CacheRequest, losses: dict[str, DistillationLoss]) -> H
     return HiddenPlan(setting, tuple(layers), size if layers else None, depth if layers else None, reads)
 
 
+def topk_temperature(losses: dict[str, DistillationLoss]) -> float:
+    """The one temperature a top-k store is captured at: the teacher-reading logit losses' own.
+
+    A top-k store is exact only at the temperature it was tempered at (losses/sparse.py), so the logit
+    losses that read it must share one; different ones are refused, naming them.
+    """
+    temperatures = {
+        name: float(loss.temperature)
+        for name, loss in losses.items()
+        if loss.uses_teacher and isinstance(loss, (SoftTargetKL, TokenDivergence))
+    }
+    if len(set(temperatures.values())) > 1:
+        raise ValueError(
+            f"a top-k teacher cache is captured at one temperature, but the losses reading it use {temperatures}; "
+            "give them one temperature, or use cache.outputs=logits"
+        )
+    return next(iter(temperatures.values()), 1.0)
+
+
 def check_losses(losses: dict[str, DistillationLoss], outputs: str, hidden: HiddenPlan) -> None:
     """Cached teachers give logits (or top-k) and the stored hidden states: losses needing anything else
     (attention maps, hooked submodule outputs, unstored layers) are refused, naming what is missing."""
@@ -243,6 +262,7 @@ def cache_key(request: CacheRequest, datamodule: Any, spec: StoreSpec, splits: l
         "k": spec.k if spec.outputs == "topk" else None,
         "dtype": spec.dtype,
         "codec": spec.codec if spec.outputs == "topk" else None,
+        **({"topk_temperature": spec.temperature} if spec.outputs == "topk" and spec.temperature != 1.0 else {}),
         **({"hidden_layers": list(spec.hidden_layers), "hidden_size": spec.hidden_size} if spec.hidden_layers else {}),
     }
 
@@ -285,6 +305,7 @@ class TeacherCacheRun:
             hidden_layers=hidden.layers,
             hidden_size=hidden.size,
             teacher_layers=hidden.teacher_layers,
+            temperature=topk_temperature(losses) if outputs == "topk" else 1.0,
         )
         check_losses(losses, outputs, hidden)
         self.datamodule = datamodule

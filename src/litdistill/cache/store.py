@@ -77,6 +77,10 @@ class CorruptShardError(RuntimeError):
     """A shard's bytes do not hash to the manifest's sha256."""
 
 
+class CorruptStoreError(RuntimeError):
+    """A store's manifest or key file is not readable JSON."""
+
+
 class CacheMissingError(FileNotFoundError):
     """``cache=use`` found no complete store for this run's key."""
 
@@ -134,10 +138,7 @@ class TeacherStore:
         return self.path / f"{shard.name}.json"
 
     def manifest(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except FileNotFoundError:
-            return None
+        return _read_json(self.path / MANIFEST, "manifest")
 
     @property
     def complete(self) -> bool:
@@ -145,10 +146,7 @@ class TeacherStore:
         return manifest is not None and manifest.get("key") == self.key
 
     def stored_key(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.path / KEY_FILE).read_text())
-        except FileNotFoundError:
-            return None
+        return _read_json(self.path / KEY_FILE, "key file")
 
     def check_key(self) -> None:
         """Refuse a directory that holds a store for another key, naming the differing field."""
@@ -327,6 +325,7 @@ class ShardReader:
         self.root, self.split, self.verify, self.max_shards = Path(root), split, verify, max_shards
         self.outputs, self.codec = manifest["outputs"], manifest.get("codec", "raw")
         self.k, self.num_outputs = manifest.get("k"), manifest["num_outputs"]
+        self.topk_temperature = float(manifest.get("topk_temperature") or 1.0)
         entry = manifest["splits"][split]
         self.shards = entry["shards"]
         self.examples = entry["examples"]
@@ -416,6 +415,19 @@ def manifest_summary(manifest: Mapping[str, Any]) -> str:
         f"bytes/{unit} "
         f"({outputs}, {manifest.get('dtype')})"
     )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """A store's JSON file, None when absent; a damaged one is named with the way out."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptStoreError(
+            f"the teacher cache's {what} {path} is damaged ({error}); delete {path.parent} and rebuild the store "
+            "(litdistill cache=build <same overrides>)"
+        ) from error
 
 
 def read_key(path: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig
 
+from litdistill.cli.resume_guard import check_resume
 from litdistill.cli.secret_overrides import refuse_secrets
 from litdistill.core.conf import config_dir
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     refuse_secrets(argv)
     argv = _launch_args(_group_deletions(argv))
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
+    if command == "train":
+        check_resume(argv)  # a resume with other settings is refused before Hydra writes the run's record
     config_name, run = COMMANDS[command]
     sys.argv = [f"litdistill {command}", *argv]
     try:

@@ -14,13 +14,15 @@ class TopK:
     """A sparse next-token (or label) distribution: the k most likely entries plus the leftover mass.
 
     What an offline teacher cache stores for large vocabularies (see ``litdistill.cache`` and
-    ``litdistill.losses.sparse``). Log-probabilities are at temperature 1. A slot with ``ids < 0`` is
-    empty (padding, or an entry folded into the tail); its log-probability is ignored.
+    ``litdistill.losses.sparse``). Log-probabilities are of the teacher tempered at ``temperature``
+    (``softmax(z / T)``, tempered before the top k are taken, so the tail mass is exact too). A slot
+    with ``ids < 0`` is empty (padding, or an entry folded into the tail); its log-probability is ignored.
     """
 
     logprobs: Tensor  # [..., k] log p of the stored entries
     ids: Tensor  # [..., k] int64 entry ids (vocabulary or label ids); -1 marks an empty slot
     log_tail: Tensor  # [...] log of the probability mass outside the stored entries
+    temperature: float = 1.0  # the temperature the distribution was tempered at
 
     def argmax(self) -> Tensor:
         """Id of the most likely stored entry per row, [...]."""
@@ -58,7 +60,9 @@ def outputs_in_batch(batch: dict[str, Any]) -> ModelOutputs | None:
     if "teacher_logits" in batch:
         return ModelOutputs(logits=batch["teacher_logits"], hidden_states=hidden)
     if "teacher_topk_ids" in batch:
-        topk = TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"])
+        tempered = batch.get("teacher_topk_temperature")  # [B], one value: the store's capture temperature
+        t = float(tempered.reshape(-1)[0]) if tempered is not None and tempered.numel() else 1.0
+        topk = TopK(batch["teacher_topk_logprobs"], batch["teacher_topk_ids"], batch["teacher_topk_log_tail"], t)
         return ModelOutputs(topk=topk, hidden_states=hidden)
     return None
 

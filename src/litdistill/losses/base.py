@@ -130,6 +130,27 @@ def build_loss(name: str, **kwargs) -> DistillationLoss:
     return LOSSES[name](**kwargs)
 
 
+def kl_rows(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities [n, V] -> [n].
+
+    An entry with ``p = 0`` exactly (``logp = -inf``: a restricted vocabulary's ``-inf`` logits)
+    contributes 0, the limit of ``p log p``; the difference is masked *before* the product, so the
+    gradient there is 0 too (masking the product afterwards would leave ``0 * inf = NaN`` in backward).
+    ``p > 0`` where ``q = 0`` gives ``+inf``, the true value.
+    """
+    diff = torch.where(torch.isneginf(logp), torch.zeros((), dtype=logp.dtype, device=logp.device), logp - logq)
+    return (logp.exp() * diff).sum(-1)
+
+
+def check_widths(owner: str, student: Tensor, teacher: Tensor) -> None:
+    """Student and teacher rows must cover the same outputs (labels, or vocabulary entries)."""
+    if student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(
+            f"{owner}: the student's logits have {student.shape[-1]} entries per row, the teacher's "
+            f"{teacher.shape[-1]}; a logit loss needs one output space (the same labels, or one vocabulary)"
+        )
+
+
 def rows_and_mask(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Flatten logits to rows and return the boolean mask of rows that count.
 

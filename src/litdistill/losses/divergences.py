@@ -18,6 +18,7 @@ gradients in the plain losses but the chunked/fused versions treat them as const
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 
@@ -29,6 +30,8 @@ from litdistill.core.outputs import ModelOutputs
 from litdistill.losses.base import (
     DistillationLoss,
     Temperature,
+    check_widths,
+    kl_rows,
     rows_and_mask,
     teacher_logits,
     token_scale,
@@ -52,9 +55,7 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _kl_rows(logp: Tensor, logq: Tensor) -> Tensor:
-    """KL(p || q) per row from log-probabilities [n, V] -> [n]."""
-    return (logp.exp() * (logp - logq)).sum(-1)
+_kl_rows = kl_rows  # KL(p || q) per row, 0 where p = 0 (losses.base)
 
 
 def _log_mixture(logp: Tensor, logq: Tensor, w: float) -> Tensor:
@@ -63,9 +64,35 @@ def _log_mixture(logp: Tensor, logq: Tensor, w: float) -> Tensor:
 
 
 # ---- in-place building blocks of the closed-form gradients (chunked / fused losses) ---------------
+@functools.lru_cache(maxsize=64)
+def _dot_block(vocab: int) -> int | None:
+    """A divisor of ``vocab`` near 128 (between 64 and 1024), or None when it has none."""
+    divisors = [d for d in range(64, 1025) if vocab % d == 0]
+    return min(divisors, key=lambda d: abs(d - 128)) if divisors else None
+
+
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """``(a * b).sum(-1)`` for [n, V] tensors as n dot products: no [n, V] temporary."""
-    return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(a.shape[:-1])
+    """``(a * b).sum(-1)`` for [n, V] rows, accurate at large V, with no [n, V] temporary.
+
+    One dot product per row (a single ``bmm``) sums V products in one float32 accumulator: at
+    V = 32,000 it is ~200x less accurate than a summed elementwise product (measured 6e-5 vs 3e-7
+    relative). So each row is cut into blocks of ~128 entries (a divisor of V, as a view), one
+    ``bmm`` gives the [n, V/128] block sums, and those are summed: the same speed, the elementwise
+    product's accuracy. A vocabulary without such a divisor (30,522, 50,257) takes the elementwise
+    product 64 rows at a time (a [64, V] temporary).
+    """
+    n, vocab = a.shape
+    block = _dot_block(vocab)
+    if block is None:
+        out = torch.cat([(x * y).sum(-1) for x, y in zip(a.split(64), b.split(64))])
+    else:
+        parts = torch.bmm(a.reshape(-1, 1, block), b.reshape(-1, block, 1))  # [n * V/block, 1, 1]
+        out = parts.view(n, vocab // block).sum(-1)
+    holes = torch.isnan(out)
+    if bool(holes.any()):  # 0 * inf (a probability of 0 times a log-ratio of -inf): 0, as p log p -> 0
+        a_h, b_h = a[holes], b[holes]
+        out[holes] = torch.where(a_h == 0, torch.zeros((), dtype=out.dtype, device=out.device), a_h * b_h).sum(-1)
+    return out
 
 
 def _log_mixture_(logp: Tensor, logq: Tensor, w: float, out: Tensor, tmp: Tensor) -> Tensor:
@@ -201,7 +228,13 @@ class TokenDivergence(DistillationLoss):
         return torch.log_softmax(rows, -1, out=out)  # row-wise kernels: in place when rows is out
 
     def _scaled(self, values: Tensor, grad: Tensor, grad_scale: float = 1.0) -> tuple[Tensor, Tensor]:
-        """Apply ``factor`` to the values and ``grad_scale * factor / T`` to the gradient (in place)."""
+        """Apply ``factor`` to the values and ``grad_scale * factor / T`` to the gradient (in place).
+
+        A gradient entry ``0 * inf`` (a zero student probability at a ``-inf`` logit) is 0, its true
+        value; rows whose value is not finite keep their NaN, and the module stops on them.
+        """
+        if bool(torch.isnan(grad.sum())) and bool(torch.isfinite(values).all()):
+            grad.nan_to_num_(nan=0.0)
         scale = grad_scale * self.factor / self.temperature
         if scale != 1.0:
             grad.mul_(scale)
@@ -220,6 +253,7 @@ class TokenDivergence(DistillationLoss):
             return sparse_divergence(self, student, teacher, batch)
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, V], [N]
         t_rows, _ = rows_and_mask(teacher_logits(teacher, self.temperature), batch)  # [N, V]
+        check_widths(self.name, s_rows, t_rows)
         if not bool(mask.all()):  # compute only the real rows (one host sync; skips the copy when all are real)
             s_rows, t_rows = s_rows[mask], t_rows[mask]
         values = self.per_token(s_rows, t_rows)

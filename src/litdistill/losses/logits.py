@@ -9,9 +9,11 @@ from litdistill.core.outputs import ModelOutputs
 from litdistill.losses.base import (
     DistillationLoss,
     Temperature,
+    check_widths,
+    kl_rows,
     rows_and_mask,
     teacher_logits,
-    token_mean,
+    token_scale,
 )
 from litdistill.losses.sparse import sparse_soft_kl
 
@@ -37,10 +39,13 @@ class SoftTargetKL(DistillationLoss):
         t = self.temperature
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, C]
         t_rows, _ = rows_and_mask(teacher_logits(teacher, t), batch)  # [N, C]
+        check_widths(self.name, s_rows, t_rows)
+        if not bool(mask.all()):  # only the real rows enter the graph: NaN/inf in the others cannot reach a gradient
+            s_rows, t_rows = s_rows[mask], t_rows[mask]
         s_logp = F.log_softmax(s_rows.float() / t, dim=-1)
         t_logp = F.log_softmax(t_rows.float() / t, dim=-1)
-        kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [N]
-        return token_mean(kl, mask, batch) * t * t
+        kl = kl_rows(t_logp, s_logp)  # [n]
+        return kl.sum() * token_scale(mask.sum(), batch).to(kl.dtype) * t * t
 
 
 class HardCE(DistillationLoss):
@@ -58,9 +63,10 @@ class HardCE(DistillationLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, Tensor]) -> Tensor:
-        logits = student.logits.reshape(-1, student.logits.shape[-1]).float()  # [N, C]
+        logits = student.logits.reshape(-1, student.logits.shape[-1])  # [N, C]
         labels = batch["labels"].reshape(-1)  # [N]
-        per_row = F.cross_entropy(
-            logits, labels, ignore_index=-100, label_smoothing=self.label_smoothing, reduction="none"
-        )  # [N], 0 where ignored
-        return token_mean(per_row, labels != -100, batch)
+        labelled = labels != -100
+        if not bool(labelled.all()):  # only labelled rows enter the graph: NaN/inf elsewhere cannot reach a gradient
+            logits, labels = logits[labelled], labels[labelled]
+        per_row = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
+        return per_row.sum() * token_scale(labelled.sum(), batch).to(per_row.dtype)

@@ -31,12 +31,14 @@ flat tail the teacher never had and pull the student's tail towards it.)
 
 Temperature
 -----------
-The cache stores log-probabilities at T = 1, so at T = 1 everything above is exact. At T != 1 the
-stored entries are exact up to the normaliser (``p_i^(1/T)``), but the tail's tempered mass
-``sum_{j not in K} p_j^(1/T)`` depends on the tail's unknown shape; it is taken as if the tail were
-uniform over its ``m = V - |K|`` entries: ``log tail_T = log m + (log p_tail - log m) / T``. For T > 1
-this is an upper bound of the true tempered tail (Jensen), for T < 1 a lower bound. The student is
-tempered exactly.
+The tail's tempered mass ``sum_{j not in K} p_j^(1/T)`` depends on the tail's shape, which a store
+does not keep, so a top-k distribution is exact only at the temperature it was captured at. The
+cache therefore tempers the teacher first (``softmax(z / T)`` at the loss's T) and then takes the top
+k and the exact tail mass of that tempered distribution; the temperature is part of the store's key
+and travels with the rows (``TopK.temperature``). The loss tempers the student exactly and takes the
+teacher as stored, so every statement above holds at any T. A loss at another temperature than the
+store's (a different ``loss.kd.temperature``, a temperature schedule) is refused: its value could
+not be computed exactly.
 
 Empty slots (``ids < 0``: padding rows, entries folded into the tail by a codec) carry no mass on
 either side. Probabilities that are exactly zero are represented by the finite log-probability
@@ -80,18 +82,20 @@ __all__ = [
 FLOOR = -1.0e4  # "no mass" as a finite log-probability
 
 
-def dense_to_topk(logits: Tensor, k: int) -> TopK:
-    """The top-``k`` log-probabilities (sorted, largest first), their ids and the exact log tail mass.
+def dense_to_topk(logits: Tensor, k: int, temperature: float = 1.0) -> TopK:
+    """The top-``k`` log-probabilities (sorted, largest first) of ``softmax(logits / temperature)``, their
+    ids and the exact log tail mass.
 
     ``logits`` [..., V]; computed in float32 (float64 stays float64). The tail is a log-sum-exp over
     the entries outside the top k (not ``log(1 - sum)``, which cancels catastrophically).
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    logp = F.log_softmax(logits.to(dtype), dim=-1)
+    z = logits.to(dtype)
+    logp = F.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
     k = min(int(k), logp.shape[-1])
     values, ids = logp.topk(k, dim=-1)
     tail = logp.scatter(-1, ids, FLOOR).logsumexp(-1).clamp_min(FLOOR)
-    return TopK(logprobs=values, ids=ids, log_tail=tail)
+    return TopK(logprobs=values, ids=ids, log_tail=tail, temperature=float(temperature))
 
 
 def _anchored_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,24 +163,26 @@ def student_coarse_log_probs(s_rows: Tensor, topk_ids: Tensor) -> Tensor:
 def coarse_log_probs(s_rows: Tensor, topk: TopK, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the k+1 coarsened outcomes, each [n, k+1].
 
-    ``s_rows`` [n, V] raw student logits; ``topk`` rows [n, k] / [n]. The last column is the tail
-    bucket. The teacher side is renormalised (``log_softmax``), so values rounded by a float16
-    store still form a distribution.
+    ``s_rows`` [n, V] raw student logits, tempered here by ``temperature``; ``topk`` rows [n, k] / [n],
+    captured at that same temperature (else ``ValueError``). The last column is the tail bucket. The
+    teacher side is renormalised (``log_softmax``), so values rounded by a float16 store still form a
+    distribution.
     """
     dtype = torch.promote_types(s_rows.dtype, torch.float32)
     t = float(temperature)
-    vocab = s_rows.shape[-1]
+    if not math.isclose(t, float(topk.temperature), rel_tol=1e-6):
+        raise ValueError(
+            f"the teacher's top-k distribution was captured at temperature {topk.temperature:g}, the loss runs at "
+            f"{t:g}: a top-k store is exact only at its own temperature (its tail's shape is not stored). Build the "
+            "store at the loss's temperature (cache=build with that loss; it is part of the key), keep the "
+            "temperature fixed (no temperature schedule with a top-k store), or use cache.outputs=logits"
+        )
     valid = topk.ids >= 0
     s = s_rows.to(dtype)
     s_coarse = student_coarse_log_probs(s / t if t != 1.0 else s, topk.ids)  # [n, k+1], tail exact
 
-    t_top = topk.logprobs.to(dtype)
-    t_top = torch.where(valid, t_top / t if t != 1.0 else t_top, FLOOR)
+    t_top = torch.where(valid, topk.logprobs.to(dtype), FLOOR)  # already tempered at t (checked above)
     log_tail = topk.log_tail.to(dtype).clamp_min(FLOOR)
-    if t != 1.0:  # tempered tail mass, as if the tail were uniform over its m entries (see module doc)
-        m = (vocab - valid.sum(-1)).to(dtype)
-        log_m = m.clamp_min(1.0).log()
-        log_tail = torch.where((m > 0) & (log_tail > FLOOR), log_m + (log_tail - log_m) / t, FLOOR)
     t_coarse = F.log_softmax(torch.cat([t_top, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
     return s_coarse, t_coarse
 
@@ -186,7 +192,12 @@ def sparse_rows(student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, T
     s_rows, mask = rows_and_mask(student.logits, batch)
     topk = teacher.topk
     k = topk.ids.shape[-1]
-    rows = TopK(topk.logprobs.reshape(-1, k), topk.ids.reshape(-1, k), topk.log_tail.reshape(-1))
+    rows = TopK(topk.logprobs.reshape(-1, k), topk.ids.reshape(-1, k), topk.log_tail.reshape(-1), topk.temperature)
+    if rows.ids.numel() and int(rows.ids.max()) >= s_rows.shape[-1]:
+        raise ValueError(
+            f"the cached teacher's top-k ids reach {int(rows.ids.max())}, but the student's logits have "
+            f"{s_rows.shape[-1]} entries: the store was built for a larger vocabulary than the student's"
+        )
     if rows.ids.shape[0] != s_rows.shape[0]:
         raise ValueError(
             f"cached teacher rows ({tuple(topk.ids.shape[:-1])}) do not line up with the student's logits "
@@ -196,7 +207,7 @@ def sparse_rows(student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, T
 
 
 def _select(rows: TopK, mask: Tensor) -> TopK:
-    return TopK(rows.logprobs[mask], rows.ids[mask], rows.log_tail[mask])
+    return TopK(rows.logprobs[mask], rows.ids[mask], rows.log_tail[mask], rows.temperature)
 
 
 def sparse_soft_kl(loss, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]) -> Tensor:

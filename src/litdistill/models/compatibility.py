@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from litdistill.models.loading import load_tokenizer
@@ -93,4 +94,17 @@ def check_output_spaces(teacher: PreTrainedModel, student: PreTrainedModel, task
         raise IncompatibleModelsError(
             f"teacher logits cover {tc.vocab_size} tokens, student logits {sc.vocab_size}; "
             "token-level losses need equal vocabularies (or use sequence-level distillation)"
+        )
+
+
+def check_vocabulary_covers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, role: str) -> None:
+    """The model's embedding must have a row for every id the data tokenizer produces (a model built
+    from a config with a smaller ``vocab_size`` would fail with an IndexError mid-training)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    needed = len(tokenizer)
+    if vocab is not None and vocab < needed:
+        raise IncompatibleModelsError(
+            f"the {role}'s embedding has vocab_size={vocab} rows, but the data tokenizer "
+            f"({getattr(tokenizer, 'name_or_path', '?')}) produces ids up to {needed - 1}: give the {role} "
+            f"vocab_size >= {needed} (e.g. {role}.config.vocab_size={needed}), or use its own tokenizer"
         )

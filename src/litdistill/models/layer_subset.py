@@ -33,6 +33,17 @@ def select_layers(num_layers: int, layers: list[int] | None, every: int | None) 
     return layers
 
 
+def check_cut(teacher: nn.Module, layers: list[int] | None = None, every: int | None = None) -> list[int]:
+    """The teacher blocks a ``student_from_teacher(teacher, layers, every)`` would keep, checked against
+    the teacher's depth without copying anything: a bad ``student.layers`` fails before fine-tuning."""
+    refuse_quantized_source(teacher)
+    _, stack = layer_stack(teacher)
+    try:
+        return select_layers(len(stack), layers, DEFAULT_EVERY if layers is None and every is None else every)
+    except ValueError as error:
+        raise ValueError(f"student.layers={layers}, student.every={every}: {error}") from error
+
+
 def student_from_teacher(
     teacher: PreTrainedModel, layers: list[int] | None = None, every: int | None = None
 ) -> PreTrainedModel:

@@ -7,6 +7,7 @@ with objects built any other way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +51,24 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     return instantiate(cfg.trainer, **kwargs)
 
 
+def check_trainer(make_trainer: TrainerFactory) -> None:
+    """Build the run's Trainer once and drop it: a strategy, accelerator, device count or precision that
+    Lightning cannot run here (``+trainer.strategy=foo``, ``trainer=ddp`` without a GPU) fails now, before
+    any data or model is loaded, not after the teacher's fine-tuning."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # its "GPU available" lines come with the real Trainer
+    try:
+        make_trainer(logger=False, callbacks=[], enable_checkpointing=False)
+    except Exception as error:  # noqa: BLE001  (Lightning raises ValueError, MisconfigurationException...)
+        cause = error.__cause__ or error
+        raise ValueError(
+            f"trainer: {type(cause).__name__}: {cause} (trainer groups: conf/trainer/; docs/scaling.md)"
+        ) from error
+    finally:
+        lightning_log.setLevel(level)
+
+
 def trainer_factory(cfg: DictConfig) -> TrainerFactory:
     """``factory(**overrides) -> Trainer``: the run's trainer, or a plain one for an extra stage."""
     return partial(build_trainer, cfg)
@@ -69,9 +88,12 @@ def optimizer_factories(cfg: DictConfig) -> tuple[Any, Any]:
     return instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.get("scheduler") else None
 
 
-def cuts_teacher_layers(student_cfg: DictConfig | None) -> bool:
-    """True when the student is cut from the teacher's layers (``student=from_teacher``)."""
-    return bool(student_cfg) and str(student_cfg.get("_target_", "")).endswith("student_from_teacher")
+def _student_cut(student: DictConfig | None) -> tuple[list[int] | None, int | None] | None:
+    """``(layers, every)`` of a student cut from the teacher's layers (``student=from_teacher``), else None."""
+    if not student or not str(student.get("_target_", "")).endswith("student_from_teacher"):
+        return None
+    layers = student.get("layers")
+    return (list(layers) if layers is not None else None), student.get("every")
 
 
 def teacher_finetune_key(cfg: DictConfig, teacher: DictConfig | None = None) -> str | None:
@@ -160,7 +182,7 @@ class RunPlan:
     teacher_source: str | None  # its hub name or folder, for the vocabulary check
     student_source: str | None  # a pretrained student's, likewise
     data_tokenizer_source: str | None
-    cuts_teacher_layers: bool
+    student_cut: tuple[list[int] | None, int | None] | None  # (layers, every) of a student cut from the teacher
     finetune: FinetuneJob | dict[str, FinetuneJob] | None
     cache: CacheRequest | None
     baseline: bool
@@ -176,6 +198,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     """The run's :class:`RunPlan`. Builds the loss terms (a bad value fails here) and finds the checkpoint
     to resume from; loads no data and no model."""
     teacher = cfg.get("teacher")
+    check_trainer(trainer_factory(cfg))
     return RunPlan(
         seed=int(cfg.seed),
         task=str(cfg.task),
@@ -191,7 +214,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         teacher_source=teacher.get("name_or_path") if teacher else None,
         student_source=OmegaConf.select(cfg, "student.name_or_path", default=None),
         data_tokenizer_source=cfg.get("tokenizer"),
-        cuts_teacher_layers=cuts_teacher_layers(cfg.get("student")),
+        student_cut=_student_cut(cfg.get("student")),
         finetune=finetune_jobs(cfg) if teacher and cfg.get("teacher_finetune") else None,
         cache=cache_request(cfg),
         baseline=bool(cfg.get("baseline")),

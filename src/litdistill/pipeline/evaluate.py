@@ -24,10 +24,12 @@ def evaluate_models(
     task: str,
     settings: ReportConfig,
     scratch_dir: str | Path,
+    train_steps: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics, agreement with the teacher, and CPU speed at equal threads and inputs.
 
-    ``scratch_dir``: where each model's safetensors are written for the size-on-disk column.
+    ``scratch_dir``: where each model's safetensors are written for the size-on-disk column;
+    ``train_steps``: the optimizer steps each trained model took (student and baseline), shown per row.
     """
     threads = settings.threads
     loader = datamodule.test_dataloader()
@@ -44,6 +46,8 @@ def evaluate_models(
         }
         if settings.disk_size:
             row["disk_mb"] = weights_on_disk_mb(model, scratch_dir)
+        if train_steps and name in train_steps:
+            row["train_steps"] = int(train_steps[name])
         rows[name] = row
     if settings.speed:
         timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}

@@ -42,14 +42,16 @@ def fit_baseline(
     optimizers: tuple[Any, Any],
     task: str,
     seed: int,
-) -> nn.Module:
-    """The same student, reseeded to the run's seed, trained on the labels alone for the same steps."""
+) -> tuple[nn.Module, int]:
+    """The same student, reseeded to the run's seed, trained on the labels alone for the same steps.
+    Returns it and the optimizer steps it took (the report shows them beside the student's)."""
     log.info("training the no-distillation baseline (same student, same steps, labels only)")
     L.seed_everything(seed, workers=True)
     baseline = make_student(teacher)
     module = distillation_module(baseline, None, {"ce": HardCE()}, optimizers, task)
-    make_trainer(logger=False, callbacks=[], enable_checkpointing=False).fit(module, datamodule=datamodule)
-    return baseline
+    trainer = make_trainer(logger=False, callbacks=[], enable_checkpointing=False)
+    trainer.fit(module, datamodule=datamodule)
+    return baseline, trainer.global_step
 
 
 def unsharded_models(

@@ -13,21 +13,30 @@ import lightning as L
 from torch import nn
 
 from litdistill.cache.run import TeacherCacheRun
-from litdistill.models.compatibility import check_tokenizers
-from litdistill.models.layer_subset import refuse_quantized_source
+from litdistill.models.compatibility import check_tokenizers, check_vocabulary_covers
+from litdistill.models.layer_subset import check_cut
 from litdistill.models.loading import load_tokenizer
 from litdistill.training.ddp_launch import start_ranks
 from litdistill.training.finetune import FinetuneJob, check_layer_maps, finetune_members, finetuned_teacher
 from litdistill.training.strategies import leave_process_group
 
+StudentCut = tuple[list[int] | None, int | None]  # a layer-cut student's (layers, every)
 
-def load_teacher(load: Callable[[], nn.Module], source: str | None, data_tokenizer, cuts_layers: bool) -> nn.Module:
-    """The frozen teacher. ``source`` (its hub name or folder) is checked against the data tokenizer first."""
-    if source:  # a vocabulary mismatch fails before any model loads
+
+def load_teacher(
+    load: Callable[[], nn.Module], source: str | None, data_tokenizer, student_cut: StudentCut | None
+) -> nn.Module:
+    """The frozen teacher, checked before any step is spent on it: ``source`` (its hub name or folder)
+    against the data tokenizer before it loads; then its embedding against the data's ids, and, for a
+    student cut from its layers (``student_cut``: the student's ``layers`` and ``every``), that cut
+    against its depth and its weights (packed 8/4-bit blocks cannot be copied into a student)."""
+    if source:
         check_tokenizers(load_tokenizer(source), data_tokenizer)
     teacher = load()
-    if cuts_layers:  # a student cut from packed 8/4-bit layers would train on garbage
-        refuse_quantized_source(getattr(teacher, "primary_model", teacher))
+    primary = getattr(teacher, "primary_model", teacher)
+    check_vocabulary_covers(primary, data_tokenizer, "teacher")
+    if student_cut is not None:
+        check_cut(primary, *student_cut)
     return teacher
 
 

@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_student_source(plan.student_source, plan.data_tokenizer_source, datamodule)
     teacher = None
     if plan.load_teacher and (cache is None or cache.needs_teacher):  # 2. teacher: load, fine-tune
-        teacher = load_teacher(plan.load_teacher, plan.teacher_source, datamodule.tokenizer, plan.cuts_teacher_layers)
+        teacher = load_teacher(plan.load_teacher, plan.teacher_source, datamodule.tokenizer, plan.student_cut)
         if plan.finetune is not None:
             teacher = finetune_teacher(
                 teacher, plan.finetune, datamodule, plan.make_trainer, plan.losses, plan.make_student
@@ -56,9 +56,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer = plan.make_trainer()
     fit(trainer, module, datamodule, plan.ckpt_path, teacher, plan.teacher_placement)  # 5. fit
-    baseline = None
+    baseline, steps = None, {"student": trainer.global_step}
     if plan.baseline and teaches is not None:  # 6. the same student on the labels alone
-        baseline = fit_baseline(
+        baseline, steps["baseline"] = fit_baseline(
             plan.make_student, teacher, datamodule, plan.make_trainer, plan.optimizers, plan.task, plan.seed
         )
     full_student = gather_full_student(trainer)  # FSDP: every rank takes part; None for other strategies
@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
         teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
-    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir)  # 7. evaluate
+    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir, steps)  # 7. evaluate
     exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report)  # 8. export
     report.update({"exports": exports} if exports else {})
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report

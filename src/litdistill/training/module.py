@@ -131,8 +131,10 @@ class DistillationModule(L.LightningModule):
             self.teacher.eval()
         return self
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning >= 2.2 does not call .train() for us, and from_pretrained models start in eval.
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning >= 2.2 does not call .train() for us, and from_pretrained models start in eval. Every
+        # batch, not once per epoch: a mid-epoch resume skips on_train_epoch_start, and the student would
+        # then train with dropout off until the epoch ends (a few microseconds a step).
         self.student.train()
         self.losses.train()
         if self.teacher is not None:
