@@ -42,6 +42,8 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     report = json.loads((run / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
+    output = proc.stdout + proc.stderr
+    assert output.count(f"run directory: {run}") == 1 and f"done; run directory: {run}" in output  # start, end
     steps = {name: row.get("train_steps") for name, row in report["models"].items()}
     assert steps["baseline"] == steps["student"] > 0 and steps["teacher"] is None  # the baseline trained alike
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
@@ -264,3 +266,29 @@ def test_default_run_transfers_from_a_competent_teacher(tmp_path):
     assert report["agreement"] >= 0.9 and student["f1"] >= 0.9 * teacher["f1"]
     assert report["speedup"] > 0 and report["models"]["teacher"]["params_m"] > 20  # the real 22.7M MiniLM
     assert "| student |" in proc.stdout
+
+
+def test_a_user_error_prints_one_line_and_keeps_the_traceback_in_the_run_directory(tmp_path):
+    """A missing data file: one message naming the key (no traceback on the console), exit 1, and the
+    traceback in <run dir>/error.log; LITDISTILL_DEBUG=1 brings the console traceback back."""
+    args = [
+        "data=files",
+        "data.data_files.train=missing.csv",
+        "data.data_files.validation=v.csv",
+        "data.data_files.test=t.csv",
+    ]
+    proc = run_cli(args, tmp_path, check=False)
+    run = only_run_dir(tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in output
+    assert f"FileNotFoundError: data.data_files.train=missing.csv: no such file (run directory: {run}" in output
+    assert "Traceback" in (run / "error.log").read_text() and "load_split_file" in (run / "error.log").read_text()
+    debug = subprocess.run(
+        ["litdistill", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "o2"), "LITDISTILL_DEBUG": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stdout + debug.stderr

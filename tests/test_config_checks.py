@@ -17,6 +17,17 @@ from litdistill.config.schema import SCHEMAS
 REPO = Path(__file__).resolve().parents[1]
 
 
+def litdistill(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """The real command, its outputs and caches under ``tmp_path``, offline."""
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.run(["litdistill", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -89,12 +100,6 @@ def test_the_shipped_recipes_pass_every_rule(compose_train):
 
 def test_the_cli_refuses_before_any_model_loads_and_writes_no_run(tmp_path):
     """Through the real command: the refusal names the key, and no output or cache appears."""
-    env = {
-        **os.environ,
-        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
-        "LITDISTILL_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-    }
     for args, message in (
         (["report.threads=two"], "full_key: report.threads"),
         (["data.batch_size=0"], "data.batch_size=0 is not valid"),
@@ -105,7 +110,7 @@ def test_the_cli_refuses_before_any_model_loads_and_writes_no_run(tmp_path):
             else []
         ),
     ):
-        proc = subprocess.run(["litdistill", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        proc = litdistill(args, tmp_path)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "cache").exists()  # no data written, no teacher fine-tuned
 
@@ -120,12 +125,6 @@ def test_the_generate_command_types_its_settings(compose_train):
 
 def test_a_bad_cut_or_a_small_teacher_vocabulary_is_refused_before_the_teacher_is_fine_tuned(tmp_path):
     """The teacher is loaded (from its config: tiny), checked, and refused before any fine-tuning step."""
-    env = {
-        **os.environ,
-        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
-        "LITDISTILL_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-    }
     for args, message in (
         (
             ["student.layers=[0,7]"],
@@ -137,23 +136,13 @@ def test_a_bad_cut_or_a_small_teacher_vocabulary_is_refused_before_the_teacher_i
             "the teacher's embedding has vocab_size=1000 rows, but the data tokenizer",
         ),
     ):
-        proc = subprocess.run(
-            ["litdistill", "experiment=tiny", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+        proc = litdistill(["experiment=tiny", *args], tmp_path)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
         assert not (tmp_path / "cache" / "teachers").exists()  # no fine-tuned teacher was written
 
 
 def test_a_key_like_value_in_a_new_training_override_is_refused_before_hydra_writes_anything(tmp_path):
     pasted = "sk-" + "a1B2c3D4" * 4
-    env = {**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"), "LITDISTILL_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        ["litdistill", "experiment=tiny", f"+foo={pasted}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = litdistill(["experiment=tiny", f"+foo={pasted}"], tmp_path)
     assert proc.returncode == 2 and "the value given to foo looks like an API key" in proc.stderr
     assert pasted not in proc.stdout + proc.stderr and not (tmp_path / "outputs").exists()

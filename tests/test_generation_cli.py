@@ -123,3 +123,43 @@ def test_a_normal_run_writes_its_config_and_no_secret_anywhere(server, tmp_path)
     assert f"base_url: http://{host}?token=***" in config and "alice" not in config
     for needle in (password, token, SECRET):
         assert needle not in proc.stdout + proc.stderr and not files_holding(tmp_path, needle), needle
+
+
+def test_sigterm_stops_generate_with_143_and_no_traceback(tmp_path):
+    """A scheduler's SIGTERM: the results so far are kept, the exit status is 143 as for training, and the
+    console shows one line, not a traceback."""
+    import signal
+    import time
+
+    with FakeChatServer(delay=0.2) as slow:
+        env = {**os.environ, KEY_ENV: SECRET, "HF_HUB_OFFLINE": "1"}
+        prompts = ",".join(f"question {i}" for i in range(40))
+        args = [*base_args(slow), f"input.prompts=[{prompts}]", "teacher_api.max_concurrency=2"]
+        proc = subprocess.Popen(
+            ["litdistill", "generate", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        results = tmp_path / "gen" / "results.jsonl"
+        deadline = time.monotonic() + 120
+        while (not results.exists() or results.read_bytes().count(b"\n") < 3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "litdistill generate: stopped by SIGTERM" in stderr
+    assert json.loads((tmp_path / "gen" / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_a_prompt_that_fails_in_every_run_is_requested_in_three_runs_only(server, tmp_path):
+    """retry_failed retries failures, but a prompt the endpoint refuses every time stops costing requests:
+    after retry_failed_max=3 failed runs it is skipped, and the log says so."""
+    args = [*base_args(server), "input.prompts=[fine,'refused [503x99]']"]
+    for _ in range(4):
+        proc = run_generate(args, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert server.exact("refused [503x99]") == 3 and server.exact("fine") == 1
+    assert "1 prompt(s) failed in 3 runs each and are not requested again (retry_failed_max=3" in proc.stdout

@@ -4,10 +4,11 @@ and the API key sent only as the Authorization header. Also the prompt templates
 
 :class:`FakeChatServer` (used by test_generation_run.py too) is a ThreadingHTTPServer speaking the
 chat-completions protocol with a deterministic responder. Markers in the last user message choose faults:
-``[429xN]`` / ``[503xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[tricklexN]`` / ``[headersxN]`` / ``[dropxN]`` fail
-the first N attempts (429 or 503 with Retry-After, HTTP 500, a response slower than the client's timeout, a
-body - or the headers - trickled a byte every ``trickle_interval`` seconds - each read well within the
-timeout, the whole far beyond it - and a closed connection); ``[badjson]`` and
+``[429xN]`` / ``[503xN]`` / ``[500xN]`` / ``[slowxN]`` / ``[tricklexN]`` / ``[headersxN]`` / ``[dropxN]`` /
+``[cutxN]`` fail the first N attempts (429 or 503 with Retry-After, HTTP 500, a response slower than the
+client's timeout, a body - or the headers - trickled a byte every ``trickle_interval`` seconds - each read
+well within the timeout, the whole far beyond it - a closed connection, and half a body, then the
+connection dropped); ``[badjson]`` and
 ``[nochoices]`` always answer malformed bodies, ``[badusage]`` a body whose token counts are infinite and
 negative, ``[hugelogprob]`` (label prompts) a "log-probability" of 1000; ``[401]`` answers 401 echoing the
 Authorization header, ``[401long]`` the same after padding that puts the key across the 300-byte cut.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -152,7 +154,7 @@ class FakeChatServer:
         if self.delay:
             time.sleep(self.delay)
         if not self.healthy:
-            for kind, times in re.findall(r"\[(429|503|500|slow|trickle|headers|drop)x(\d+)\]", prompt):
+            for kind, times in re.findall(r"\[(429|503|500|slow|trickle|headers|drop|cut)x(\d+)\]", prompt):
                 if n > int(times):
                     continue
                 if kind in ("429", "503"):
@@ -172,6 +174,17 @@ class FakeChatServer:
                 if kind == "drop":
                     h.close_connection = True
                     h.connection.close()
+                    return None
+                if kind == "cut":  # the headers promise a body; half of it arrives, then the connection drops
+                    whole = json.dumps({"choices": [], "pad": "x" * 400}).encode()
+                    h.send_response(200)
+                    h.send_header("Content-Type", "application/json")
+                    h.send_header("Content-Length", str(len(whole)))
+                    h.end_headers()
+                    h.wfile.write(whole[: len(whole) // 2])
+                    h.wfile.flush()
+                    h.close_connection = True
+                    h.connection.shutdown(socket.SHUT_RDWR)
                     return None
             if "[badjson]" in prompt:
                 return self._send(h, 200, b'{"choices": [ {"message": oops')
@@ -279,6 +292,7 @@ def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
         "flaky [500x1]",
         "slow [slowx1]",
         "dropped [dropx1]",
+        "cut mid-body [cutx2]",
         "broken [badjson]",
         "empty [nochoices]",
         "always down [500x99]",
@@ -294,6 +308,8 @@ def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
     assert results["flaky [500x1]"].ok and results["flaky [500x1]"].attempts == 2
     assert results["slow [slowx1]"].ok and results["slow [slowx1]"].attempts == 2  # first attempt timed out
     assert results["dropped [dropx1]"].ok and results["dropped [dropx1]"].attempts == 2
+    cut = results["cut mid-body [cutx2]"]  # a short body is a connection error, retried like one
+    assert cut.ok and cut.attempts == 3 and cut.content == answer("cut mid-body [cutx2]")
     bad = results["broken [badjson]"]
     assert not bad.ok and "invalid JSON" in bad.error and bad.attempts == 1
     empty = results["empty [nochoices]"]
@@ -305,9 +321,9 @@ def test_retries_and_malformed_responses_against_a_real_server(server, key_env):
         assert server.count(p) == results[p].attempts, p
 
     stats = client.stats
-    assert stats.retries == 2 + 1 + 1 + 1 + 3
-    assert stats.reasons["HTTP 429"] == 2 and stats.reasons["timeout"] == 1 and stats.reasons["connection error"] == 1
-    assert stats.ok == 6 and stats.failed == 3
+    assert stats.retries == 2 + 1 + 1 + 1 + 2 + 3
+    assert stats.reasons["HTTP 429"] == 2 and stats.reasons["timeout"] == 1 and stats.reasons["connection error"] == 3
+    assert stats.ok == 7 and stats.failed == 3
     ok = [p for p in prompts if results[p].ok]
     # usage: the successful responses plus the billed-but-malformed one
     expected_in = sum(prompt_tokens(p) for p in ok) + prompt_tokens("empty [nochoices]")

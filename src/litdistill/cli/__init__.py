@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -17,18 +21,50 @@ from litdistill.core.conf import config_dir
 log = logging.getLogger("litdistill")
 
 
+# Errors a user fixes by changing the command (a bad value, a missing file): one clear line, no traceback
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+DEBUG_ENV = "LITDISTILL_DEBUG"  # set to 1: tracebacks on the console too
+
+
 def _train(cfg: DictConfig) -> None:
     from litdistill.pipeline.train import train
     from litdistill.training.ddp_launch import ddp_launch_scope
 
-    with ddp_launch_scope():  # a multirun runs its jobs in this process: each DDP job must start its own ranks
+    # a multirun runs its jobs in this process: each DDP job starts its own ranks (ddp_launch_scope)
+    with _reported(cfg), ddp_launch_scope():
         train(cfg)
 
 
 def _generate(cfg: DictConfig) -> None:
     from litdistill.pipeline.generate import generate
 
-    generate(cfg)
+    with _reported(cfg):
+        generate(cfg)
+
+
+@contextmanager
+def _reported(cfg: DictConfig) -> Iterator[None]:
+    """Say where the run writes, at its start and its end; on a failure, write the traceback into the run
+    directory (``error.log``) and, for a user error, print its message alone and exit 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+    if run_dir is not None and rank_zero:
+        log.info("run directory: %s", run_dir)
+    try:
+        yield
+    except Exception as error:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        where = f" (run directory: {run_dir}; the traceback is in error.log there)" if run_dir is not None else ""
+        log.error("%s: %s%s", type(error).__name__, error, where)
+        if isinstance(error, USER_ERRORS) and os.environ.get(DEBUG_ENV) != "1":
+            sys.exit(1)  # the message above says it all; LITDISTILL_DEBUG=1 shows the traceback
+        raise
+    if run_dir is not None and rank_zero:
+        log.info("done; run directory: %s", run_dir)
 
 
 # command -> (primary config name, function run with the composed config)
@@ -89,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         if type(stop).__name__ == "SIGTERMException":
             sys.exit(143)
         raise
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM turned into one (generate): results kept, no traceback
+        by_sigterm = str(stop) == f"signal {int(signal.SIGTERM)}"
+        print(f"litdistill {command}: stopped by {'SIGTERM' if by_sigterm else 'Ctrl-C'}", file=sys.stderr)
+        sys.exit(143 if by_sigterm else 130)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def check_report(report: DictConfig | None) -> None:
     if report:
         _at_least("report.threads", report.threads, 1)
         _at_least("report.repeats", report.repeats, 1)
+        _at_least("report.timing_budget_s", report.timing_budget_s, 0)
 
 
 def check_export(export: DictConfig | None) -> None:

@@ -26,7 +26,8 @@ class ReportConfig:
     metric: str = "f1"  # the task metric the report leads with (f1, accuracy, token_acc, perplexity, ...)
     threads: int = 2  # CPU threads for the speed columns, equal for every model
     speed: bool = True  # time every model side by side (latency at batch 1, throughput)
-    repeats: int = 10  # timed repetitions, interleaved across models
+    repeats: int = 10  # timed repetitions at least, interleaved across models
+    timing_budget_s: float = 20.0  # more rounds, up to this long, while a model's spread is above 10%
     plots: bool = True  # loss_curves.png and comparison.png beside report.md
     disk_size: bool = True  # each model's save_pretrained safetensors measured (false for huge teachers)
 

@@ -414,6 +414,10 @@ class ChatClient:
             with self._opener.open(request, timeout=self.timeout) as response:
                 status = response.status
                 raw = read_by(response, deadline)
+                expected = response.headers.get("Content-Length")
+                if expected is not None and expected.isdigit() and len(raw) < int(expected):
+                    # http.client returns a short body when the connection drops mid-body (no IncompleteRead)
+                    raise http.client.IncompleteRead(raw, int(expected) - len(raw))
         except urllib.error.HTTPError as err:
             status = err.code
             try:

@@ -51,7 +51,8 @@ def evaluate_models(
         rows[name] = row
     if settings.speed:
         timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}
-        for name, speed in cpu_speeds(timed, example, threads, repeats=settings.repeats).items():
+        speeds = cpu_speeds(timed, example, threads, repeats=settings.repeats, budget_s=settings.timing_budget_s)
+        for name, speed in speeds.items():
             rows[name].update(speed)
     llm_labels = getattr(datamodule, "teacher_test_labels", None)
     if llm_labels is not None:  # the LLM teacher's own labels of the test sentences, scored like a model

@@ -97,6 +97,7 @@ class Plan:
     prices: dict[str, Any]
     api_key_env: str | None
     retry_failed: bool = True
+    retry_failed_max: int = 3  # runs a prompt may fail in before a rerun stops requesting it
     progress: bool = True
     config_yaml: str = ""
     secrets: list[str] = field(repr=False, default_factory=list)  # scrubbed from every file written
@@ -375,6 +376,7 @@ def prepare(cfg: DictConfig) -> Plan:
         prices=dict(api.get("prices") or {}),
         api_key_env=api.get("api_key_env") if kind == "openai" else None,
         retry_failed=bool(cfg.get("retry_failed", True)),
+        retry_failed_max=int(cfg.get("retry_failed_max", 3)),
         progress=bool(cfg.get("progress", True)),
         config_yaml=_saved_config(cfg, secrets),
         secrets=secrets,
@@ -395,8 +397,11 @@ def _version() -> str:
         return "unknown"
 
 
-def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: str) -> dict[str, Any]:
-    """The stored record of one prompt's result (a parse failure is a failed record)."""
+def make_record(
+    job: Job, result: ChatResult, template: PromptTemplate, model: str, failed_before: int = 0
+) -> dict[str, Any]:
+    """The stored record of one prompt's result (a parse failure is a failed record). A failed record
+    counts the runs the prompt has failed in (``failed_runs``), so reruns can stop requesting it."""
     base: dict[str, Any] = {
         "id": job.id,
         "key": job.key,
@@ -409,23 +414,26 @@ def make_record(job: Job, result: ChatResult, template: PromptTemplate, model: s
     }
     if result.usage:
         base["usage"] = result.usage
+    failed = {**base, "status": "failed", "failed_runs": failed_before + 1}
     if not result.ok:
-        return {**base, "status": "failed", "response": None, "error": result.error or "unknown error"}
+        return {**failed, "response": None, "error": result.error or "unknown error"}
     try:
         parsed = template.parse(result.content, result.logprobs, result.soft_label)
     except ParseError as err:
-        return {**base, "status": "failed", "response": result.content, "error": f"parse error: {err}"}
+        return {**failed, "response": result.content, "error": f"parse error: {err}"}
     except Exception as err:  # noqa: BLE001  (odd logprobs or fields: this prompt fails, the run goes on)
-        return {
-            **base,
-            "status": "failed",
-            "response": result.content,
-            "error": f"parse error: {type(err).__name__}: {err}",
-        }
+        return {**failed, "response": result.content, "error": f"parse error: {type(err).__name__}: {err}"}
     out = {**base, "status": "ok", **parsed}
     if result.finish_reason is not None:
         out["finish_reason"] = result.finish_reason
     return out
+
+
+def _failed_runs(record: dict[str, Any] | None) -> int:
+    """Runs a stored prompt has failed in (records from before the count was kept count as one)."""
+    if not record or record.get("status") != "failed":
+        return 0
+    return int(record.get("failed_runs", 1))
 
 
 @contextlib.contextmanager
@@ -576,6 +584,17 @@ def execute(plan: Plan) -> Path:
         config_text = plan.config_yaml
         atomic_write_text(out / "config.yaml", config_text)
         todo = [j for j in plan.jobs if not store.is_done(j.key) and (plan.retry_failed or store.get(j.key) is None)]
+        given_up = [j for j in todo if _failed_runs(store.get(j.key)) >= plan.retry_failed_max]
+        if given_up:  # a prompt that failed in every one of the last runs: an endpoint that refuses it, not luck
+            log.warning(
+                "%d prompt(s) failed in %d runs each and are not requested again (retry_failed_max=%d; raise it to "
+                "try them once more); their errors are in %s",
+                len(given_up),
+                plan.retry_failed_max,
+                plan.retry_failed_max,
+                out / RESULTS,
+            )
+            todo = [j for j in todo if j not in given_up]
         done_before = len(plan.jobs) - len(todo)
         log.info(
             "%d prompts: %d already done in %s, %d to generate (model %s)",
@@ -587,8 +606,10 @@ def execute(plan: Plan) -> Path:
         )
         write_manifest("running")
 
+        failed_before = {j.key: _failed_runs(store.get(j.key)) for j in todo}
+
         def on_result(job: Job, result: ChatResult) -> None:
-            store.append(make_record(job, result, plan.template, plan.model))
+            store.append(make_record(job, result, plan.template, plan.model, failed_before[job.key]))
 
         try:
             with _sigterm_as_interrupt():

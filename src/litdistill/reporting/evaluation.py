@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterable
 
 import torch
@@ -54,17 +55,31 @@ def agreement_rate(a: Tensor, b: Tensor, labels: Tensor, task: str) -> float:
     return agree / max(counted, 1)
 
 
+# a model's latency is reported as reliable when the interquartile range of its timed repetitions is
+# within this fraction of their median; more rounds are timed (up to the time budget) until it is
+RELIABLE_SPREAD = 0.10
+
+
 @torch.inference_mode()  # what deployed inference runs under: no autograd bookkeeping at all
 def cpu_speeds(
-    models: dict[str, nn.Module], example: dict[str, Tensor], threads: int, batch_size: int = 32, repeats: int = 10
+    models: dict[str, nn.Module],
+    example: dict[str, Tensor],
+    threads: int,
+    batch_size: int = 32,
+    repeats: int = 10,
+    budget_s: float = 30.0,
 ) -> dict[str, dict[str, float]]:
-    """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model.
+    """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model, with
+    the spread of the repetitions.
 
     Both time the example batch's median-length row, unpadded (:func:`median_row`); batch
-    ``batch_size`` repeats it.
+    ``batch_size`` repeats it. Every model gets the same example row, batch size and thread count,
+    and the repetitions are interleaved across models (the order rotated every round), so machine
+    noise hits all of them alike and their ratios hold.
 
-    Every model gets the same example row, batch size and thread count, and the repetitions are
-    interleaved across models, so machine noise hits all of them alike and their ratios hold.
+    At least ``repeats`` rounds; then more, while any model's spread (interquartile range over median
+    of its batch-1 times, ``latency_spread_pct``) exceeds 10% and ``budget_s`` is not spent. A spread
+    still above 10% at the end means the machine was busy: the report says the figures are not reliable.
     """
     for name, model in models.items():
         if any(p.device.type != "cpu" for p in model.parameters()):
@@ -74,22 +89,39 @@ def cpu_speeds(
     torch.set_num_threads(threads)
     one = median_row(example)
     many = {k: v.repeat(batch_size, 1) for k, v in one.items()}
-    single: dict[str, list[float]] = {name: [] for name in models}
-    batched: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    single: dict[str, list[float]] = {name: [] for name in names}
+    batched: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
     try:
         for model in models.values():  # warm-up
             seconds(model, **one), seconds(model, **many)
-        for i in range(repeats):
-            for name, model in models.items():
-                single[name].append(seconds(model, **one))
-                if i % 3 == 0:
-                    batched[name].append(seconds(model, **many))
+        while rounds < max(1, repeats) or (
+            max(_spread(single[n]) for n in names) > RELIABLE_SPREAD and time.perf_counter() - start < budget_s
+        ):
+            order = names[rounds % len(names) :] + names[: rounds % len(names)]  # rotate who goes first
+            for name in order:
+                single[name].append(seconds(models[name], **one))
+                if rounds % 3 == 0:
+                    batched[name].append(seconds(models[name], **many))
+            rounds += 1
     finally:
         torch.set_num_threads(previous_threads)
     return {
         name: {
             "latency_ms": 1000 * statistics.median(single[name]),
             "throughput_per_s": batch_size / statistics.median(batched[name]),
+            "latency_spread_pct": 100 * _spread(single[name]),
+            "timing_rounds": rounds,
         }
-        for name in models
+        for name in names
     }
+
+
+def _spread(times: list[float]) -> float:
+    """Interquartile range over median; infinite with fewer than 4 times (not enough to judge)."""
+    if len(times) < 4:
+        return math.inf
+    q1, median, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / median if median > 0 else math.inf

@@ -41,6 +41,10 @@ def summarize(
             report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
         if teacher.get("params_m") and student.get("params_m"):  # an LLM known only by its labels has none
             report["compression"] = teacher["params_m"] / student["params_m"]
+    spreads = {name: row["latency_spread_pct"] for name, row in rows.items() if "latency_spread_pct" in row}
+    if spreads:  # the timing's own verdict: a busy machine makes every latency and ratio unreliable
+        report["timing_spread_pct"] = max(spreads.values())
+        report["timing_reliable"] = max(spreads.values()) <= 10.0
     report.update(extra or {})
     return report
 
@@ -86,6 +90,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         ("compression (params)", report.get("compression")),
     ]
     lines += ["", f"Threads: {report['threads']}. Metrics on the held-out test split."]
+    if report.get("timing_reliable") is False:
+        lines += [
+            f"- **timings not reliable**: the repetitions of a model spread by {report['timing_spread_pct']:.0f}% "
+            "(interquartile range over median, over 10%): the machine was busy. Rerun on an idle machine, or "
+            "raise report.timing_budget_s"
+        ]
+    elif report.get("timing_reliable"):
+        lines += [f"- timings: interleaved, spread at most {report['timing_spread_pct']:.1f}% (reliable)"]
     teacher = report["models"].get("teacher") or {}
     if teacher.get("source"):  # an LLM known by its labels: scored on gold, no weights to time or count
         lines += [
