@@ -59,12 +59,22 @@ def _reported(cfg: DictConfig) -> Iterator[None]:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         where = f" (run directory: {run_dir}; the traceback is in error.log there)" if run_dir is not None else ""
-        log.error("%s: %s%s", type(error).__name__, error, where)
+        message = f"{type(error).__name__}: {error}{where}"
+        _to_log_files(message)  # the run's own log (cli.log) records why it ended
         if isinstance(error, USER_ERRORS) and os.environ.get(DEBUG_ENV) != "1":
-            sys.exit(1)  # the message above says it all; LITDISTILL_DEBUG=1 shows the traceback
+            print(f"litdistill: error: {message}", file=sys.stderr)
+            sys.exit(1)  # the message says it all; LITDISTILL_DEBUG=1 shows the traceback
         raise
     if run_dir is not None and rank_zero:
         log.info("done; run directory: %s", run_dir)
+
+
+def _to_log_files(message: str) -> None:
+    """An ERROR record for the log files only (Hydra's job log): the console gets its own one line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 # command -> (primary config name, function run with the composed config)
