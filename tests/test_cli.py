@@ -43,7 +43,7 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
     output = proc.stdout + proc.stderr
-    assert output.count(f"run directory: {run}") == 1 and f"done; run directory: {run}" in output  # start, end
+    assert output.count(f"run directory: {run}") == 2 and f"done; run directory: {run}" in output  # start, end
     steps = {name: row.get("train_steps") for name, row in report["models"].items()}
     assert steps["baseline"] == steps["student"] > 0 and steps["teacher"] is None  # the baseline trained alike
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
