@@ -37,13 +37,26 @@ def only_run_dir(tmp_path: Path) -> Path:
 
 
 def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(tmp_path):
-    proc = run_cli(["experiment=tiny", "loss.kd.temperature=3"], tmp_path)
+    proc = run_cli(["experiment=tiny", "loss.kd.temperature=3", "export.baseline=true"], tmp_path)
     run = only_run_dir(tmp_path)
     report = json.loads((run / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
     output = proc.stdout + proc.stderr
     assert output.count(f"run directory: {run}") == 2 and f"done; run directory: {run}" in output  # start, end
+    # every model's test predictions are kept: the report's F1 is recomputed from them, and the baseline folder loads
+    import csv
+
+    from litdistill.reporting.evaluation import score
+
+    with open(run / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["index", "label", "teacher", "student", "baseline"] and len(table) == 32
+    labels = torch.tensor([int(r["label"]) for r in table])
+    for name in ("teacher", "student", "baseline"):
+        f1 = score(torch.tensor([int(r[name]) for r in table]), labels, "classification", 2)["f1"]
+        assert f1 == pytest.approx(report["models"][name]["metrics"]["f1"]), name
+    assert AutoModelForSequenceClassification.from_pretrained(run / "baseline").config.num_hidden_layers == 2
     steps = {name: row.get("train_steps") for name, row in report["models"].items()}
     assert steps["baseline"] == steps["student"] > 0 and steps["teacher"] is None  # the baseline trained alike
     assert "| teacher |" in (run / "report.md").read_text() and "| teacher |" in proc.stdout
@@ -292,3 +305,18 @@ def test_a_user_error_prints_one_line_and_keeps_the_traceback_in_the_run_directo
         env={**os.environ, "LITDISTILL_OUTPUTS": str(tmp_path / "o2"), "LITDISTILL_DEBUG": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert debug.returncode == 1 and "Traceback" in debug.stdout + debug.stderr
+
+
+def test_help_is_the_projects_page_and_hydras_is_one_flag_away(tmp_path):
+    page = subprocess.run(["litdistill", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert page.returncode == 0 and "powered by Hydra" not in page.stdout
+    for command in ("litdistill generate", "litdistill new", "resume=true run_dir="):
+        assert command in page.stdout, command
+    groups = {
+        line.split("=")[0].strip() for line in page.stdout.splitlines() if line.startswith("  ") and "=  " in line
+    }
+    shipped = {d.name for d in (REPO / "conf").iterdir() if d.is_dir()}
+    assert {"teacher", "student", "loss", "data", "trainer", "cache"} <= groups <= shipped and "sweep" not in groups
+    assert "tiny_causal" in page.stdout and "fused_kd" in page.stdout  # the options, read from conf/
+    hydra = subprocess.run(["litdistill", "--hydra-help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert hydra.returncode == 0 and "powered by Hydra" in hydra.stdout

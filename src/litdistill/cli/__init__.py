@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from litdistill.cli.help import help_text
 from litdistill.cli.resume_guard import check_resume
 from litdistill.cli.secret_overrides import refuse_secrets
 from litdistill.core.conf import config_dir
@@ -120,6 +121,10 @@ def _launch_args(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"], ["help"]):
+        print(help_text(), end="")
+        return None
+    argv = ["--help" if a == "--hydra-help" else a for a in argv]  # Hydra's own help, one flag away
     if argv and argv[0] in PLAIN_COMMANDS:
         return PLAIN_COMMANDS[argv[0]](argv[1:])
     refuse_secrets(argv)

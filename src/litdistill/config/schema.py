@@ -40,6 +40,7 @@ class ExportConfig:
     int8: bool = False
     opset: int = 17
     check_batches: int = 4
+    baseline: bool = False  # also keep the labels-only baseline as baseline/ (a Hugging Face folder)
 
 
 @dataclass

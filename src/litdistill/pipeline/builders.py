@@ -171,6 +171,7 @@ class RunPlan:
     seed: int
     task: str
     out_dir: Path
+    predictions: Path  # every model's test predictions, for re-scoring and paired comparisons
     ckpt_path: str | None
     losses: dict[str, DistillationLoss]
     optimizers: tuple[Any, Any]
@@ -203,6 +204,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         seed=int(cfg.seed),
         task=str(cfg.task),
         out_dir=Path(cfg.paths.output_dir),
+        predictions=Path(cfg.paths.output_dir) / "predictions.csv",
         ckpt_path=resume_from(cfg),
         losses=build_losses(cfg.loss),
         optimizers=optimizer_factories(cfg),

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from litdistill.config.schema import ReportConfig
+from litdistill.core.io import atomic_write_csv
 from litdistill.models.loading import count_parameters, memory_footprint
 from litdistill.models.saving import weights_on_disk_mb
 from litdistill.reporting.evaluation import agreement_rate, cpu_speeds, predict, score
@@ -25,11 +26,14 @@ def evaluate_models(
     settings: ReportConfig,
     scratch_dir: str | Path,
     train_steps: dict[str, int] | None = None,
+    predictions: Path | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics, agreement with the teacher, and CPU speed at equal threads and inputs.
 
     ``scratch_dir``: where each model's safetensors are written for the size-on-disk column;
-    ``train_steps``: the optimizer steps each trained model took (student and baseline), shown per row.
+    ``train_steps``: the optimizer steps each trained model took (student and baseline), shown per row;
+    ``predictions``: a CSV written with every model's test predictions beside the labels (one row per
+    example, or per counted token of a causal LM), so models can be re-scored and compared pairwise later.
     """
     threads = settings.threads
     loader = datamodule.test_dataloader()
@@ -63,6 +67,8 @@ def evaluate_models(
     agreement = agreement_rate(preds["student"], preds["teacher"], labels, task) if "teacher" in preds else None
     if "teacher" in preds and "baseline" in preds:
         rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)
+    if predictions is not None:
+        write_predictions(predictions, labels, preds)
     majority = (
         float(torch.bincount(labels[labels != -100]).max() / (labels != -100).sum())
         if task == "classification"
@@ -75,6 +81,14 @@ def evaluate_models(
         threads,
         {"majority_class_rate": majority, "task": task, **multi_teacher_memory(models.get("teacher"))},
     )
+
+
+def write_predictions(path: Path, labels: torch.Tensor, preds: dict[str, torch.Tensor]) -> Path:
+    """``index,label,<model>...``: the counted positions only (labels -100 are left out)."""
+    counted = (labels != -100).nonzero().flatten().tolist()
+    names = list(preds)
+    rows = [[i, int(labels[i]), *(int(preds[n][i]) for n in names)] for i in counted]
+    return atomic_write_csv(path, ["index", "label", *names], rows)
 
 
 def llm_label_row(

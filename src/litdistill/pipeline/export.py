@@ -21,11 +21,15 @@ def export(
     task: str,
     formats: ExportConfig,
     timing: ReportConfig,
+    baseline: nn.Module | None = None,
 ) -> dict[str, Any] | None:
-    """``student/`` (weights, config, tokenizer); then ONNX / int8 when ``formats`` asks, each reloaded,
-    compared with the student on ``formats.check_batches`` test batches and timed like the report's rows.
-    Returns the formats' rows, or None when neither format is on."""
+    """``student/`` (weights, config, tokenizer), and ``baseline/`` too with ``export.baseline=true``;
+    then ONNX / int8 when ``formats`` asks, each reloaded, compared with the student on
+    ``formats.check_batches`` test batches and timed like the report's rows. Returns the formats'
+    rows, or None when neither format is on."""
     export_student(student, datamodule.tokenizer, out_dir / "student")
+    if formats.baseline and baseline is not None:
+        export_student(baseline, datamodule.tokenizer, out_dir / "baseline")
     if not (formats.onnx or formats.int8):
         return None
     batches = list(islice(datamodule.test_dataloader(), formats.check_batches))

@@ -68,8 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
         teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
-    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir, steps)  # 7. evaluate
-    exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report)  # 8. export
+    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions)  # 7.
+    exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report, baseline)  # 8. export
     report.update({"exports": exports} if exports else {})
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report
     log_run(trainer, report, plan.out_dir, plan.resolved, plan.log_model)  # W&B: config, report, figures, student
