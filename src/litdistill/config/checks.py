@@ -13,15 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from litdistill.cache.build import OUTPUTS
+from litdistill.cache.codec import CODECS, DTYPES
 from litdistill.cache.run import MODES as CACHE_MODES
 from litdistill.config.schema import SCHEMAS
 from litdistill.core.forward import TASKS
+from litdistill.training.fault_tolerance import check_resume_mode
 from litdistill.training.strategies import TEACHER_PLACEMENTS, normalize_precision, strategy_kind
 
-CACHE_OUTPUTS = ("auto", "logits", "topk")
-CACHE_DTYPES = ("float16", "bfloat16", "float32")
-CACHE_CODECS = ("raw", "packed")
-RESUME_MODES = (True, False, None, "auto")
+CACHE_OUTPUTS = ("auto", *OUTPUTS)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -64,9 +64,7 @@ def check_task(cfg: DictConfig) -> None:
 
 
 def check_resume(cfg: DictConfig) -> None:
-    mode = cfg.get("resume")
-    if mode not in RESUME_MODES:
-        raise ValueError(f"resume={mode!r}; valid: false, true (a checkpoint must exist), auto (use one if present)")
+    check_resume_mode(cfg.get("resume"))
 
 
 def check_report(report: DictConfig | None) -> None:
@@ -96,8 +94,8 @@ def check_cache(cache: DictConfig | None) -> None:
         return
     _choice("cache.mode", cache.mode, CACHE_MODES)
     _choice("cache.outputs", cache.outputs, CACHE_OUTPUTS)
-    _choice("cache.dtype", cache.dtype, CACHE_DTYPES)
-    _choice("cache.codec", cache.codec, CACHE_CODECS)
+    _choice("cache.dtype", cache.dtype, DTYPES)
+    _choice("cache.codec", cache.codec, CODECS)
     for key in ("k", "shard_size", "batch_size", "max_shards_in_memory"):
         _at_least(f"cache.{key}", cache[key], 1)
 

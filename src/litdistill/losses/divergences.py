@@ -55,9 +55,6 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-_kl_rows = kl_rows  # KL(p || q) per row, 0 where p = 0 (losses.base)
-
-
 def _log_mixture(logp: Tensor, logq: Tensor, w: float) -> Tensor:
     """log(w p + (1 - w) q) from log-probabilities, for 0 < w < 1, without leaving log space."""
     return torch.logaddexp(logp + math.log(w), logq + math.log1p(-w))
@@ -158,11 +155,7 @@ class TokenDivergence(DistillationLoss):
 
     def per_token(self, s_rows: Tensor, t_rows: Tensor) -> Tensor:
         """Per-row loss [n] (divergence times ``factor``) from raw logit rows [n, V]."""
-        if s_rows.shape[-1] != t_rows.shape[-1]:
-            raise ValueError(
-                f"{type(self).__name__}: student vocab {s_rows.shape[-1]} != teacher vocab {t_rows.shape[-1]}; "
-                "the distributions must be over the same tokens"
-            )
+        check_widths(self.name, s_rows, t_rows)
         values = self.divergence(*self._log_probs(s_rows, t_rows))
         return values * self.factor if self.factor != 1.0 else values
 
@@ -253,7 +246,6 @@ class TokenDivergence(DistillationLoss):
             return sparse_divergence(self, student, teacher, batch)
         s_rows, mask = rows_and_mask(student.logits, batch)  # [N, V], [N]
         t_rows, _ = rows_and_mask(teacher_logits(teacher, self.temperature), batch)  # [N, V]
-        check_widths(self.name, s_rows, t_rows)
         if not bool(mask.all()):  # compute only the real rows (one host sync; skips the copy when all are real)
             s_rows, t_rows = s_rows[mask], t_rows[mask]
         values = self.per_token(s_rows, t_rows)
@@ -270,7 +262,7 @@ class ForwardKL(TokenDivergence):
     name = "forward_kl"
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
-        return _kl_rows(t_logp, s_logp)
+        return kl_rows(t_logp, s_logp)
 
     def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
         return _forward_kl_closed(self, s_logp, t_logp, scratch)
@@ -286,7 +278,7 @@ class ReverseKL(TokenDivergence):
     name = "reverse_kl"
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
-        return _kl_rows(s_logp, t_logp)
+        return kl_rows(s_logp, t_logp)
 
     def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
         return _reverse_kl_closed(self, s_logp, t_logp, scratch)
@@ -320,11 +312,11 @@ class GeneralizedJSD(TokenDivergence):
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         beta = self.beta
         if beta == 0.0:
-            return _kl_rows(t_logp, s_logp)
+            return kl_rows(t_logp, s_logp)
         if beta == 1.0:
-            return _kl_rows(s_logp, t_logp)
+            return kl_rows(s_logp, t_logp)
         log_m = _log_mixture(t_logp, s_logp, beta)
-        return beta * _kl_rows(t_logp, log_m) + (1.0 - beta) * _kl_rows(s_logp, log_m)
+        return beta * kl_rows(t_logp, log_m) + (1.0 - beta) * kl_rows(s_logp, log_m)
 
     def _work_buffers(self) -> int:
         count = super()._work_buffers()
@@ -367,8 +359,8 @@ class SkewKL(TokenDivergence):
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         if self.alpha == 0.0:
-            return _kl_rows(t_logp, s_logp)
-        return _kl_rows(t_logp, _log_mixture(t_logp, s_logp, self.alpha))
+            return kl_rows(t_logp, s_logp)
+        return kl_rows(t_logp, _log_mixture(t_logp, s_logp, self.alpha))
 
     def _work_buffers(self) -> int:
         count = super()._work_buffers()
@@ -408,8 +400,8 @@ class SkewReverseKL(TokenDivergence):
 
     def divergence(self, s_logp: Tensor, t_logp: Tensor) -> Tensor:
         if self.alpha == 0.0:
-            return _kl_rows(s_logp, t_logp)
-        return _kl_rows(s_logp, _log_mixture(s_logp, t_logp, self.alpha))
+            return kl_rows(s_logp, t_logp)
+        return kl_rows(s_logp, _log_mixture(s_logp, t_logp, self.alpha))
 
     def _closed_form(self, s_logp: Tensor, t_logp: Tensor, scratch) -> tuple[Tensor, Tensor]:
         # with M = a p_S + (1 - a) p_T, d = log p_S - log M, u = p_S / M = exp(d):

@@ -199,7 +199,8 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     """The run's :class:`RunPlan`. Builds the loss terms (a bad value fails here) and finds the checkpoint
     to resume from; loads no data and no model."""
     teacher = cfg.get("teacher")
-    check_trainer(trainer_factory(cfg))
+    make_trainer = trainer_factory(cfg)
+    check_trainer(make_trainer)
     return RunPlan(
         seed=int(cfg.seed),
         task=str(cfg.task),
@@ -209,7 +210,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         losses=build_losses(cfg.loss),
         optimizers=optimizer_factories(cfg),
         make_datamodule=partial(instantiate, cfg.data),
-        make_trainer=trainer_factory(cfg),
+        make_trainer=make_trainer,
         make_student=student_factory(cfg) if cfg.get("student") else None,
         load_teacher=partial(instantiate, teacher) if teacher else None,
         teacher_target=teacher.get("_target_") if teacher else None,

@@ -8,6 +8,7 @@ from typing import Any
 
 from litdistill.core.io import atomic_write_text
 from litdistill.models.multi_teacher import MultiTeacher, teachers_memory
+from litdistill.reporting.evaluation import RELIABLE_SPREAD
 
 COLUMNS = [
     ("model", "model"),
@@ -44,7 +45,7 @@ def summarize(
     spreads = {name: row["latency_spread_pct"] for name, row in rows.items() if "latency_spread_pct" in row}
     if spreads:  # the timing's own verdict: a busy machine makes every latency and ratio unreliable
         report["timing_spread_pct"] = max(spreads.values())
-        report["timing_reliable"] = max(spreads.values()) <= 10.0
+        report["timing_reliable"] = max(spreads.values()) <= 100 * RELIABLE_SPREAD
     report.update(extra or {})
     return report
 
@@ -93,8 +94,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("timing_reliable") is False:
         lines += [
             f"- **timings not reliable**: the repetitions of a model spread by {report['timing_spread_pct']:.0f}% "
-            "(interquartile range over median, over 10%): the machine was busy. Rerun on an idle machine, or "
-            "raise report.timing_budget_s"
+            f"(interquartile range over median, over {100 * RELIABLE_SPREAD:.0f}%): the machine was busy. "
+            "Rerun on an idle machine, or raise report.timing_budget_s"
         ]
     elif report.get("timing_reliable"):
         lines += [f"- timings: interleaved, spread at most {report['timing_spread_pct']:.1f}% (reliable)"]

@@ -156,6 +156,11 @@ class FaultTolerance(L.Callback):
             )
 
 
+def check_resume_mode(mode: Any) -> None:
+    if mode not in (True, False, None, "auto"):
+        raise ValueError(f"resume={mode!r}; valid: false, true (a checkpoint must exist), auto (use one if present)")
+
+
 def resume_checkpoint(
     ckpt_path: str | None, mode: bool | str | None, checkpoints: str | Path, run_dir: str | Path
 ) -> str | None:
@@ -165,8 +170,7 @@ def resume_checkpoint(
     (requeued SLURM jobs)."""
     if ckpt_path:
         return str(ckpt_path)
-    if mode not in (True, False, None, "auto"):
-        raise ValueError(f"resume={mode!r}; valid: false, true (a checkpoint must exist), auto (use one if present)")
+    check_resume_mode(mode)
     if not mode:
         return None
     directory = Path(checkpoints)
