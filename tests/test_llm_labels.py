@@ -22,6 +22,7 @@ from tests.test_generation_run import assert_secret_nowhere, write_jsonl
 from litdistill.data import TextClassificationDataModule
 from litdistill.data.synthetic import make_drug_event_dataset
 from litdistill.data.teacher_labels import TEACHER_LOGITS, read_teacher_labels, relabel
+from litdistill.models.loading import packaged_minilm as packaged
 
 ADE_CUES = (
     "induced",
@@ -247,3 +248,53 @@ def test_ade_splits_command_writes_the_splits_and_names_a_missing_corpus(tmp_pat
         [*cmd[:4], str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode != 0 and "DRUG-AE.rel" in missing.stderr and "not found" in missing.stderr
+
+
+def test_an_llm_labels_an_unlabelled_pool_which_joins_the_train_split(tmp_path, tokenizer_dir):
+    """The ADE case study end to end on the data side: the LLM labelled the gold train sentences and an
+    unlabelled pool; every pool sentence it labelled trains with its label, the rest are dropped."""
+    files = make_drug_event_dataset(str(tmp_path / "data"), n_train=20, n_val=4, n_test=4, seed=2)
+    pool = [f"Patient {i} developed rash on lithium." for i in range(6)]
+    (tmp_path / "pool.txt").write_text("\n".join(pool) + "\n")
+    gold = TextClassificationDataModule(tokenizer=tokenizer_dir, data_files=files).raw_splits()
+    labelled = [(t, 0, None) for t in gold["train"]["text"]] + [(t, 1, None) for t in pool[:4]]
+    source = write_jsonl(tmp_path / "dataset.jsonl", _records(labelled))
+    dm = TextClassificationDataModule(
+        tokenizer=tokenizer_dir,
+        data_files=files,
+        unlabeled=str(tmp_path / "pool.txt"),
+        teacher_labels=str(source),
+    )
+    train = dm.raw_splits()["train"]
+    assert (
+        list(train["text"]) == list(gold["train"]["text"]) + pool[:4]
+    )  # the 2 pool sentences the LLM skipped: dropped
+    assert list(train["label"]) == [0] * 20 + [1] * 4
+    assert dm.transfer_counts.unlabeled == 6 and dm.teacher_label_counts == {"kept": 24, "dropped": 2}
+
+
+def test_llm_paraphrases_from_generate_feed_the_transfer_set(tmp_path, _key):
+    """`litdistill generate prompt=paraphrase` against a real HTTP server; its output dir is data.unlabeled."""
+    files = make_drug_event_dataset(str(tmp_path / "data"), n_train=12, n_val=4, n_test=4, seed=4)
+    out = tmp_path / "paraphrases"
+    with FakeChatServer() as server:
+        run_cli(
+            [
+                "generate",
+                "prompt=paraphrase",
+                f"teacher_api.base_url={server.url}",
+                f"teacher_api.api_key_env={KEY_ENV}",
+                f"input.path={files['train']}",
+                "input.field=text",
+                f"output_dir={out}",
+                "progress=false",
+            ],
+            tmp_path,
+        )
+        assert all("Rewrite the sentence" in body["messages"][0]["content"] for body in server.bodies)
+    train_texts = [r["text"] for r in read_csv(files["train"])]
+    dm = TextClassificationDataModule(tokenizer=packaged(), data_files=files, label_fraction=0.5, unlabeled=str(out))
+    train = dm.raw_splits()["train"]
+    assert dm.transfer_counts.unlabeled == 12
+    assert list(train["text"])[12:] == [f"Answer to: {t}" for t in train_texts]  # the server's "paraphrases"
+    assert list(train["label"])[12:] == [-100] * 12

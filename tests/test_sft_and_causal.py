@@ -89,7 +89,7 @@ def test_step_token_counts_make_accumulated_loss_the_exact_token_mean():
     )
     all_values = torch.cat([b["values"][b["labels"][:, 1:] != -100] for b in batches])
     assert accumulated.item() == pytest.approx(all_values.mean().item(), rel=1e-6)
-    assert real_tokens(batches[0]) == 3
+    assert real_tokens(batches[0]) == {"num_tokens_in_step": 3}
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ def unwrap_loader(loader: Any) -> tuple[DataLoader, Any]:
     """(the DataLoader, a function re-applying the wrappers around it) for StepTokenCounts and plain loaders."""
     if isinstance(loader, StepTokenCounts):
         inner, rewrap = unwrap_loader(loader.loader)
-        return inner, lambda new: StepTokenCounts(rewrap(new), loader.accumulate)
+        return inner, lambda new: StepTokenCounts(rewrap(new), loader.accumulate, loader.count)
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         raise TypeError(
             f"the teacher cache needs map-style DataLoaders from the data module, got {type(loader).__name__}"

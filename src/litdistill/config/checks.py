@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 
 from litdistill.cache.build import OUTPUTS
 from litdistill.cache.codec import CODECS, DTYPES
 from litdistill.cache.run import MODES as CACHE_MODES
 from litdistill.config.schema import SCHEMAS
 from litdistill.core.forward import TASKS
+from litdistill.data.transfer import check_label_fraction
+from litdistill.reporting.intervals import METRICS as INTERVAL_METRICS
 from litdistill.training.fault_tolerance import check_resume_mode
 from litdistill.training.strategies import TEACHER_PLACEMENTS, normalize_precision, strategy_kind
 
@@ -34,6 +37,8 @@ def check_config(cfg: DictConfig) -> None:
     check_teacher_finetune(cfg.get("teacher_finetune"))
     check_cache(cfg.get("cache"))
     check_data_sizes(cfg.get("data"))
+    check_transfer_set(cfg)
+    check_seeds(cfg)
     check_epochs(cfg.trainer)
     check_scaling(cfg)
 
@@ -72,6 +77,7 @@ def check_report(report: DictConfig | None) -> None:
         _at_least("report.threads", report.threads, 1)
         _at_least("report.repeats", report.repeats, 1)
         _at_least("report.timing_budget_s", report.timing_budget_s, 0)
+        _at_least("report.seeds", report.seeds, 1)
 
 
 def check_export(export: DictConfig | None) -> None:
@@ -105,6 +111,54 @@ def check_data_sizes(data: DictConfig | None) -> None:
     for key in ("batch_size", "max_length"):
         if data and data.get(key) is not None:
             _at_least(f"data.{key}", data[key], 1)
+
+
+def check_seeds(cfg: DictConfig) -> None:
+    """``report.seeds`` > 1 compares the student with the baseline on one process, by a metric the
+    bootstrap computes."""
+    seeds = OmegaConf.select(cfg, "report.seeds", default=1)
+    if seeds == 1:
+        return
+    if not cfg.get("baseline"):
+        raise ValueError(f"report.seeds={seeds} compares the student with the labels-only baseline; set baseline=true")
+    _choice("report.metric (with report.seeds > 1)", cfg.report.metric, INTERVAL_METRICS)
+    devices, kind = cfg.trainer.get("devices", 1), strategy_kind(cfg.trainer.get("strategy"))[0]
+    several = (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    if several or kind in ("ddp", "fsdp", "deepspeed"):
+        raise ValueError(
+            f"report.seeds={seeds} with trainer.devices={devices}, strategy={kind}: the extra seeds run on one "
+            "process; run them as separate jobs (litdistill -m seed=1,2,3,4,5) or use one device"
+        )
+
+
+def has_transfer_set(cfg: DictConfig) -> bool:
+    """Train rows without a label: hidden labels, unlabelled text or augmented sentences."""
+    data = cfg.get("data") or {}
+    fraction = data.get("label_fraction", 1.0)
+    return bool(data.get("unlabeled")) or bool(cfg.get("augment")) or fraction != 1
+
+
+def check_transfer_set(cfg: DictConfig) -> None:
+    """Rows without a label need something to teach them: a teacher and a loss that uses it (hard CE
+    skips them), or an LLM's labels for them (``data.teacher_labels``). Classification data only."""
+    data = cfg.get("data") or {}
+    if "label_fraction" in data:
+        check_label_fraction(data.label_fraction)
+    if not has_transfer_set(cfg):
+        return
+    what = "data.unlabeled / data.label_fraction < 1 / augment"
+    if cfg.get("task") != "classification" or "label_fraction" not in data:
+        raise ValueError(f"{what} apply to classification data (task={cfg.get('task')}, data={data.get('_target_')})")
+    if data.get("teacher_labels"):
+        return  # the LLM's labels are the unlabelled rows' targets
+    if not cfg.get("teacher"):
+        raise ValueError(f"{what}: rows without a label need a teacher to score them, but teacher=null")
+    terms = {name: term for name, term in (cfg.get("loss") or {}).items() if term}
+    if not any(getattr(get_class(term._target_), "uses_teacher", True) for term in terms.values()):
+        raise ValueError(
+            f"{what}: loss={sorted(terms)} has only hard-label terms, which skip rows without a label; "
+            "add a soft-target term (loss=kd_ce, loss=kd)"
+        )
 
 
 def check_epochs(trainer: DictConfig) -> None:

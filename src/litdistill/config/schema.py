@@ -30,6 +30,7 @@ class ReportConfig:
     timing_budget_s: float = 20.0  # more rounds, up to this long, while a model's spread is above 10%
     plots: bool = True  # loss_curves.png and comparison.png beside report.md
     disk_size: bool = True  # each model's save_pretrained safetensors measured (false for huge teachers)
+    seeds: int = 1  # N > 1: student and baseline trained under N seeds; their difference with a paired-bootstrap 95% CI
 
 
 @dataclass

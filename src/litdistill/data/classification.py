@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import codecs
+import copy
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from litdistill.core.outputs import TeacherOutputsInBatch
+from litdistill.data.augment import Augmenter, augmented_texts
+from litdistill.data.files import load_splits
 from litdistill.data.resumable import ResumableTrainOrder
 from litdistill.data.teacher_labels import (
     LABEL_TYPES,
@@ -22,82 +23,20 @@ from litdistill.data.teacher_labels import (
     relabel,
     teacher_predictions,
 )
+from litdistill.data.token_counts import labelled_rows, step_counted
+from litdistill.data.transfer import (
+    UNLABELLED,
+    TransferCounts,
+    check_label_fraction,
+    hide_labels,
+    load_unlabeled,
+    unlabeled_sources,
+    with_unlabelled_rows,
+)
 from litdistill.models.loading import load_tokenizer
 
-FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
 log = logging.getLogger(__name__)
-
-
-def load_splits(
-    dataset: str | None, data_files: dict[str, str] | None, subset: str | None = None, revision: str | None = None
-) -> DatasetDict:
-    """Load from the hub (``dataset``) or from local files (``data_files``: split -> path)."""
-    if (dataset is None) == (data_files is None):
-        raise ValueError("set exactly one of data.dataset (a hub name) or data.data_files (split -> local file)")
-    if dataset is not None:
-        return load_dataset(dataset, subset, revision=revision)
-    files = {split: str(path) for split, path in dict(data_files).items()}
-    suffixes = {Path(p).suffix.lower() for p in files.values()}
-    unknown = suffixes - set(FILE_BUILDERS)
-    if unknown or len(suffixes) != 1:
-        raise ValueError(f"data files must share one format among {sorted(FILE_BUILDERS)}, got {sorted(suffixes)}")
-    return DatasetDict({split: load_split_file(split, path) for split, path in files.items()})
-
-
-def load_split_file(split: str, path: str) -> Dataset:
-    """One split's file, read on its own so that every problem names its split and its file: a missing
-    or empty file, one with a header and no rows, bytes that are not UTF-8, or a file the reader cannot
-    parse. (Read together, a column missing from one file would come back filled with nulls, and a
-    parse error would name no file.)"""
-    where = f"data.data_files.{split}={path}"
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{where}: no such file")
-    if file.stat().st_size == 0:
-        raise ValueError(f"{where}: the file is empty")
-    suffix = file.suffix.lower()
-    if suffix != ".parquet":
-        _check_utf8(file, where)
-    try:
-        ds = load_dataset(
-            FILE_BUILDERS[suffix],
-            data_files={split: str(file)},
-            split=split,
-            **({"delimiter": "\t"} if suffix == ".tsv" else {}),
-        )
-    except Exception as error:  # noqa: BLE001  (pyarrow and datasets raise many types for a bad file)
-        if suffix in (".csv", ".tsv") and _content_lines(file) <= 1:  # datasets: "corresponds to no data"
-            raise ValueError(f"{where}: the file has no rows (a header only?)") from error
-        cause = error.__cause__ or error
-        raise ValueError(f"{where}: not readable as {suffix[1:]} ({type(cause).__name__}: {cause})") from error
-    if len(ds) == 0:
-        raise ValueError(f"{where}: the file has no rows (a header only?)")
-    return ds
-
-
-def _content_lines(file: Path) -> int:
-    with open(file, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _check_utf8(file: Path, where: str, chunk: int = 1 << 20) -> None:
-    """Refuse a text file that is not UTF-8, naming the byte offset (streamed: a large file is fine)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(file, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as error:
-                bad = error.object[error.start : error.start + 1]
-                raise ValueError(
-                    f"{where}: not UTF-8 text (byte {offset + error.start}: {bad!r}); re-save the file as UTF-8"
-                ) from error
-            if not block:
-                return
-            offset += len(block)
 
 
 def rename_splits(raw: DatasetDict, split_names: dict[str, str] | None) -> DatasetDict:
@@ -192,6 +131,12 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         teacher_label_type: str = "hard",
         split_names: dict[str, str] | None = None,
         duplicate_label: str = "first",
+        unlabeled: str | list[str] | None = None,
+        unlabeled_text_column: str | None = None,
+        unlabeled_split: str = "train",
+        label_fraction: float = 1.0,
+        augment: Augmenter | None = None,
+        augment_cache_dir: str | None = None,
     ) -> None:
         """``route_column`` (multi-teacher routing, see litdistill.models.multi_teacher): each example's value of
         this column becomes ``batch[route_field]``, the index of the value in ``route_values`` (without
@@ -205,9 +150,24 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         (``{"validation": "dev"}``).
 
         ``duplicate_label``: for a source without a validation split, which label a sentence listed
-        more than once keeps when de-duplicated: ``first`` or ``max`` (see :func:`dedupe_and_split`)."""
+        more than once keeps when de-duplicated: ``first`` or ``max`` (see :func:`dedupe_and_split`).
+
+        The transfer set (:mod:`litdistill.data.transfer`), rows the teacher's soft targets teach and hard
+        CE skips: ``label_fraction`` keeps the labels of that share of the train split (a seeded sample,
+        ``seed``) and hides the rest; ``unlabeled`` adds text (files, ``litdistill generate`` output
+        directories, hub dataset names; ``unlabeled_text_column``: their text column where it is not
+        ``text_column``; ``unlabeled_split``: a hub set's split); ``augment`` adds variants of the
+        labelled sentences (:mod:`litdistill.data.augment`, cached under ``augment_cache_dir``)."""
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["augment"])
+        check_label_fraction(label_fraction)
+        self.sources = unlabeled_sources(unlabeled)
+        self.augment = augment or None  # an empty `augment=none` node is no augmentation
+        if text_pair_column and (self.sources or self.augment):
+            raise ValueError(
+                f"data.text_pair_column={text_pair_column}: sentence pairs cannot take unlabelled or augmented "
+                "rows yet; drop data.unlabeled / augment, or data.label_fraction for label-scarce runs"
+            )
         if duplicate_label not in DUPLICATE_LABELS:
             raise ValueError(f"data.duplicate_label={duplicate_label!r}; valid: {list(DUPLICATE_LABELS)}")
         if teacher_label_type not in LABEL_TYPES:
@@ -217,13 +177,21 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         self.splits: DatasetDict | None = None
         self.teacher_test_labels: Tensor | None = None  # the LLM's label per test row, -1 where none
         self.teacher_label_counts: dict[str, int] | None = None
+        self.transfer_counts: TransferCounts | None = None  # the train rows by target source
+        self._raw: DatasetDict | None = None
 
     @property
     def num_labels(self) -> int:
         return self.hparams.num_labels
 
     def raw_splits(self) -> DatasetDict:
-        """Untokenised train/validation/test, validated; what reports and caches fingerprint."""
+        """Untokenised train/validation/test, validated, the transfer set added to train; what reports and
+        caches fingerprint (built once)."""
+        if self._raw is None:
+            self._raw = self._read_raw()
+        return self._raw
+
+    def _read_raw(self) -> DatasetDict:
         h = self.hparams
         raw = rename_splits(load_splits(h.dataset, h.data_files, h.subset, h.revision), h.split_names)
         check_columns(raw, [c for c in (h.text_column, h.text_pair_column, h.label_column, h.route_column) if c])
@@ -239,9 +207,57 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
             }
         )
         self._check_labels(raw)
+        raw = DatasetDict({**raw, "train": self._with_transfer_set(raw["train"])})
         if h.teacher_labels:
             raw = self._use_teacher_labels(raw)
         return raw
+
+    def _with_transfer_set(self, train: Dataset) -> Dataset:
+        """The train split with hidden labels, unlabelled text and augmented sentences (counted)."""
+        h = self.hparams
+        source_rows = len(train)
+        train = hide_labels(train, h.label_column, h.label_fraction, h.seed)
+        labelled = [i for i, label in enumerate(train[h.label_column]) if label != UNLABELLED]
+        augmented = self._augmented(train.select(labelled))
+        columns = {h.text_column: h.text_column, **({h.route_column: h.route_column} if h.route_column else {})}
+        unlabeled = [load_unlabeled(s, h.unlabeled_text_column, columns, h.unlabeled_split) for s in self.sources]
+        for rows in [augmented, *unlabeled]:
+            train = with_unlabelled_rows(train, rows, h.label_column)
+        self.transfer_counts = TransferCounts(
+            labelled=len(labelled),
+            hidden_labels=source_rows - len(labelled),
+            unlabeled=sum(len(rows) for rows in unlabeled),
+            augmented=len(augmented),
+        )
+        if self.transfer_counts.total > len(labelled):
+            log.info("train split: %s", self.transfer_counts.as_dict())
+        return train
+
+    def _augmented(self, labelled: Dataset) -> Dataset:
+        """Variants of the labelled sentences (other columns copied from their source row), no label."""
+        h = self.hparams
+        columns = [c for c in labelled.column_names if c != h.label_column]
+        if self.augment is None:
+            return Dataset.from_dict({c: [] for c in columns})
+        self.augment.check_tokenizer(self.tokenizer)
+        made = augmented_texts(self.augment, labelled[h.text_column], h.seed, h.augment_cache_dir)
+        source = [i for i, _ in made]
+        columns = {c: [labelled[c][i] for i in source] for c in columns if c != h.text_column}
+        return Dataset.from_dict({h.text_column: [text for _, text in made], **columns})
+
+    def labelled_only(self) -> TextClassificationDataModule:
+        """This data module with only the labelled train rows: what the teacher is fine-tuned on and the
+        labels-only baseline trains on. ``self`` when every train row has a label."""
+        counts = self.transfer_counts
+        if counts is None or counts.total == counts.labelled:
+            return self
+        view = copy.copy(self)
+        view.__dict__.pop("_resume_slot", None)  # its own training order state
+        view._train_sampler = None
+        labels = self.raw_splits()["train"][self.hparams.label_column]
+        keep = [i for i, label in enumerate(labels) if label != UNLABELLED]
+        view.splits = DatasetDict({**self.splits, "train": self.splits["train"].select(keep)})
+        return view
 
     def _use_teacher_labels(self, raw: DatasetDict) -> DatasetDict:
         h = self.hparams
@@ -268,7 +284,7 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
         return None
 
     def _check_labels(self, raw: DatasetDict) -> None:
-        labels = set(raw["train"][self.hparams.label_column])
+        labels = set(raw["train"][self.hparams.label_column]) - {UNLABELLED}  # -100: a row without a label
         bad = sorted(x for x in labels if not isinstance(x, int) or not 0 <= x < self.num_labels)
         if bad:
             raise ValueError(
@@ -311,8 +327,9 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
             generator=self.loader_generator(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> Any:
+        # with accumulation or several ranks: the step's example and labelled-row counts (exact means)
+        return step_counted(self._loader("train", shuffle=True), self.trainer, labelled_rows)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

@@ -15,9 +15,10 @@ from datasets import DatasetDict
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from litdistill.data.classification import _head, dedupe_and_split, load_splits
+from litdistill.data.classification import _head, dedupe_and_split
+from litdistill.data.files import load_splits
 from litdistill.data.resumable import ResumableTrainOrder
-from litdistill.data.token_counts import StepTokenCounts
+from litdistill.data.token_counts import real_tokens, step_counted
 from litdistill.models.loading import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -149,10 +150,7 @@ class SFTDataModule(ResumableTrainOrder, L.LightningDataModule):
         )
 
     def train_dataloader(self) -> Any:
-        loader = self._loader("train", shuffle=True)
-        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self.trainer else 1
-        world = getattr(self.trainer, "world_size", 1) if self.trainer else 1  # ranks: counts summed in the step
-        return StepTokenCounts(loader, accumulate) if accumulate > 1 or world > 1 else loader
+        return step_counted(self._loader("train", shuffle=True), self.trainer, real_tokens)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

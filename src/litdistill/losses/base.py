@@ -174,7 +174,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
+def token_scale(num_real: Tensor, batch: dict[str, Tensor], count: str = "num_tokens_in_step") -> Tensor:
     """The factor that turns a SUM over this micro-batch's real tokens into the loss value.
 
     * Without ``batch["num_tokens_in_step"]``: ``1 / max(num_real, 1)``, the mean over the real
@@ -189,8 +189,11 @@ def token_scale(num_real: Tensor, batch: dict[str, Tensor]) -> Tensor:
     tokens fall into micro-batches. Under data parallelism the module's training step first sums
     the count over ranks and folds the world size into ``accumulate`` (DDP averages gradients over
     ranks): :func:`litdistill.data.token_counts.across_ranks`.
+
+    ``count`` names the step's count to divide by: hard CE on a classifier passes
+    ``num_labelled_in_step`` (the labelled examples; unlabelled transfer-set rows carry label -100).
     """
-    n_step = batch.get("num_tokens_in_step") if isinstance(batch, Mapping) else None
+    n_step = batch.get(count) if isinstance(batch, Mapping) else None
     if n_step is None:
         return 1.0 / num_real.to(torch.float32).clamp_min(1.0)
     n_step = torch.as_tensor(n_step, dtype=torch.float32, device=num_real.device)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from litdistill.core.outputs import ModelOutputs
+from litdistill.data.token_counts import LABELLED, TOKENS
 from litdistill.losses.base import (
     DistillationLoss,
     Temperature,
@@ -51,8 +52,9 @@ class SoftTargetKL(DistillationLoss):
 class HardCE(DistillationLoss):
     """Cross entropy to the labels at temperature 1; rows labelled -100 are ignored.
 
-    Mean over the labelled rows; under gradient accumulation over the labelled tokens of the whole
-    optimizer step (``token_mean``), so short micro-batches are not over-weighted.
+    Mean over the labelled rows; under gradient accumulation (and DDP) over the labelled rows of the
+    whole optimizer step (``token_scale``), so a micro-batch holding few labelled examples among
+    unlabelled transfer-set rows is not over-weighted.
     """
 
     name = "hard_ce"
@@ -69,4 +71,5 @@ class HardCE(DistillationLoss):
         if not bool(labelled.all()):  # only labelled rows enter the graph: NaN/inf elsewhere cannot reach a gradient
             logits, labels = logits[labelled], labels[labelled]
         per_row = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
-        return per_row.sum() * token_scale(labelled.sum(), batch).to(per_row.dtype)
+        count = LABELLED if LABELLED in batch else TOKENS  # a classifier's labelled rows; a causal LM's tokens
+        return per_row.sum() * token_scale(labelled.sum(), batch, count).to(per_row.dtype)

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -23,8 +24,9 @@ from litdistill.cache.run import CacheRequest
 from litdistill.config.schema import ExportConfig, ReportConfig
 from litdistill.core.conf import to_plain
 from litdistill.losses import DistillationLoss
+from litdistill.pipeline.fit import StudentRecipe
 from litdistill.training.checkpointing import AtomicCheckpointIO
-from litdistill.training.fault_tolerance import resume_checkpoint
+from litdistill.training.fault_tolerance import FaultTolerance, resume_checkpoint
 from litdistill.training.finetune import FinetuneJob, finetune_key
 from litdistill.training.safe_logger import guard_logger
 
@@ -41,10 +43,15 @@ def build_losses(cfg: DictConfig | None) -> dict[str, DistillationLoss]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    """The configured Trainer; ``overrides`` replace config keys (used for the extra stages)."""
+    """The configured Trainer; ``overrides`` replace config keys (used for the extra stages).
+    ``callbacks="training"`` keeps the configured callbacks that change training (schedules, layer drop)
+    and leaves out checkpoints and the SIGTERM handler: a repeat under another seed writes nothing."""
     kwargs = {"plugins": [AtomicCheckpointIO()], **overrides}
-    if "callbacks" not in overrides:
-        kwargs["callbacks"] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if overrides.get("callbacks", "all") in ("all", "training"):  # "training": no checkpoints, no signal handling
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+        if overrides.get("callbacks") == "training":
+            callbacks = [c for c in callbacks if not isinstance(c, (Checkpoint, FaultTolerance))]
+        kwargs["callbacks"] = callbacks
     if "logger" not in overrides:
         loggers = [guard_logger(instantiate(lg)) for lg in (cfg.get("logger") or {}).values() if lg]
         kwargs["logger"] = loggers or False
@@ -96,12 +103,18 @@ def _student_cut(student: DictConfig | None) -> tuple[list[int] | None, int | No
     return (list(layers) if layers is not None else None), student.get("every")
 
 
+# data keys that add only unlabelled rows: the teacher is fine-tuned on the labelled rows, so one fine-tuned
+# teacher serves every transfer set of the same labels (data.label_fraction does change them)
+TRANSFER_ONLY_KEYS = ("unlabeled", "unlabeled_text_column", "unlabeled_split", "augment", "augment_cache_dir")
+
+
 def teacher_finetune_key(cfg: DictConfig, teacher: DictConfig | None = None) -> str | None:
     """The fine-tuned teacher's key (None without ``teacher_finetune``); ``teacher``: one member's node."""
     if not cfg.get("teacher_finetune"):
         return None
     nodes = {k: OmegaConf.select(cfg, k) for k in ("teacher", "teacher_finetune", "data", "task", "tokenizer", "seed")}
-    return finetune_key({**nodes, "teacher": teacher if teacher is not None else cfg.teacher})
+    data = {k: v for k, v in (to_plain(nodes["data"]) or {}).items() if k not in TRANSFER_ONLY_KEYS}
+    return finetune_key({**nodes, "data": data, "teacher": teacher if teacher is not None else cfg.teacher})
 
 
 def finetune_job(cfg: DictConfig, teacher: DictConfig | None = None) -> FinetuneJob:
@@ -174,6 +187,7 @@ class RunPlan:
     predictions: Path  # every model's test predictions, for re-scoring and paired comparisons
     ckpt_path: str | None
     losses: dict[str, DistillationLoss]
+    make_losses: Callable[[], dict[str, DistillationLoss]]  # fresh terms (a repeat under another seed)
     optimizers: tuple[Any, Any]
     make_datamodule: Callable[[], L.LightningDataModule]
     make_trainer: TrainerFactory
@@ -194,6 +208,11 @@ class RunPlan:
     log_model: Any
     resolved: dict[str, Any]  # the config with every ${...} resolved (config.yaml, W&B)
 
+    @property
+    def recipe(self) -> StudentRecipe:
+        """What trains another student like the run's (the baseline, the extra seeds)."""
+        return StudentRecipe(self.make_student, self.make_trainer, self.make_losses, self.optimizers, self.task)
+
 
 def plan_run(cfg: DictConfig) -> RunPlan:
     """The run's :class:`RunPlan`. Builds the loss terms (a bad value fails here) and finds the checkpoint
@@ -208,6 +227,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         predictions=Path(cfg.paths.output_dir) / "predictions.csv",
         ckpt_path=resume_from(cfg),
         losses=build_losses(cfg.loss),
+        make_losses=partial(build_losses, cfg.loss),
         optimizers=optimizer_factories(cfg),
         make_datamodule=partial(instantiate, cfg.data),
         make_trainer=make_trainer,

@@ -34,3 +34,10 @@ def llm_labels_teacher(datamodule: L.LightningDataModule, teacher_configured: st
             f"{teacher_configured} is set too; add teacher=null"
         )
     return datamodule.labels_teacher
+
+
+def labelled_only(datamodule: L.LightningDataModule) -> L.LightningDataModule:
+    """The data module restricted to its labelled train rows (a transfer set's other rows have only the
+    teacher's targets): what the teacher is fine-tuned on and the labels-only baseline trains on."""
+    view = getattr(datamodule, "labelled_only", None)
+    return view() if view is not None else datamodule

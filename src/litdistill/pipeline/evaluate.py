@@ -16,6 +16,7 @@ from litdistill.core.io import atomic_write_csv
 from litdistill.models.loading import count_parameters, memory_footprint
 from litdistill.models.saving import weights_on_disk_mb
 from litdistill.reporting.evaluation import agreement_rate, cpu_speeds, predict, score
+from litdistill.reporting.intervals import paired_bootstrap
 from litdistill.reporting.report import multi_teacher_memory, summarize
 
 
@@ -27,13 +28,16 @@ def evaluate_models(
     scratch_dir: str | Path,
     train_steps: dict[str, int] | None = None,
     predictions: Path | None = None,
+    seed_preds: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics, agreement with the teacher, and CPU speed at equal threads and inputs.
 
     ``scratch_dir``: where each model's safetensors are written for the size-on-disk column;
     ``train_steps``: the optimizer steps each trained model took (student and baseline), shown per row;
     ``predictions``: a CSV written with every model's test predictions beside the labels (one row per
-    example, or per counted token of a causal LM), so models can be re-scored and compared pairwise later.
+    example, or per counted token of a causal LM), so models can be re-scored and compared pairwise later;
+    ``seed_preds``: the student's and baseline's test predictions under the extra seeds
+    (``report.seeds``): the student-minus-baseline difference then gets its paired-bootstrap interval.
     """
     threads = settings.threads
     loader = datamodule.test_dataloader()
@@ -67,6 +71,9 @@ def evaluate_models(
     agreement = agreement_rate(preds["student"], preds["teacher"], labels, task) if "teacher" in preds else None
     if "teacher" in preds and "baseline" in preds:
         rows["baseline"]["agreement"] = agreement_rate(preds["baseline"], preds["teacher"], labels, task)
+    if seed_preds:  # predictions.csv: the extra seeds' columns too, e.g. student_seed43
+        for name in ("student", "baseline"):
+            preds.update({f"{name}_seed{s}": p for s, p in zip(seed_preds["seeds"], seed_preds[name])})
     if predictions is not None:
         write_predictions(predictions, labels, preds)
     majority = (
@@ -74,13 +81,35 @@ def evaluate_models(
         if task == "classification"
         else None
     )
-    return summarize(
+    transfer = getattr(datamodule, "transfer_counts", None)  # the train rows by target source
+    report = summarize(
         rows,
         settings.metric,
         agreement,
         threads,
-        {"majority_class_rate": majority, "task": task, **multi_teacher_memory(models.get("teacher"))},
+        {
+            "majority_class_rate": majority,
+            "task": task,
+            **({"train_rows": transfer.as_dict()} if transfer is not None else {}),
+            **multi_teacher_memory(models.get("teacher")),
+        },
     )
+    if seed_preds:
+        report["student_minus_baseline"] = seeds_difference(preds, seed_preds, labels, settings.metric, num_labels)
+    return report
+
+
+def seeds_difference(
+    preds: dict[str, torch.Tensor],
+    seed_preds: dict[str, list[Any]],
+    labels: torch.Tensor,
+    metric: str,
+    num_labels: int,
+) -> dict[str, Any]:
+    """Student minus baseline over the run's seed and the extra ones, with the paired-bootstrap interval."""
+    a = torch.stack([preds["student"], *seed_preds["student"]])  # [S, N]
+    b = torch.stack([preds["baseline"], *seed_preds["baseline"]])  # [S, N]
+    return paired_bootstrap(a, b, labels, metric, num_labels).as_dict()
 
 
 def write_predictions(path: Path, labels: torch.Tensor, preds: dict[str, torch.Tensor]) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -34,22 +35,41 @@ def fit(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
 
 
+@dataclass
+class StudentRecipe:
+    """What trains one more student like the run's: its factories, fresh loss terms, optimizers, task
+    (the baseline, and the students of ``report.seeds``)."""
+
+    make_student: Callable[[nn.Module | None], nn.Module]
+    make_trainer: Callable[..., L.Trainer]
+    make_losses: Callable[[], dict[str, Any]]  # fresh terms: a learned projection starts anew
+    optimizers: tuple[Any, Any]
+    task: str
+
+
 def fit_baseline(
-    make_student: Callable[[nn.Module | None], nn.Module],
-    teacher: nn.Module | None,
-    datamodule: L.LightningDataModule,
-    make_trainer: Callable[..., L.Trainer],
-    optimizers: tuple[Any, Any],
-    task: str,
-    seed: int,
+    recipe: StudentRecipe, teacher: nn.Module | None, datamodule: L.LightningDataModule, seed: int, max_steps: int
 ) -> tuple[nn.Module, int]:
-    """The same student, reseeded to the run's seed, trained on the labels alone for the same steps.
-    Returns it and the optimizer steps it took (the report shows them beside the student's)."""
-    log.info("training the no-distillation baseline (same student, same steps, labels only)")
+    """The same student, reseeded to ``seed``, trained on the labels alone (``datamodule``: the labelled
+    rows) for the student's ``max_steps`` optimizer steps. With a transfer set the student's epochs hold
+    more rows than the labels: the baseline then takes more epochs over the labelled rows, so a distilled
+    student that wins did not win by more updates. Returns it and the steps it took (the report shows
+    them beside the student's). Its validation is skipped (nothing reads it)."""
+    log.info("training the no-distillation baseline (same student, %d steps, labelled rows only)", max_steps)
     L.seed_everything(seed, workers=True)
-    baseline = make_student(teacher)
-    module = distillation_module(baseline, None, {"ce": HardCE()}, optimizers, task)
-    trainer = make_trainer(logger=False, callbacks=[], enable_checkpointing=False)
+    baseline = recipe.make_student(teacher)
+    module = distillation_module(baseline, None, {"ce": HardCE()}, recipe.optimizers, recipe.task)
+    trainer = recipe.make_trainer(
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        max_steps=max_steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        val_check_interval=1.0,
+        check_val_every_n_epoch=1,
+    )
     trainer.fit(module, datamodule=datamodule)
     return baseline, trainer.global_step
 

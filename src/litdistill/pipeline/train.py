@@ -15,11 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from litdistill.cache.run import teacher_cache
 from litdistill.config.checks import check_config
 from litdistill.pipeline.builders import plan_run
-from litdistill.pipeline.data import check_student_source, llm_labels_teacher, load_data
+from litdistill.pipeline.data import check_student_source, labelled_only, llm_labels_teacher, load_data
 from litdistill.pipeline.evaluate import evaluate_models
 from litdistill.pipeline.export import export
 from litdistill.pipeline.fit import fit, fit_baseline, unsharded_models
 from litdistill.pipeline.report import write_outputs
+from litdistill.pipeline.seeds import extra_seeds, repeat_over_seeds
 from litdistill.pipeline.student import build_student, distillation_module, losses_for
 from litdistill.pipeline.teacher import finetune_teacher, load_teacher, run_cache
 from litdistill.reporting.tracking import log_run
@@ -33,7 +34,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_run(cfg)  # losses, factories, typed settings, the checkpoint to resume from; nothing loaded
     L.seed_everything(plan.seed, workers=True)
 
-    datamodule = load_data(plan.make_datamodule)  # 1. data, read and checked
+    datamodule = load_data(plan.make_datamodule)  # 1. data, read and checked, with its transfer set
+    labelled = labelled_only(datamodule)  # its labelled train rows: the teacher's fine-tune, the baseline
     labels_teacher = llm_labels_teacher(datamodule, plan.teacher_target)  # data.teacher_labels: an LLM taught
     cache = teacher_cache(plan.cache, plan.losses, datamodule)  # cache=build|use|auto (docs/caching.md)
     check_student_source(plan.student_source, plan.data_tokenizer_source, datamodule)
@@ -42,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         teacher = load_teacher(plan.load_teacher, plan.teacher_source, datamodule.tokenizer, plan.student_cut)
         if plan.finetune is not None:
             teacher = finetune_teacher(
-                teacher, plan.finetune, datamodule, plan.make_trainer, plan.losses, plan.make_student
+                teacher, plan.finetune, labelled, plan.make_trainer, plan.losses, plan.make_student
             )
     if cache is not None:  # 3. teacher cache: build the store, then read it in place of the teacher
         datamodule, teacher = run_cache(cache, teacher, plan.make_trainer), None
@@ -57,10 +59,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = plan.make_trainer()
     fit(trainer, module, datamodule, plan.ckpt_path, teacher, plan.teacher_placement)  # 5. fit
     baseline, steps = None, {"student": trainer.global_step}
-    if plan.baseline and teaches is not None:  # 6. the same student on the labels alone
-        baseline, steps["baseline"] = fit_baseline(
-            plan.make_student, teacher, datamodule, plan.make_trainer, plan.optimizers, plan.task, plan.seed
-        )
+    if plan.baseline and teaches is not None:  # 6. the same student on the labels alone, as many steps
+        baseline, steps["baseline"] = fit_baseline(plan.recipe, teacher, labelled, plan.seed, trainer.global_step)
+    seed_preds = None
+    if plan.report.seeds > 1 and baseline is not None:  # 6b. more seeds: the difference gets an interval
+        seeds = extra_seeds(plan.seed, plan.report.seeds)
+        seed_preds = repeat_over_seeds(plan.recipe, seeds, teacher, teaches, cache, datamodule, labelled)
     full_student = gather_full_student(trainer)  # FSDP: every rank takes part; None for other strategies
     if not trainer.is_global_zero:
         return {}
@@ -68,7 +72,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
         teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
-    report = evaluate_models(models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions)  # 7.
+    report = evaluate_models(
+        models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions, seed_preds
+    )  # 7.
     exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report, baseline)  # 8. export
     report.update({"exports": exports} if exports else {})
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report

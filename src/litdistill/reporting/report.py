@@ -42,6 +42,13 @@ def summarize(
             report["throughput_ratio"] = student["throughput_per_s"] / teacher["throughput_per_s"]
         if teacher.get("params_m") and student.get("params_m"):  # an LLM known only by its labels has none
             report["compression"] = teacher["params_m"] / student["params_m"]
+    baseline = rows.get("baseline")
+    if student and baseline and metric in student.get("metrics", {}) and metric in baseline.get("metrics", {}):
+        report["student_minus_baseline"] = {
+            "metric": metric,
+            "difference": student["metrics"][metric] - baseline["metrics"][metric],
+            "seeds": 1,
+        }
     spreads = {name: row["latency_spread_pct"] for name, row in rows.items() if "latency_spread_pct" in row}
     if spreads:  # the timing's own verdict: a busy machine makes every latency and ratio unreliable
         report["timing_spread_pct"] = max(spreads.values())
@@ -108,9 +115,39 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("majority_class_rate") is not None:
         lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    lines += margin_markdown(report)
     lines += teachers_memory_markdown(report)
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def margin_markdown(report: dict[str, Any]) -> list[str]:
+    """What distillation bought: the student's metric minus the labels-only baseline's, with the rows each
+    saw; an interval only where several seeds were run (``report.seeds``)."""
+    lines = []
+    rows = report.get("train_rows")
+    if rows and rows["total"] > rows["labelled"]:
+        lines.append(
+            f"- train rows: {rows['labelled']} labelled (the baseline's and the teacher fine-tune's), "
+            f"{rows['total'] - rows['labelled']} without a label for the teacher to teach "
+            f"({rows['hidden_labels']} labels hidden, {rows['unlabeled']} unlabelled, {rows['augmented']} augmented)"
+        )
+    margin = report.get("student_minus_baseline")
+    if margin:
+        diff = 100 * margin["difference"]
+        if margin.get("ci95"):
+            low, high = (100 * v for v in margin["ci95"])
+            verdict = "above zero" if low > 0 else "below zero" if high < 0 else "includes zero"
+            lines.append(
+                f"- **distilled student - labels-only baseline: {diff:+.2f} {margin['metric']} points**, mean of "
+                f"{margin['seeds']} seeds, paired-bootstrap 95% interval [{low:+.2f}, {high:+.2f}] ({verdict})"
+            )
+        else:
+            lines.append(
+                f"- **distilled student - labels-only baseline: {diff:+.2f} {margin['metric']} points** "
+                "(one seed: no interval; report.seeds=5 gives one)"
+            )
+    return lines
 
 
 def multi_teacher_memory(teacher: Any) -> dict[str, Any]:
