@@ -44,6 +44,9 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
     output = proc.stdout + proc.stderr
     assert output.count(f"run directory: {run}") == 2 and f"done; run directory: {run}" in output  # start, end
+    # no terminal here: plain progress lines for every training stage, ending at its real total
+    assert "teacher fine-tune: step 10/10 (100%)" in output
+    assert "student: step 8/8 (100%)" in output and "baseline (seed 42): step 8/8 (100%)" in output
     # every model's test predictions are kept: the report's F1 is recomputed from them, and the baseline folder loads
     import csv
 

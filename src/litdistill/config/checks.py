@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from litdistill.cache.build import OUTPUTS
 from litdistill.cache.codec import CODECS, DTYPES
 from litdistill.cache.run import MODES as CACHE_MODES
-from litdistill.config.schema import SCHEMAS
+from litdistill.config.schema import EXPORT_CHECKPOINTS, SCHEMAS
 from litdistill.core.forward import TASKS
 from litdistill.data.transfer import check_label_fraction
 from litdistill.reporting.intervals import METRICS as INTERVAL_METRICS
@@ -34,6 +34,7 @@ def check_config(cfg: DictConfig) -> None:
     check_resume(cfg)
     check_report(cfg.get("report"))
     check_export(cfg.get("export"))
+    check_export_checkpoint(cfg)
     check_teacher_finetune(cfg.get("teacher_finetune"))
     check_cache(cfg.get("cache"))
     check_data_sizes(cfg.get("data"))
@@ -86,9 +87,27 @@ def check_export(export: DictConfig | None) -> None:
         _at_least("export.check_batches", export.check_batches, 1)
 
 
+def check_export_checkpoint(cfg: DictConfig) -> None:
+    """``export.checkpoint=best`` needs a monitored checkpoint on one process (FSDP/DeepSpeed shard it)."""
+    which = OmegaConf.select(cfg, "export.checkpoint", default="last")
+    _choice("export.checkpoint", which, EXPORT_CHECKPOINTS)
+    if which != "best":
+        return
+    if not OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None):
+        raise ValueError(
+            "export.checkpoint=best needs callbacks.model_checkpoint with a monitor (callbacks=default); "
+            "or export.checkpoint=last"
+        )
+    kind = strategy_kind(cfg.trainer.get("strategy"))[0]
+    if kind in ("fsdp", "deepspeed"):
+        raise ValueError(f"export.checkpoint=best with trainer.strategy={kind}: sharded checkpoints; use last")
+
+
 def check_teacher_finetune(spec: DictConfig | None) -> None:
     if spec:
         _at_least("teacher_finetune.max_steps", spec.max_steps, 1)
+        if spec.get("max_epochs") is not None:
+            _at_least("teacher_finetune.max_epochs", spec.max_epochs, 1)
         if not spec.lr > 0:
             raise ValueError(f"teacher_finetune.lr={spec.lr!r} is not valid; it must be > 0")
         if not 0 <= spec.warmup_ratio < 1:

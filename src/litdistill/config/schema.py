@@ -33,6 +33,9 @@ class ReportConfig:
     seeds: int = 1  # N > 1: student and baseline trained under N seeds; their difference with a paired-bootstrap 95% CI
 
 
+EXPORT_CHECKPOINTS = ("last", "best")
+
+
 @dataclass
 class ExportConfig:
     """Deployment formats of the student, each reloaded, checked against it and timed."""
@@ -42,6 +45,7 @@ class ExportConfig:
     opset: int = 17
     check_batches: int = 4
     baseline: bool = False  # also keep the labels-only baseline as baseline/ (a Hugging Face folder)
+    checkpoint: str = "last"  # which student is scored and exported: last (end of training) | best (validation)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class TeacherFinetuneConfig:
     """Fit the teacher on the labels before distilling (cached by config)."""
 
     max_steps: int = 120
+    max_epochs: int | None = None  # set: this many epochs over the labelled rows instead of max_steps
     lr: float = 1.0e-4
     warmup_ratio: float = 0.1
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from torch import nn
 
 from litdistill.losses import HardCE
@@ -33,6 +34,25 @@ def fit(
     configure_strategy(trainer, module.student, teacher, teacher_placement)
     # weights_only=False: the checkpoint holds the DataModule's OmegaConf hparams
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
+
+
+def student_weights(trainer: L.Trainer, module: L.LightningModule, which: str) -> str:
+    """``export.checkpoint``: ``last`` keeps the weights training ended with; ``best`` loads the student's
+    weights from the checkpoint with the best validation metric (the monitored ModelCheckpoint,
+    ``checkpoints/``), so the report scores and ``student/`` holds that one. Returns which weights."""
+    if which == "last":
+        return "last: the weights at the end of training"
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    path = monitored[0].best_model_path if monitored else ""
+    if not path:
+        raise ValueError(
+            "export.checkpoint=best, but no checkpoint with a validation metric was written "
+            "(callbacks.model_checkpoint with a monitor, and validation, are needed); use export.checkpoint=last"
+        )
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    score = monitored[0].best_model_score
+    log.info("export.checkpoint=best: the student's weights from %s (%s)", path, monitored[0].monitor)
+    return f"best: {path} ({monitored[0].monitor}={float(score):.4f})" if score is not None else f"best: {path}"
 
 
 @dataclass
@@ -69,6 +89,7 @@ def fit_baseline(
         num_sanity_val_steps=0,
         val_check_interval=1.0,
         check_val_every_n_epoch=1,
+        stage=f"baseline (seed {seed})",
     )
     trainer.fit(module, datamodule=datamodule)
     return baseline, trainer.global_step

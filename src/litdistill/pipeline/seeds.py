@@ -49,19 +49,15 @@ def repeat_over_seeds(
         losses = losses_for(recipe.make_losses(), teaches is not None)
         module = distillation_module(student, teaches, losses, recipe.optimizers, recipe.task)
         trainer = recipe.make_trainer(
-            logger=False, callbacks="training", enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0
+            logger=False,
+            callbacks="training",
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            stage=f"student (seed {seed})",
         )
         trainer.fit(module, datamodule=datamodule)
-        baseline, _ = fit_baseline(
-            recipe.make_student,
-            teacher,
-            labelled,
-            recipe.make_trainer,
-            recipe.optimizers,
-            recipe.task,
-            seed,
-            trainer.global_step,
-        )
+        baseline, _ = fit_baseline(recipe, teacher, labelled, seed, trainer.global_step)
         for name, model in (("student", student), ("baseline", baseline)):
             preds[name].append(predict(model, datamodule.test_dataloader(), recipe.task)[0])
     return preds

@@ -18,7 +18,7 @@ from litdistill.pipeline.builders import plan_run
 from litdistill.pipeline.data import check_student_source, labelled_only, llm_labels_teacher, load_data
 from litdistill.pipeline.evaluate import evaluate_models
 from litdistill.pipeline.export import export
-from litdistill.pipeline.fit import fit, fit_baseline, unsharded_models
+from litdistill.pipeline.fit import fit, fit_baseline, student_weights, unsharded_models
 from litdistill.pipeline.report import write_outputs
 from litdistill.pipeline.seeds import extra_seeds, repeat_over_seeds
 from litdistill.pipeline.student import build_student, distillation_module, losses_for
@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer = plan.make_trainer()
     fit(trainer, module, datamodule, plan.ckpt_path, teacher, plan.teacher_placement)  # 5. fit
+    weights = student_weights(trainer, module, plan.export.checkpoint)  # export.checkpoint=last|best
     baseline, steps = None, {"student": trainer.global_step}
     if plan.baseline and teaches is not None:  # 6. the same student on the labels alone, as many steps
         baseline, steps["baseline"] = fit_baseline(plan.recipe, teacher, labelled, plan.seed, trainer.global_step)
@@ -76,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions, seed_preds
     )  # 7.
     exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report, baseline)  # 8. export
-    report.update({"exports": exports} if exports else {})
+    report.update({"student_weights": weights, **({"exports": exports} if exports else {})})
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report
     log_run(trainer, report, plan.out_dir, plan.resolved, plan.log_model)  # W&B: config, report, figures, student
     return report

@@ -116,6 +116,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
     lines += margin_markdown(report)
+    if report.get("student_weights"):
+        lines += [f"- student scored and exported (student/): {report['student_weights']} (export.checkpoint)"]
     lines += teachers_memory_markdown(report)
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"

@@ -48,6 +48,7 @@ class FinetuneJob:
     dtype: str = "float32"
     quantization: str | None = None
     load_float: Callable[[], nn.Module] | None = None
+    max_epochs: int | None = None  # set: epochs over the labelled rows instead of max_steps
 
 
 def finetune_key(parts: Mapping[str, Any]) -> str:
@@ -91,7 +92,8 @@ def finetuned_teacher(
         if job.quantization and job.load_float is not None:
             del teacher
             teacher = job.load_float()
-        log.info("fine-tuning the teacher for %d steps (cached afterwards in %s)", job.max_steps, cache)
+        length = f"{job.max_epochs} epochs" if job.max_epochs else f"{job.max_steps} steps"
+        log.info("fine-tuning the teacher for %s (cached afterwards in %s)", length, cache)
         L.seed_everything(job.seed, workers=True)
         module = DistillationModule(
             teacher,
@@ -102,9 +104,10 @@ def finetuned_teacher(
             task=job.task,
         )
         trainer = trainer_factory(
-            max_steps=job.max_steps,
-            max_epochs=-1,
+            max_steps=-1 if job.max_epochs else job.max_steps,
+            max_epochs=job.max_epochs or -1,
             enable_checkpointing=False,
+            stage="teacher fine-tune",
             logger=False,
             callbacks=[],
             num_sanity_val_steps=0,
