@@ -86,3 +86,37 @@ def test_the_cache_key_changes_with_a_local_teachers_weights(tmp_path):
     model.save_pretrained(tmp_path / "teacher")  # same name, other weights
     after = teacher_identity(spec)
     assert before["name"] == after["name"] == "local:teacher" and before["weights"] != after["weights"]
+
+
+def _report(teacher_acc: float, majority: float, margin: dict | None = None, rows: dict | None = None) -> dict:
+    models = {"teacher": {"metrics": {"acc": teacher_acc, "f1": teacher_acc}}, "student": {"metrics": {"acc": 0.5}}}
+    report = {"metric": "f1", "threads": 2, "models": models, "majority_class_rate": majority}
+    return {
+        **report,
+        **({"student_minus_baseline": margin} if margin else {}),
+        **({"train_rows": rows} if rows else {}),
+    }
+
+
+def test_a_teacher_at_the_majority_rate_is_called_a_plumbing_check():
+    from litdistill.reporting.report import to_markdown
+
+    assert "the teacher is not competent** (accuracy 0.438, majority class 0.562)" in to_markdown(
+        _report(0.4375, 0.5625)
+    )
+    assert "not competent" in to_markdown(_report(0.60, 0.5625))  # within 0.05 of the majority: still nothing learnt
+    assert "not competent" not in to_markdown(_report(0.90, 0.5625))
+
+
+def test_the_margin_line_says_one_seed_or_gives_the_interval_and_counts_the_rows():
+    from litdistill.reporting.report import to_markdown
+
+    rows = {"labelled": 60, "hidden_labels": 1140, "unlabeled": 0, "augmented": 0, "total": 1200}
+    one = to_markdown(_report(0.9, 0.5, {"metric": "f1", "difference": 0.0316, "seeds": 1}, rows))
+    assert "**distilled student - labels-only baseline: +3.16 f1 points** (one seed: no interval" in one
+    assert "60 labelled (the baseline's and the teacher fine-tune's), 1140 without a label" in one
+    five = {"metric": "f1", "difference": 0.02, "seeds": 5, "ci95": [0.0065, 0.0371]}
+    text = to_markdown(_report(0.9, 0.5, five))
+    assert "+2.00 f1 points**, mean of 5 seeds, paired-bootstrap 95% interval [+0.65, +3.71] (above zero)" in text
+    crossing = to_markdown(_report(0.9, 0.5, {**five, "ci95": [-0.01, 0.05]}))
+    assert "[-1.00, +5.00] (includes zero)" in crossing

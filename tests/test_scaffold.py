@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import site
 import subprocess
 import sys
 import zipfile
@@ -71,9 +72,24 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _venv(path: Path) -> Path:
-    """A fresh venv that sees the system's torch & co; pip itself comes from the system site-packages."""
+    """A fresh venv that sees this interpreter's packages (torch & co, pip, the editable litdistill).
+
+    ``--system-site-packages`` alone is not enough: inside a venv, ``sys.executable`` is the venv's, and a
+    venv made from it sees the *base* interpreter's site-packages, not this venv's. A ``.pth`` line that
+    calls ``site.addsitedir`` on every one of this interpreter's site directories (their own ``.pth``
+    files included, so an editable install resolves) works in and out of a venv."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True)
-    return path / "bin" / "python"
+    python = path / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    line = "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs if Path(d).is_dir())
+    (Path(target) / "_litdistill_tests_parent_env.pth").write_text(line + "\n", encoding="utf-8")
+    return python
 
 
 def _pip_install(python: Path, *args: str) -> None:

@@ -22,6 +22,8 @@ Usage:
 Examples:
   litdistill                                        the default run (offline, a few minutes on 2 cores)
   litdistill experiment=tiny                        a plumbing check on tiny models (seconds)
+  litdistill report.seeds=5                         5 seeds: distilled - labels-only with a 95% interval
+  litdistill data.unlabeled=pool.txt augment=neighbours   more text for the teacher to teach (transfer set)
   litdistill loss=kd_ce loss.kd.temperature=4 trainer.max_epochs=3
   litdistill teacher=pretrained teacher.name_or_path=bert-base-uncased data=files \\
       data.data_files.train=train.csv data.data_files.validation=dev.csv data.data_files.test=test.csv

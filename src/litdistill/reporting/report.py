@@ -114,6 +114,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         ]
     if report.get("majority_class_rate") is not None:
         lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
+        lines += competence_markdown(report)
     lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
     lines += margin_markdown(report)
     if report.get("student_weights"):
@@ -121,6 +122,24 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += teachers_memory_markdown(report)
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+COMPETENCE_MARGIN = 0.05  # a teacher within this of the majority-class rate has learnt (next to) nothing
+
+
+def competence_markdown(report: dict[str, Any]) -> list[str]:
+    """A warning when the teacher's accuracy is not clearly above the majority-class rate: then no number
+    in the report says anything about distillation (a plumbing check such as experiment=tiny, or a
+    teacher that was never trained on the task)."""
+    acc = ((report["models"].get("teacher") or {}).get("metrics") or {}).get("acc")
+    majority = report["majority_class_rate"]
+    if acc is None or acc > majority + COMPETENCE_MARGIN:
+        return []
+    return [
+        f"- **the teacher is not competent** (accuracy {acc:.3f}, majority class {majority:.3f}): this run "
+        "checks the plumbing only; no comparison here says anything about distillation (fine-tune the "
+        "teacher longer, teacher_finetune.max_steps, or use a trained one)"
+    ]
 
 
 def margin_markdown(report: dict[str, Any]) -> list[str]:
