@@ -55,6 +55,7 @@ DATA_IGNORED = {
     "revision",
     "max_length",
     "_target_",
+    "augment_cache_dir",  # where augmented sentences are cached; the sentences are in the split fingerprint
 }
 
 

@@ -165,18 +165,22 @@ def check_transfer_set(cfg: DictConfig) -> None:
         check_label_fraction(data.label_fraction)
     if not has_transfer_set(cfg):
         return
-    what = "data.unlabeled / data.label_fraction < 1 / augment"
+    what = (
+        f"the train split has rows without a label (data.label_fraction={data.get('label_fraction')}, "
+        f"data.unlabeled={data.get('unlabeled')}, augment={'on' if cfg.get('augment') else 'none'})"
+    )
+    fix = "; or train on labels only: data.label_fraction=1.0 with no data.unlabeled and augment=none"
     if cfg.get("task") != "classification" or "label_fraction" not in data:
-        raise ValueError(f"{what} apply to classification data (task={cfg.get('task')}, data={data.get('_target_')})")
+        raise ValueError(f"{what}: transfer sets apply to classification data (task={cfg.get('task')})")
     if data.get("teacher_labels"):
         return  # the LLM's labels are the unlabelled rows' targets
     if not cfg.get("teacher"):
-        raise ValueError(f"{what}: rows without a label need a teacher to score them, but teacher=null")
+        raise ValueError(f"{what}: rows without a label need a teacher to score them, but teacher=null{fix}")
     terms = {name: term for name, term in (cfg.get("loss") or {}).items() if term}
     if not any(getattr(get_class(term._target_), "uses_teacher", True) for term in terms.values()):
         raise ValueError(
             f"{what}: loss={sorted(terms)} has only hard-label terms, which skip rows without a label; "
-            "add a soft-target term (loss=kd_ce, loss=kd)"
+            f"add a soft-target term (loss=kd_ce, loss=kd){fix}"
         )
 
 
