@@ -30,6 +30,11 @@ CANDIDATES: dict[str, list[str]] = {
     "10% labels + neighbours x4": ["data.label_fraction=0.1", "augment=neighbours"],
     "5% labels": ["data.label_fraction=0.05"],
     "5% labels + neighbours x4": ["data.label_fraction=0.05", "augment=neighbours"],
+    # then, at the picked fraction, the loss settings the default run had kept (T=2, 2 epochs, kd 0.5)
+    "5% labels, T=1": ["data.label_fraction=0.05", "loss.kd.temperature=1"],
+    "5% labels, T=4": ["data.label_fraction=0.05", "loss.kd.temperature=4"],
+    "5% labels, kd weight 0.8": ["data.label_fraction=0.05", "loss.kd.weight=0.8", "loss.ce.weight=0.2"],
+    "5% labels, 4 epochs": ["data.label_fraction=0.05", "trainer.max_epochs=4"],
 }
 
 
