@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,8 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             log(f"{NAME}: {name}")
-            results[name] = run_candidate(data_dir, overrides, args.seeds, Path(tmp) / name.replace(" ", "_"))
+            run_dir = Path(tmp) / re.sub(r"[^A-Za-z0-9]+", "_", name)  # Hydra's override grammar: no "=" or ","
+            results[name] = run_candidate(data_dir, overrides, args.seeds, run_dir)
             log(f"  {json.dumps(results[name])}")
             write_json(path, {"machine": machine_info(), "seeds": args.seeds, "candidates": results})  # after each
 
