@@ -25,12 +25,16 @@ def test_stored_without_outputs(path):
     assert nb.metadata.kernelspec.name == "python3"
 
 
+# the fast mode of each notebook, and the quickstart as shipped (what `jupyter nbconvert --execute` runs)
+RUNS = [(p, "1") for p in NOTEBOOKS] + [(p, "0") for p in NOTEBOOKS if p.stem == "quickstart"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("path", "fast"), RUNS, ids=lambda v: v.stem if isinstance(v, Path) else f"fast{v}")
+def test_notebook_runs(path, fast, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("LITDISTILL_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("LITDISTILL_NOTEBOOK_FAST", fast)
     monkeypatch.setenv("LITDISTILL_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("LITDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
