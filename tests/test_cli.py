@@ -104,6 +104,17 @@ def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bar
     assert "evaluating on the test split" in proc.stderr  # and the final evaluation of every model
 
 
+def test_teacher_fine_tuning_by_epochs_runs_whole_passes_over_the_labelled_rows(tmp_path):
+    """teacher_finetune.max_epochs: 2 epochs over the tiny data's 128 labelled rows (batch 16) = 16 steps."""
+    proc = run_cli(
+        ["experiment=tiny", "baseline=false", "teacher_finetune.max_epochs=2", "report.speed=false"],
+        tmp_path,
+    )
+    output = proc.stdout + proc.stderr
+    assert "fine-tuning the teacher for 2 epochs" in output
+    assert "teacher fine-tune: step 16/16 (100%)" in output
+
+
 def test_python_dash_m_and_multirun(tmp_path):
     run_cli(["-m", "experiment=tiny", "debug=fast", "loss.kd.temperature=1,4", "baseline=false"], tmp_path, module=True)
     runs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/report.json"))

@@ -57,6 +57,7 @@ class WordReplacement:
                 raise ValueError(f"augment.{key}={value!r}: valid: n >= 1 variants, rate in (0, 1], top_k >= 1")
         self.source, self.n, self.rate, self.top_k = str(source), int(n), float(rate), int(top_k)
         self._tokenizer = None
+        self._pieces: dict[str, int | None] = {}  # word -> its one vocabulary id (None: several pieces)
 
     def settings(self) -> dict[str, Any]:
         return {"method": type(self).__name__, "source": self.source, "n": self.n, "rate": self.rate, "k": self.top_k}
@@ -78,8 +79,11 @@ class WordReplacement:
             )
 
     def _single_piece(self, word: str) -> int | None:
-        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-        return ids[0] if len(ids) == 1 else None
+        """The word's vocabulary id when it is one entry, else None (memoised: corpora repeat words)."""
+        if word not in self._pieces:
+            ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+            self._pieces[word] = ids[0] if len(ids) == 1 else None
+        return self._pieces[word]
 
     def _chosen(self, text: str, rng: random.Random) -> list[re.Match[str]]:
         """Replaceable words (one vocabulary entry each), each picked with probability ``rate`` (>= 1)."""
@@ -103,27 +107,28 @@ class EmbeddingNeighbours(WordReplacement):
 
     def __init__(self, source: str, n: int = 4, rate: float = 0.3, top_k: int = 10) -> None:
         super().__init__(source, n, rate, top_k)
-        self._table: tuple[torch.Tensor, list[int]] | None = None  # unit embeddings [W, H], their token ids
+        self._table: tuple[torch.Tensor, list[int], dict[int, int]] | None = None
         self._neighbours: dict[int, list[str]] = {}
 
-    def _load(self) -> tuple[torch.Tensor, list[int]]:
+    def _load(self) -> tuple[torch.Tensor, list[int], dict[int, int]]:
+        """Unit embeddings of the whole-word entries [W, H], their token ids, and id -> row."""
         model = AutoModel.from_pretrained(self.source)
         weight = model.get_input_embeddings().weight.detach().float()  # [V, H]
         vocab = self.tokenizer.get_vocab()
         ids = sorted(i for token, i in vocab.items() if token.isalpha() and token.isascii() and len(token) > 1)
         table = torch.nn.functional.normalize(weight[ids], dim=-1)  # [W, H]
-        return table, ids
+        return table, ids, {token_id: row for row, token_id in enumerate(ids)}
 
     def neighbours(self, token_id: int) -> list[str]:
         """The ``top_k`` nearest whole words to ``token_id`` (itself excluded), nearest first."""
         if token_id not in self._neighbours:
             if self._table is None:
                 self._table = self._load()
-            table, ids = self._table
-            if token_id not in ids:
+            table, ids, row = self._table
+            if token_id not in row:
                 self._neighbours[token_id] = []
                 return []
-            similarity = table @ table[ids.index(token_id)]  # [W]
+            similarity = table @ table[row[token_id]]  # [W]
             order = similarity.topk(self.top_k + 1).indices.tolist()
             words = [self.tokenizer.convert_ids_to_tokens(ids[i]) for i in order if ids[i] != token_id]
             self._neighbours[token_id] = words[: self.top_k]
@@ -132,9 +137,9 @@ class EmbeddingNeighbours(WordReplacement):
     def variants(self, text: str, rng: random.Random) -> list[str]:
         out = []
         for _ in range(self.n):
-            chosen = [m for m in self._chosen(text, rng) if self.neighbours(self._single_piece(m.group()))]
-            words = [rng.choice(self.neighbours(self._single_piece(m.group()))) for m in chosen]
-            out.append(_spliced(text, chosen, words))
+            near = [(m, self.neighbours(self._single_piece(m.group()))) for m in self._chosen(text, rng)]
+            near = [(m, words) for m, words in near if words]
+            out.append(_spliced(text, [m for m, _ in near], [rng.choice(words) for _, words in near]))
         return out
 
 

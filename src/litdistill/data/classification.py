@@ -241,8 +241,8 @@ class TextClassificationDataModule(ResumableTrainOrder, L.LightningDataModule):
             return Dataset.from_dict({c: [] for c in columns})
         self.augment.check_tokenizer(self.tokenizer)
         made = augmented_texts(self.augment, labelled[h.text_column], h.seed, h.augment_cache_dir)
-        source = [i for i, _ in made]
-        columns = {c: [labelled[c][i] for i in source] for c in columns if c != h.text_column}
+        sources = labelled.select([i for i, _ in made])  # each variant's source row, for its other columns
+        columns = {c: list(sources[c]) for c in columns if c != h.text_column}
         return Dataset.from_dict({h.text_column: [text for _, text in made], **columns})
 
     def labelled_only(self) -> TextClassificationDataModule:

@@ -27,19 +27,20 @@ class PlainProgress(L.Callback):
     def __init__(self, stage: str = "training", every_s: float = 10.0) -> None:
         self.stage, self.every_s = stage, every_s
         self._start = self._last = 0.0
+        self._total = 0.0  # optimizer steps of the whole fit, read once the loaders are set up
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.monotonic()
+        self._total = trainer.estimated_stepping_batches
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         now = time.monotonic()
-        total = trainer.estimated_stepping_batches
-        if trainer.is_global_zero and (now - self._last >= self.every_s or trainer.global_step >= total):
+        if trainer.is_global_zero and (now - self._last >= self.every_s or trainer.global_step >= self._total):
             self._last = now
             log.info(self.line(trainer, now))
 
     def line(self, trainer: L.Trainer, now: float) -> str:
-        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        step, total = trainer.global_step, self._total
         elapsed = now - self._start
         loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
         parts = [f"step {step}/{int(total)} ({100 * step / max(total, 1):.0f}%)"]
