@@ -4,12 +4,12 @@ on the labelled rows only, exact across accumulation and data-parallel ranks."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import subprocess
+import sys
+from functools import partial
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from datasets import Dataset
 from omegaconf import OmegaConf
 
@@ -196,38 +196,68 @@ def test_accumulated_micro_batches_give_the_step_mean_over_labelled_rows_for_ce_
 
 
 # ---- ... and across data-parallel ranks (real gloo processes) -----------------------------------------
-def _rank(rank: int, world: int, store: str, s0: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, out: str) -> None:
-    # a file rendezvous: no port to collide with, and a bounded wait if a rank dies
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
-    try:
-        student = torch.nn.Linear(1, 1, bias=False)  # a stand-in parameter set, so DDP averages real gradients
-        student.weight.data.fill_(1.0)
-        ddp = torch.nn.parallel.DistributedDataParallel(student)
-        rows = torch.arange(rank * 5, rank * 5 + 5)  # rank 0: 1 labelled row of 5, rank 1: 4 of 5
-        batch = {"labels": labels[rows], "rows": rows}
-        [batch] = list(StepTokenCounts([batch], 1, labelled_rows))
-        batch = across_ranks(batch)  # the counts summed over ranks, the world size folded into accumulate
-        logits = ddp(torch.ones(5, 1)).view(5, 1) * s0[rows]  # [5, 3]: d loss / d weight = the loss's sum
-        student_out, teacher_out = ModelOutputs(logits=logits), ModelOutputs(logits=t[rows])
-        loss = 0.5 * SoftTargetKL(2.0)(student_out, teacher_out, batch) + 0.5 * HardCE()(
-            student_out, teacher_out, batch
-        )
-        loss.backward()
-        if rank == 0:
-            torch.save(student.weight.grad.clone(), out)
-    finally:
-        dist.destroy_process_group()
+RANK_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from tests.test_transfer_set import rank_gradient
+
+dist.init_process_group("gloo")  # env://: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+try:
+    grad = rank_gradient(dist.get_rank(), **torch.load(sys.argv[1]))
+    if dist.get_rank() == 0:
+        torch.save(grad, sys.argv[2])
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def rank_gradient(rank: int, s0: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One rank's step: 5 of the 10 rows, DDP averaging the gradient of a stand-in parameter."""
+    student = torch.nn.Linear(1, 1, bias=False)  # a stand-in parameter set, so DDP averages real gradients
+    student.weight.data.fill_(1.0)
+    ddp = torch.nn.parallel.DistributedDataParallel(student)
+    rows = torch.arange(rank * 5, rank * 5 + 5)  # rank 0: 1 labelled row of 5, rank 1: 4 of 5
+    batch = {"labels": labels[rows], "rows": rows}
+    [batch] = list(StepTokenCounts([batch], 1, labelled_rows))
+    batch = across_ranks(batch)  # the counts summed over ranks, the world size folded into accumulate
+    logits = ddp(torch.ones(5, 1)).view(5, 1) * s0[rows]  # [5, 3]: d loss / d weight = the loss's sum
+    student_out, teacher_out = ModelOutputs(logits=logits), ModelOutputs(logits=t[rows])
+    loss = 0.5 * SoftTargetKL(2.0)(student_out, teacher_out, batch) + 0.5 * HardCE()(student_out, teacher_out, batch)
+    loss.backward()
+    return student.weight.grad.clone()
 
 
 def test_ddp_ranks_with_unequal_labelled_rows_give_the_global_mean_gradient(tmp_path):
+    """Two processes launched as torchrun would (env://), each waited on with a bound: a rank that hangs
+    fails the test instead of the suite."""
+    from tests.test_cache_ddp import base_env, free_port
+
     torch.manual_seed(8)
     s0 = torch.randn(10, 3, dtype=torch.float64).float()
     t = torch.randn(10, 3)
     labels = torch.tensor([1, UNLABELLED, UNLABELLED, UNLABELLED, UNLABELLED, 0, 2, 1, UNLABELLED, 2])
-    out = str(tmp_path / "grad.pt")
-    mp.spawn(_rank, args=(2, str(tmp_path / "rendezvous"), s0, t, labels, out), nprocs=2, join=True)
+    inputs, out, script = tmp_path / "inputs.pt", tmp_path / "grad.pt", tmp_path / "rank.py"
+    torch.save({"s0": s0, "t": t, "labels": labels}, inputs)
+    script.write_text(RANK_SCRIPT)
+    env = partial(base_env, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(inputs), str(out)],
+            env=env(RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        codes = [proc.wait(180) for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.wait(30)
+    assert codes == [0, 0], [proc.stdout.read()[-2000:] for proc in ranks]
     got = torch.load(out)
 
     weight = torch.ones(1, requires_grad=True)
