@@ -11,6 +11,7 @@ answers = {
     "teacher_model": {{ cookiecutter.teacher_model | tojson }},
     "student_model": {{ cookiecutter.student_model | tojson }},
     "dataset": {{ cookiecutter.dataset | tojson }},
+    "task_type": {{ cookiecutter.task_type | tojson }},
 }
 problems = []
 package = answers["package_name"]
@@ -23,6 +24,11 @@ if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", answers["project_slug"]):
 for key in ("teacher_model", "student_model", "dataset"):
     if not answers[key].strip() or any(c in answers[key] for c in "\"'\n{}"):
         problems.append(f"{key} {answers[key]!r} must be a non-empty name or path without quotes or braces")
+if answers["teacher_model"] == "packaged-minilm" and answers["task_type"] != "classification":
+    problems.append(
+        "teacher_model 'packaged-minilm' is an encoder for task_type=classification; for "
+        f"task_type={answers['task_type']!r} name a causal language model (for example Qwen/Qwen2.5-0.5B)"
+    )
 if problems:
     print("litdistill template: " + "\n  ".join(["cannot create the project:"] + problems), file=sys.stderr)
     sys.exit(1)

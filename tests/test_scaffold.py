@@ -8,6 +8,7 @@ CUDA torch is pulled) where their own tests pass, which run their default experi
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import site
@@ -178,7 +179,10 @@ def test_answers_reach_the_files(baked):
     assert "override /logger: wandb" in (lm / "conf/experiment/tiny_lm.yaml").read_text()
     assert "MIT License" in (lm / "LICENSE").read_text()
     assert "litdistill[wandb]" in (lm / "pyproject.toml").read_text()
+    teacher = yaml.safe_load((baked["classification"] / "conf/teacher/ade_distill.yaml").read_text())
+    assert teacher["name_or_path"] == "${litdistill.minilm:}"  # the default teacher is installed: offline
     readme = (baked["classification"] / "README.md").read_text()
+    assert "all-MiniLM-L6-v2" in readme and "offline" in readme
     assert "pip install -e . && ade-distill" in readme and "python -m pytest -q" in readme
     assert (baked["tensorboard_bsd"] / "src" / "sentiment").is_dir()
 
@@ -188,6 +192,14 @@ def test_bad_package_name_is_refused_before_anything_is_written(tmp_path):
 
     with pytest.raises(FailedHookException):
         bake(tmp_path, {"project_name": "x", "package_name": "1-bad"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_packaged_minilm_teacher_is_refused_for_a_causal_lm_project(tmp_path):
+    from cookiecutter.exceptions import FailedHookException
+
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, {"project_name": "x", "task_type": "causal_lm", "teacher_model": "packaged-minilm"})
     assert not any(tmp_path.iterdir())
 
 
@@ -255,13 +267,22 @@ def test_generated_project_installs_and_passes_its_tests(name, baked, venv_with_
     assert "6 passed" in proc.stdout
     if name != "classification":
         return
-    # the console script is installed and sees the project's configs
+    # The README's first command, offline (HF_HUB_OFFLINE=1): the installed console script runs the default
+    # experiment with its real default teacher, the packaged MiniLM, fine-tuned first; shortened here.
     script = venv_with_projects.parent / project.name
+    short = ["teacher_finetune.max_steps=3", "trainer.max_steps=3", "data.data_files.max_examples=200"]
     proc = subprocess.run(
-        [str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300
+        [str(script), *short, "report.speed=false", "report.plots=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(LITDISTILL_OUTPUTS=str(tmp_path / "outputs"), LITDISTILL_CACHE=str(tmp_path / "cache")),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"task: {ANSWERS[name]['task_type']}" in proc.stdout
+    [report] = (tmp_path / "outputs").glob("*/runs/*/report.json")
+    teacher = json.loads(report.read_text())["models"]["teacher"]
+    assert teacher["params_m"] == pytest.approx(22.7, abs=0.1)  # all-MiniLM-L6-v2 with a 2-label head
 
 
 @pytest.mark.slow

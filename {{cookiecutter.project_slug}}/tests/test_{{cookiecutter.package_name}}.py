@@ -18,6 +18,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from litdistill.core.conf import config_dir
+{%- if cookiecutter.teacher_model == "packaged-minilm" %}
+from litdistill.models.loading import packaged_minilm
+{%- endif %}
 from {{ cookiecutter.package_name }}.cli import DEFAULT_EXPERIMENT, conf_dir, project_overrides
 from {{ cookiecutter.package_name }}.data import load_examples, prepare_splits
 
@@ -37,7 +40,11 @@ def compose_project(overrides: list[str]):
 def test_default_experiment_composes():
     cfg = compose_project([])
     assert cfg.task == TASK and cfg.task_name == DEFAULT_EXPERIMENT
+{%- if cookiecutter.teacher_model == "packaged-minilm" %}
+    assert cfg.teacher.name_or_path == packaged_minilm()  # installed with litdistill: the default runs offline
+{%- else %}
     assert cfg.teacher.name_or_path == {{ cookiecutter.teacher_model | tojson }}
+{%- endif %}
     assert cfg.data.data_files.source == {{ cookiecutter.dataset | tojson }}
     assert set(cfg.loss) == {"kd", "ce"}
     logger = "{{ cookiecutter.logger }}"
