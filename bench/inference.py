@@ -130,43 +130,28 @@ def run(
             for i in range(sizes["check_batches"])
         ]
 
-        try:
-            from litdistill.models.loading import export_formats as ef
-        except ImportError:
-            ef = None
-        torch_logits = getattr(ef, "torch_logits", None) or (lambda m, b, task="classification": m(**b).logits)
+        from litdistill.models import export_formats as ef
+
+        def torch_logits(model, b):
+            return ef.torch_logits(model, b, "classification")
+
         runners: dict[str, Callable[[dict], Any]] = {
-            "teacher (PyTorch)": lambda b: torch_logits(teacher, b, "classification"),
-            "student (PyTorch)": lambda b: torch_logits(student, b, "classification"),
+            "teacher (PyTorch)": lambda b: torch_logits(teacher, b),
+            "student (PyTorch)": lambda b: torch_logits(student, b),
         }
         files = {
             "teacher (PyTorch)": directory_size_mb(teacher_dir),
             "student (PyTorch)": directory_size_mb(student_dir),
         }
-        notes: dict[str, str] = {}
         torch.set_num_threads(threads)
-        if ef is not None and all(hasattr(ef, f) for f in ("export_onnx", "onnx_session", "onnx_logits")):
-            try:
-                path = ef.export_onnx(student, check[0], work / "student.onnx", task="classification")
-                session = ef.onnx_session(path, threads=threads)
-                runners["student (ONNX Runtime)"] = lambda b: ef.onnx_logits(session, b)
-                files["student (ONNX Runtime)"] = (
-                    ef.file_size_mb(path) if hasattr(ef, "file_size_mb") else path.stat().st_size / 2**20
-                )
-            except Exception as exc:  # noqa: BLE001
-                notes["student (ONNX Runtime)"] = f"export failed: {exc}"
-        else:
-            notes["student (ONNX Runtime)"] = "litdistill has no ONNX export functions"
-        if ef is not None and all(hasattr(ef, f) for f in ("quantize_int8", "save_int8", "load_int8")):
-            try:
-                path = ef.save_int8(ef.quantize_int8(student), work / "student_int8.pt")
-                quantized = ef.load_int8(student_dir, path, task="classification")
-                runners["student (int8 dynamic)"] = lambda b: torch_logits(quantized, b, "classification")
-                files["student (int8 dynamic)"] = path.stat().st_size / 2**20
-            except Exception as exc:  # noqa: BLE001
-                notes["student (int8 dynamic)"] = f"int8 failed: {exc}"
-        else:
-            notes["student (int8 dynamic)"] = "litdistill has no int8 export functions"
+        path = ef.export_onnx(student, check[0], work / "student.onnx", task="classification")
+        session = ef.onnx_session(path, threads=threads)
+        runners["student (ONNX Runtime)"] = lambda b: ef.onnx_logits(session, b)
+        files["student (ONNX Runtime)"] = ef.file_size_mb(path)
+        path = ef.save_int8(ef.quantize_int8(student), work / "student_int8.pt")
+        quantized = ef.load_int8(student_dir, path, task="classification")
+        runners["student (int8 dynamic)"] = lambda b: torch_logits(quantized, b)
+        files["student (int8 dynamic)"] = path.stat().st_size / 2**20
 
         fidelity = {}
         with torch.no_grad():
@@ -212,7 +197,6 @@ def run(
         "data": data_name,
         "inputs": {"b1_tokens": int(one["input_ids"].shape[1]), "b32_shape": list(many["input_ids"].shape)},
         "rows": rows,
-        "not_run": notes,
         "machine": machine_info(),
         "wall_s": time.perf_counter() - start,
         "command": "python -m bench.inference" + ("" if mode == "full" else f" --{mode}"),

@@ -1,8 +1,7 @@
-"""CPU timing shared by the report and the export checks: one clock, one example row."""
+"""CPU timing: one clock and one example row (the median-length request) for every timed model."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +17,6 @@ def seconds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     start = time.perf_counter()
     fn(*args, **kwargs)
     return time.perf_counter() - start
-
-
-def median_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    return 1000 * statistics.median(seconds(fn) for _ in range(max(1, repeats)))
 
 
 def median_row(batch: dict[str, Tensor]) -> dict[str, Tensor]:

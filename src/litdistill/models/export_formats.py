@@ -1,8 +1,9 @@
-"""The student in deployment formats: ONNX (run by onnxruntime) and dynamic int8, checked and timed.
+"""The student in deployment formats: ONNX (run by onnxruntime) and dynamic int8, checked.
 
-Both are optional (``export.onnx``, ``export.int8`` in the config). Each exported file is loaded back,
-run on held-out batches and compared with the PyTorch student (argmax agreement and the largest logit
-gap), and timed at batch 1 on the same example and thread count as the PyTorch student::
+Both are optional (``export.onnx``, ``export.int8`` in the config). Each exported file is loaded back
+and run on held-out batches, and compared with the PyTorch student (argmax agreement and the largest
+logit gap). :func:`export_formats` also hands back a runner for each format, so that the report can time
+the formats in the same interleaved rounds as the models (``cpu_speeds``), not in a separate measurement::
 
     from litdistill.models.export_formats import export_onnx, onnx_session, onnx_logits
     export_onnx(student, batch, "student.onnx", task="classification")
@@ -21,6 +22,7 @@ import io
 import logging
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,6 @@ from tqdm.auto import tqdm
 
 from litdistill.core.forward import MODEL_INPUTS
 from litdistill.core.io import atomic_file, atomic_write_bytes
-from litdistill.core.timing import median_ms, median_row
 from litdistill.models.loading import auto_class
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,20 @@ def file_size_mb(*paths: str | Path) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
+@dataclass
+class ExportedFormats:
+    """The exported formats' report rows (file, size, fidelity) and, for timing, a callable per format
+    that runs it on keyword tensor inputs (``runner(**batch)``), as a model is called."""
+
+    threads: int
+    rows: dict[str, dict[str, Any]]
+    runners: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def section(self) -> dict[str, Any]:
+        """The report's ``exports`` section."""
+        return {"threads": self.threads, "batch_size": 1, "formats": self.rows}
+
+
 def export_formats(
     student: nn.Module,
     batches: list[dict[str, Tensor]],
@@ -185,20 +200,16 @@ def export_formats(
     onnx: bool = True,
     int8: bool = True,
     threads: int = 1,
-    repeats: int = 10,
-    speed: bool = True,
     opset: int = 17,
     hf_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Export, reload, check and time the student; returns the report's ``exports`` section.
-
-    ``batches`` are held-out batches: the first one is the export example and its median-length
-    row, unpadded, the timing input (batch 1; as ``cpu_speeds``), the same for every format; all of
-    them are used for the checks.
+) -> ExportedFormats:
+    """Export, reload and check the student, on held-out ``batches`` (the first is the ONNX export
+    example). The ``pytorch`` row is the Hugging Face folder ``hf_dir`` loaded back (its speed is the
+    student's own); ``onnx`` and ``int8`` get runners. ONNX sessions get ``threads`` intra-op threads,
+    the thread count the report times at.
     """
     out_dir = Path(out_dir)
     example = batches[0]
-    one = median_row(example)
     was_training = student.training
     student = student.cpu().eval()
     ref_cache: dict[int, Tensor] = {}
@@ -210,9 +221,7 @@ def export_formats(
         return ref_cache[key]
 
     steps = ["pytorch"] + (["onnx"] if onnx else []) + (["int8"] if int8 else [])
-    formats: dict[str, dict[str, Any]] = {}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    exported = ExportedFormats(threads, {})  # the pytorch row is the student: timed as the student
     try:
         with tqdm(total=len(steps), desc="exporting the student", unit="format") as bar:
             weights = sorted(Path(hf_dir).glob("*.safetensors")) if hf_dir else []
@@ -223,22 +232,18 @@ def export_formats(
             if hf_dir:  # the folder a user deploys, loaded back as plain transformers would
                 reloaded = auto_class(task).from_pretrained(str(hf_dir)).eval()
                 row.update(compare_logits(reference, lambda b: torch_logits(reloaded, b, task), batches, task))
-            if speed:
-                row["latency_ms"] = median_ms(lambda: torch_logits(student, one, task), repeats)
-            formats["pytorch"] = row
+            exported.rows["pytorch"] = row
             bar.update()
             if onnx:
                 bar.set_postfix_str("onnx")
                 path = export_onnx(student, example, out_dir / ONNX_FILE, task, opset)
                 session = onnx_session(path, threads)
-                row = {
+                exported.rows["onnx"] = {
                     "file": path.name,
                     "size_mb": file_size_mb(path),
                     **compare_logits(reference, lambda b: onnx_logits(session, b), batches, task),
                 }
-                if speed:
-                    row["latency_ms"] = median_ms(lambda: onnx_logits(session, one), repeats)
-                formats["onnx"] = row
+                exported.runners["onnx"] = lambda **inputs: onnx_logits(session, inputs)
                 bar.update()
             if int8:
                 bar.set_postfix_str("int8")
@@ -246,16 +251,13 @@ def export_formats(
                 quantized = (
                     load_int8(hf_dir, path, task) if hf_dir else quantize_int8(student)
                 )  # what a user would load
-                row = {
+                exported.rows["int8"] = {
                     "file": path.name,
                     "size_mb": file_size_mb(path),
                     **compare_logits(reference, lambda b: torch_logits(quantized, b, task), batches, task),
                 }
-                if speed:
-                    row["latency_ms"] = median_ms(lambda: torch_logits(quantized, one, task), repeats)
-                formats["int8"] = row
+                exported.runners["int8"] = quantized
                 bar.update()
     finally:
-        torch.set_num_threads(previous_threads)
         student.train(was_training)
-    return {"threads": threads, "batch_size": 1, "formats": formats}
+    return exported

@@ -1,4 +1,5 @@
-"""Stage 5, evaluate: every model on the test split, agreement with the teacher, CPU speed side by side."""
+"""Stage 8, evaluate: every model on the test split, agreement with the teacher, CPU speed side by side
+(the exported formats timed in the same rounds)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from litdistill.config.schema import ReportConfig
 from litdistill.core.io import atomic_write_csv
+from litdistill.models.export_formats import ExportedFormats
 from litdistill.models.loading import count_parameters, memory_footprint
 from litdistill.models.saving import weights_on_disk_mb
 from litdistill.reporting.evaluation import agreement_rate, cpu_speeds, predict, score
@@ -29,6 +31,7 @@ def evaluate_models(
     train_steps: dict[str, int] | None = None,
     predictions: Path | None = None,
     seed_preds: dict[str, list[Any]] | None = None,
+    formats: ExportedFormats | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics, agreement with the teacher, and CPU speed at equal threads and inputs.
 
@@ -37,7 +40,9 @@ def evaluate_models(
     ``predictions``: a CSV written with every model's test predictions beside the labels (one row per
     example, or per counted token of a causal LM), so models can be re-scored and compared pairwise later;
     ``seed_preds``: the student's and baseline's test predictions under the extra seeds
-    (``report.seeds``): the student-minus-baseline difference then gets its paired-bootstrap interval.
+    (``report.seeds``): the student-minus-baseline difference then gets its paired-bootstrap interval;
+    ``formats``: the exported student formats (ONNX, int8), timed in the same interleaved rounds as the
+    models (one timing method for every row the report shows), and reported as its ``exports`` section.
     """
     threads = settings.threads
     loader = datamodule.test_dataloader()
@@ -59,9 +64,15 @@ def evaluate_models(
         rows[name] = row
     if settings.speed:
         timed = {name: model.cpu() for name, model in models.items() if not getattr(model, "is_quantized", False)}
-        speeds = cpu_speeds(timed, example, threads, repeats=settings.repeats, budget_s=settings.timing_budget_s)
-        for name, speed in speeds.items():
-            rows[name].update(speed)
+        runners = {f"student ({fmt})": run for fmt, run in (formats.runners if formats else {}).items()}
+        speeds = cpu_speeds(
+            {**timed, **runners}, example, threads, repeats=settings.repeats, budget_s=settings.timing_budget_s
+        )
+        for name in timed:
+            rows[name].update(speeds[name])
+        if formats is not None:  # the pytorch format is the student; the others were timed beside it
+            for fmt, row in formats.rows.items():
+                row.update(speeds["student" if fmt == "pytorch" else f"student ({fmt})"])
     llm_labels = getattr(datamodule, "teacher_test_labels", None)
     if llm_labels is not None:  # the LLM teacher's own labels of the test sentences, scored like a model
         preds["teacher"], teacher_row = llm_label_row(
@@ -94,6 +105,8 @@ def evaluate_models(
             **multi_teacher_memory(models.get("teacher")),
         },
     )
+    if formats is not None:
+        report["exports"] = formats.section()
     if seed_preds:
         report["student_minus_baseline"] = seeds_difference(preds, seed_preds, labels, settings.metric, num_labels)
     return report

@@ -1,16 +1,15 @@
-"""Stage 6, export: the student as a plain Hugging Face folder, and the deployment formats asked for."""
+"""Stage 7, export: the student as a plain Hugging Face folder, and the deployment formats asked for."""
 
 from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from torch import nn
 
-from litdistill.config.schema import ExportConfig, ReportConfig
-from litdistill.models.export_formats import export_formats
+from litdistill.config.schema import ExportConfig
+from litdistill.models.export_formats import ExportedFormats, export_formats
 from litdistill.models.saving import export_student
 
 
@@ -20,13 +19,13 @@ def export(
     out_dir: Path,
     task: str,
     formats: ExportConfig,
-    timing: ReportConfig,
+    threads: int,
     baseline: nn.Module | None = None,
-) -> dict[str, Any] | None:
+) -> ExportedFormats | None:
     """``student/`` (weights, config, tokenizer), and ``baseline/`` too with ``export.baseline=true``;
-    then ONNX / int8 when ``formats`` asks, each reloaded, compared with the student on
-    ``formats.check_batches`` test batches and timed like the report's rows. Returns the formats'
-    rows, or None when neither format is on."""
+    then ONNX / int8 when ``formats`` asks, each reloaded and compared with the student on
+    ``formats.check_batches`` test batches. Returns the formats, which the evaluate stage times beside
+    the models (``threads``: the report's timing threads), or None when neither format is on."""
     export_student(student, datamodule.tokenizer, out_dir / "student")
     if formats.baseline and baseline is not None:
         export_student(baseline, datamodule.tokenizer, out_dir / "baseline")
@@ -40,9 +39,7 @@ def export(
         task=task,
         onnx=formats.onnx,
         int8=formats.int8,
-        threads=timing.threads,
-        repeats=timing.repeats,
-        speed=timing.speed,
+        threads=threads,
         opset=formats.opset,
         hf_dir=out_dir / "student",
     )

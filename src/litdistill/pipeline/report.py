@@ -1,4 +1,4 @@
-"""Stage 7, report: report.md/report.json, the figures, the resolved config, and W&B."""
+"""Stage 9, report: report.md/report.json, the figures, the resolved config, and W&B."""
 
 from __future__ import annotations
 

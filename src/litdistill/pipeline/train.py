@@ -1,6 +1,6 @@
 """The training entry: ``train(cfg)`` lists the stages and wires them.
 
-check -> data -> teacher (load, fine-tune, cache) -> student -> fit -> baseline -> evaluate -> export
+check -> data -> teacher (load, fine-tune, cache) -> student -> fit -> baseline -> export -> evaluate
 -> report. Each stage is a function of its own module in this package and takes objects and plain
 values; :func:`litdistill.pipeline.builders.plan_run` turns the config into those (docs/architecture.md).
 """
@@ -73,11 +73,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if full_student is not None:  # FSDP sharded the models in place: plain ones for export and report
         teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
+    formats = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report.threads, baseline)  # 7.
     report = evaluate_models(
-        models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions, seed_preds
-    )  # 7.
-    exports = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report, baseline)  # 8. export
-    report.update({"student_weights": weights, **({"exports": exports} if exports else {})})
+        models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions, seed_preds, formats
+    )  # 8. evaluate: the models and the exported formats, timed side by side
+    report["student_weights"] = weights
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report
     log_run(trainer, report, plan.out_dir, plan.resolved, plan.log_model)  # W&B: config, report, figures, student
     return report

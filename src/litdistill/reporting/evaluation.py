@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ RELIABLE_SPREAD = 0.10
 
 @torch.inference_mode()  # what deployed inference runs under: no autograd bookkeeping at all
 def cpu_speeds(
-    models: dict[str, nn.Module],
+    models: dict[str, Callable[..., Any]],
     example: dict[str, Tensor],
     threads: int,
     batch_size: int = 32,
@@ -70,7 +71,8 @@ def cpu_speeds(
     budget_s: float = 30.0,
 ) -> dict[str, dict[str, float]]:
     """Median latency per example at batch 1 and throughput at ``batch_size``, on CPU, per model, with
-    the spread of the repetitions.
+    the spread of the repetitions. A model is an ``nn.Module`` or any callable on the same keyword
+    inputs (an exported format's runner), so every row of the report is timed in the same rounds.
 
     Both time the example batch's median-length row, unpadded (:func:`median_row`); batch
     ``batch_size`` repeats it. Every model gets the same example row, batch size and thread count,
@@ -82,6 +84,8 @@ def cpu_speeds(
     still above 10% at the end means the machine was busy: the report says the figures are not reliable.
     """
     for name, model in models.items():
+        if not isinstance(model, nn.Module):
+            continue
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError(f"cpu_speeds measures CPU models; move {name!r} with .cpu() first")
         model.eval()
