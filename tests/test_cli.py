@@ -47,6 +47,30 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     # no terminal here: plain progress lines for every training stage, ending at its real total
     assert "teacher fine-tune: step 10/10 (100%)" in output
     assert "student: step 8/8 (100%)" in output and "baseline (seed 42): step 8/8 (100%)" in output
+    # the first screen: what each stage will do, before the first long one (the student's step count as run)
+    assert output.index("the run, stage by stage:") < output.index("teacher fine-tune: step")
+    assert "teacher: fine-tuned for 10 steps on the 128 labelled rows, then cached" in output
+    assert "student: distilled for 1 epoch (~8 optimizer steps of 16 rows)" in output
+    # the teacher's validation score the moment it is ready, before the student's first step ...
+    ready = output.index("teacher ready: validation acc")
+    assert output.index("teacher fine-tune: step 10/10") < ready < output.index("student: step")
+    # ... and it is the cached teacher's accuracy on the validation split, recomputed here
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    data = instantiate(OmegaConf.load(run / "config.yaml").data)
+    data.setup("fit")
+    [teacher_dir] = (tmp_path / "cache" / "teachers").iterdir()
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    right = total = 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            labels = batch.pop("labels")
+            right += int((teacher(**batch).logits.argmax(-1) == labels).sum())
+            total += len(labels)
+    assert report["teacher_validation"]["acc"] == pytest.approx(right / total) and total == 32
+    assert set(report["stage_seconds"]) == {"data", "teacher", "student", "baseline", "export", "evaluate"}
+    assert "- wall time" in (run / "report.md").read_text()
     # every model's test predictions are kept: the report's F1 is recomputed from them, and the baseline folder loads
     import csv
 

@@ -119,9 +119,26 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += margin_markdown(report)
     if report.get("student_weights"):
         lines += [f"- student scored and exported (student/): {report['student_weights']} (export.checkpoint)"]
+    lines += stages_markdown(report)
     lines += teachers_memory_markdown(report)
     lines += exports_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def stages_markdown(report: dict[str, Any]) -> list[str]:
+    """The teacher's validation score (printed when it was ready) and each stage's wall time."""
+    lines = []
+    validation = report.get("teacher_validation")
+    if validation:
+        scores = ", ".join(f"{k} {_cell(v)}" for k, v in validation.items() if k != "majority_class_rate")
+        lines.append(f"- teacher on the validation split, when it was ready: {scores}")
+    stages = report.get("stage_seconds")
+    if stages:
+        total = sum(stages.values())
+        lines.append(
+            f"- wall time {total:,.0f} s: " + ", ".join(f"{name} {seconds:,.0f} s" for name, seconds in stages.items())
+        )
+    return lines
 
 
 COMPETENCE_MARGIN = 0.05  # a teacher within this of the majority-class rate has learnt (next to) nothing
