@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], tmp_path: Path, module: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
@@ -23,7 +23,7 @@ def run_cli(args: list[str], tmp_path: Path, module: bool = False, check: bool =
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(REPO),
     }
-    cmd = [sys.executable, "-m", "litdistill", *args] if module else ["litdistill", *args]
+    cmd = ["litdistill", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -137,12 +137,6 @@ def test_teacher_fine_tuning_by_epochs_runs_whole_passes_over_the_labelled_rows(
     output = proc.stdout + proc.stderr
     assert "fine-tuning the teacher for 2 epochs" in output
     assert "teacher fine-tune: step 16/16 (100%)" in output
-
-
-def test_python_dash_m_and_multirun(tmp_path):
-    run_cli(["-m", "experiment=tiny", "debug=fast", "loss.kd.temperature=1,4", "baseline=false"], tmp_path, module=True)
-    runs = sorted((tmp_path / "outputs").glob("*/multiruns/*/*/report.json"))
-    assert len(runs) == 2
 
 
 def test_unknown_config_option_lists_the_valid_ones(tmp_path):
@@ -349,7 +343,7 @@ def test_a_user_error_prints_one_line_and_keeps_the_traceback_in_the_run_directo
 def test_help_is_the_projects_page_and_hydras_is_one_flag_away(tmp_path):
     page = subprocess.run(["litdistill", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert page.returncode == 0 and "powered by Hydra" not in page.stdout
-    for command in ("litdistill generate", "litdistill new", "resume=true run_dir="):
+    for command in ("litdistill generate", "litdistill new", "litdistill rank", "resume=true run_dir="):
         assert command in page.stdout, command
     groups = {
         line.split("=")[0].strip() for line in page.stdout.splitlines() if line.startswith("  ") and "=  " in line

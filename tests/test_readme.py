@@ -37,6 +37,8 @@ RUN_ELSEWHERE = {
     "scripts/install.sh && litdistill": "tests/test_cli.py::test_default_run_transfers_from_a_competent_teacher "
     "runs `litdistill`; CI runs scripts/install.sh",
     "scripts/install.sh --dev && python3 -m pytest -q": "CI (.ci/run) runs it",
+    "litdistill rank outputs wandb rank.by=latency_ms rank.max_latency_ms=20 -o board": "tests/test_leaderboard.py "
+    "ranks a real multirun by latency with a latency limit; tests/test_sweeps_wandb.py a W&B run folder",
 }
 OTHER_TOOLS = ("wandb ", "cookiecutter ")
 PLACEHOLDERS = ("<", "...")
@@ -102,6 +104,8 @@ def test_every_readme_command_is_run_composed_or_named_as_not_runnable_here():
     assert set(RUN_ELSEWHERE) <= set(commands)
     composed = [c for c in commands if composed_only(c)]
     assert all("litdistill" in shlex.split(c) for c in composed), composed
+    # `new` and `rank` are not Hydra commands: one of them here must be sorted into a list above
+    assert not [c for c in composed if litdistill_args(c)[:1] in (["new"], ["rank"])]
     assert len(composed) >= 20
 
 

@@ -7,6 +7,7 @@ several tests read its outputs.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -194,6 +195,18 @@ def test_wandb_offline_run_holds_metrics_config_report_and_student(offline_run):
     assert agreement["student"] == pytest.approx(report["agreement"])
     assert agreement["baseline"] == pytest.approx(report["models"]["baseline"]["agreement"])
     assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 2
+    # the W&B run folder is rankable on its own: report.json and the config are among its files
+    assert json.loads((run_dir / "files" / "report.json").read_text()) == report
+    ranked = subprocess.run(
+        ["litdistill", "rank", str(offline_run["wandb"]), "-o", str(run_dir.parent / "board")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ranked.returncode == 0, ranked.stderr
+    [row] = list(csv.DictReader((run_dir.parent / "board" / "leaderboard.csv").open()))
+    assert float(row["f1"]) == pytest.approx(report["models"]["student"]["metrics"]["f1"])
+    assert float(row["latency_ms"]) == pytest.approx(report["models"]["student"]["latency_ms"])
 
 
 def test_report_has_exports_timed_and_checked(offline_run):

@@ -91,9 +91,16 @@ def _new(argv: list[str]) -> None:
     new(argv)
 
 
+def _rank(argv: list[str]) -> None:
+    from litdistill.cli.rank import main as rank
+
+    rank(argv)
+
+
 # Commands that are not Hydra apps (plain argparse), handled before Hydra: command -> function(argv)
 PLAIN_COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "new": _new,  # litdistill new [--no-input] [key=value ...] [-o DIR]: a project from the cookiecutter template
+    "rank": _rank,  # litdistill rank DIR... [rank.by=f1] [rank.max_latency_ms=20]: a leaderboard of finished runs
 }
 
 

@@ -16,7 +16,8 @@ Usage:
   litdistill [key=value ...]            train: fine-tune the teacher, distil, train the baseline, report
   litdistill generate [key=value ...]   a teacher (an API or a local model) writes or labels data
   litdistill new [--no-input] [-o DIR]  a new project from the cookiecutter template
-  litdistill -m key=a,b [...]           a Hydra multirun (a sweep over the values)
+  litdistill -m key=a,b [...]           a Hydra multirun (a sweep over the values), ranked at its end
+  litdistill rank DIR... [rank.by=f1]   a leaderboard of finished runs: quality, speed, size, Pareto
   python -m litdistill.cli.sweeping conf/sweep/*.yaml   check W&B sweep files, preview suggestions
 
 Examples:
@@ -30,6 +31,7 @@ Examples:
   litdistill cache=build ... && litdistill cache=use ...      the teacher run once, its outputs stored
   litdistill <same overrides> resume=true run_dir=<run dir>   continue a stopped run exactly
   litdistill generate teacher_api=openai prompt=explain input.path=prompts.jsonl
+  litdistill rank outputs/distill/multiruns/<time> rank.max_latency_ms=20   the best student under 20 ms
 
 Options:
   --cfg job        print the composed config and exit

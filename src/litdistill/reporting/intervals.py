@@ -68,6 +68,13 @@ def weighted_metric(preds: Tensor, labels: Tensor, weights: Tensor, metric: str,
     return torch.stack(scores).mean(0)  # [B, S]
 
 
+def _draws(rows: int, seeds: int, rounds: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Bootstrap draws: test-row multiplicities [B, N] and seed indices [B, S]."""
+    rng = np.random.default_rng(seed)
+    weights = torch.from_numpy(rng.multinomial(rows, np.full(rows, 1 / rows), size=rounds)).to(torch.float64)
+    return weights, torch.from_numpy(rng.integers(0, seeds, size=(rounds, seeds)))
+
+
 def paired_bootstrap(
     a: Tensor,
     b: Tensor,
@@ -88,12 +95,23 @@ def paired_bootstrap(
     per_seed = (
         weighted_metric(a, labels, ones, metric, num_labels) - weighted_metric(b, labels, ones, metric, num_labels)
     )[0]  # [S]
-    rng = np.random.default_rng(seed)
-    weights = torch.from_numpy(rng.multinomial(rows, np.full(rows, 1 / rows), size=rounds)).to(torch.float64)
-    drawn = torch.from_numpy(rng.integers(0, seeds, size=(rounds, seeds)))  # [B, S] seed indices
+    weights, drawn = _draws(rows, seeds, rounds, seed)
     diff = weighted_metric(a, labels, weights, metric, num_labels) - weighted_metric(
         b, labels, weights, metric, num_labels
     )  # [B, S]
     replicates = diff.gather(1, drawn).mean(1)  # [B]
     low, high = np.percentile(replicates.numpy(), [2.5, 97.5])
     return PairedDifference(metric, float(per_seed.mean()), per_seed.tolist(), (float(low), float(high)), rounds)
+
+
+def bootstrap_interval(
+    preds: Tensor, labels: Tensor, metric: str, num_labels: int, rounds: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """One model's ``metric``, the mean over its seeds (``preds`` [S, N]), with the 95% bootstrap interval
+    over test rows and seeds, drawn as :func:`paired_bootstrap` draws them."""
+    seeds, rows = preds.shape
+    mean = float(weighted_metric(preds, labels, torch.ones(1, rows, dtype=torch.float64), metric, num_labels).mean())
+    weights, drawn = _draws(rows, seeds, rounds, seed)
+    replicates = weighted_metric(preds, labels, weights, metric, num_labels).gather(1, drawn).mean(1)  # [B]
+    low, high = np.percentile(replicates.numpy(), [2.5, 97.5])
+    return mean, (float(low), float(high))

@@ -28,6 +28,7 @@ from litdistill.training.safe_logger import logger_failed
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "litdistill_config.yaml"
+REPORT_FILE = "report.json"
 TABLE_COLUMNS = ["model", "params_m", "size_mb", "disk_mb", "latency_ms", "throughput_per_s", "agreement"]
 
 
@@ -137,6 +138,9 @@ def _log_one(
     if getattr(run, "dir", None):  # the composed config as a run file too (W&B writes its own config.yaml only online)
         (Path(run.dir) / CONFIG_FILE).write_text(OmegaConf.to_yaml(config), encoding="utf-8")
         run.save(str(Path(run.dir) / CONFIG_FILE), base_path=run.dir, policy="now")
+        if (out_dir / REPORT_FILE).is_file():  # with the config: `litdistill rank` reads a W&B run folder
+            (Path(run.dir) / REPORT_FILE).write_text((out_dir / REPORT_FILE).read_text(encoding="utf-8"), "utf-8")
+            run.save(str(Path(run.dir) / REPORT_FILE), base_path=run.dir, policy="now")
     payload: dict[str, Any] = {"report/table": wandb.Table(columns=columns, data=rows)}
     for name, file in (report.get("figures") or {}).items():
         if (out_dir / file).is_file():
