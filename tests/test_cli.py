@@ -69,7 +69,7 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
             right += int((teacher(**batch).logits.argmax(-1) == labels).sum())
             total += len(labels)
     assert report["teacher_validation"]["acc"] == pytest.approx(right / total) and total == 32
-    assert set(report["stage_seconds"]) == {"data", "teacher", "student", "baseline", "export", "evaluate"}
+    assert set(report["stage_seconds"]) == {"data", "teacher", "student", "baseline", "evaluate"}
     assert "- wall time" in (run / "report.md").read_text()
     # every model's test predictions are kept: the report's F1 is recomputed from them, and the baseline folder loads
     import csv

@@ -30,20 +30,20 @@ def split_sizes(datamodule: L.LightningDataModule) -> dict[str, int]:
     return {name: len(ds) for name, ds in splits.items()}
 
 
-def student_steps(trainer_cfg: dict[str, Any], train_rows: int, batch_size: int) -> str:
+def student_steps(trainer_settings: dict[str, Any], train_rows: int, batch_size: int) -> str:
     """The student's length as configured: ``max_steps``, or epochs and the optimizer steps they make
     (one process; DDP divides them by the world size)."""
-    max_steps = trainer_cfg.get("max_steps") or -1
+    max_steps = trainer_settings.get("max_steps") or -1
     if max_steps > 0:
         return f"{max_steps} optimizer steps"
-    epochs = trainer_cfg.get("max_epochs") or 1
-    limit = trainer_cfg.get("limit_train_batches")
+    epochs = trainer_settings.get("max_epochs") or 1
+    limit = trainer_settings.get("limit_train_batches")
     batches = math.ceil(train_rows / max(batch_size, 1))
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         batches = min(batches, limit)
     elif isinstance(limit, float) and 0 < limit < 1:
         batches = int(batches * limit)
-    steps = epochs * math.ceil(batches / max(trainer_cfg.get("accumulate_grad_batches") or 1, 1))
+    steps = epochs * math.ceil(batches / max(trainer_settings.get("accumulate_grad_batches") or 1, 1))
     return f"{epochs} epoch{'s' * (epochs != 1)} (~{steps} optimizer steps of {batch_size} rows)"
 
 
@@ -65,7 +65,7 @@ def teacher_line(finetune: FinetuneJob | dict[str, FinetuneJob] | None, labelled
 
 def outline(
     datamodule: L.LightningDataModule,
-    trainer_cfg: dict[str, Any],
+    trainer_settings: dict[str, Any],
     finetune: FinetuneJob | dict[str, FinetuneJob] | None,
     has_teacher: bool,
     baseline: bool,
@@ -79,7 +79,7 @@ def outline(
         train += f" ({counts.labelled:,} labelled, {counts.total - counts.labelled:,} taught by the teacher alone)"
     data = ", ".join([train] + [f"{s} {n:,}" for s, n in sizes.items() if s != "train"])
     batch = int(getattr(datamodule, "hparams", {}).get("batch_size") or 0)
-    length = student_steps(trainer_cfg, sizes.get("train", 0), batch) if batch else "as configured"
+    length = student_steps(trainer_settings, sizes.get("train", 0), batch) if batch else "as configured"
     lines = [f"data: {data}"]
     if has_teacher:
         lines.append("teacher: " + teacher_line(finetune, counts.labelled if counts else None))
@@ -98,7 +98,15 @@ def say(message: str) -> None:
     log.info(message)
 
 
-def log_outline(lines: list[str]) -> None:
+def log_outline(
+    datamodule: L.LightningDataModule,
+    trainer_settings: dict[str, Any],
+    finetune: FinetuneJob | dict[str, FinetuneJob] | None,
+    has_teacher: bool,
+    baseline: bool,
+    seeds: int,
+) -> None:
+    lines = outline(datamodule, trainer_settings, finetune, has_teacher, baseline, seeds)
     say("the run, stage by stage:\n  " + "\n  ".join(lines))
 
 

@@ -16,6 +16,7 @@ from litdistill.cache.run import TeacherCacheRun
 from litdistill.models.compatibility import check_tokenizers, check_vocabulary_covers
 from litdistill.models.layer_subset import check_cut
 from litdistill.models.loading import load_tokenizer
+from litdistill.pipeline.outline import teacher_validation
 from litdistill.training.ddp_launch import start_ranks
 from litdistill.training.finetune import FinetuneJob, check_layer_maps, finetune_members, finetuned_teacher
 from litdistill.training.strategies import leave_process_group
@@ -47,13 +48,16 @@ def finetune_teacher(
     make_trainer: Callable[..., L.Trainer],
     losses: Mapping[str, Any],
     make_student: Callable[[nn.Module | None], nn.Module] | None,
-) -> nn.Module:
+    task: str,
+) -> tuple[nn.Module, dict[str, float] | None]:
     """``teacher_finetune``: fit the teacher (each member of several, by name) on the labels, cached by
-    config. The losses' layer maps are resolved against the student first: a bad map fails before any step."""
+    config. The losses' layer maps are resolved against the student first: a bad map fails before any step.
+    Returns the teacher and, for one teacher, its validation score, logged the moment it is ready."""
     check_layer_maps(dict(losses), teacher, make_student)
     if isinstance(jobs, Mapping):
-        return finetune_members(teacher, jobs, datamodule, make_trainer)
-    return finetuned_teacher(teacher, jobs, datamodule, make_trainer)
+        return finetune_members(teacher, jobs, datamodule, make_trainer), None
+    teacher = finetuned_teacher(teacher, jobs, datamodule, make_trainer)
+    return teacher, teacher_validation(teacher, datamodule, task)
 
 
 def run_cache(

@@ -19,14 +19,13 @@ from litdistill.pipeline.data import check_student_source, labelled_only, llm_la
 from litdistill.pipeline.evaluate import evaluate_models
 from litdistill.pipeline.export import export
 from litdistill.pipeline.fit import fit, fit_baseline, student_weights, unsharded_models
-from litdistill.pipeline.outline import StageClock, log_outline, outline, teacher_validation
+from litdistill.pipeline.outline import StageClock, log_outline
 from litdistill.pipeline.report import write_outputs
 from litdistill.pipeline.seeds import extra_seeds, repeat_over_seeds
 from litdistill.pipeline.student import build_student, distillation_module, losses_for
 from litdistill.pipeline.teacher import finetune_teacher, load_teacher, run_cache
 from litdistill.reporting.tracking import log_run
 from litdistill.training.ddp_launch import pin_hydra_run_dir
-from litdistill.training.finetune import FinetuneJob
 from litdistill.training.strategies import gather_full_student, leave_process_group
 
 
@@ -36,32 +35,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_run(cfg)  # losses, factories, typed settings, the checkpoint to resume from; nothing loaded
     L.seed_everything(plan.seed, workers=True)
     clock = StageClock()  # each stage's wall seconds, for the report
-
     datamodule = load_data(plan.make_datamodule)  # 1. data, read and checked, with its transfer set
     labelled = labelled_only(datamodule)  # its labelled train rows: the teacher's fine-tune, the baseline
     labels_teacher = llm_labels_teacher(datamodule, plan.teacher_target)  # data.teacher_labels: an LLM taught
     cache = teacher_cache(plan.cache, plan.losses, datamodule)  # cache=build|use|auto (docs/caching.md)
     check_student_source(plan.student_source, plan.data_tokenizer_source, datamodule)
-    has_teacher = plan.load_teacher is not None or labels_teacher is not None
-    log_outline(
-        outline(datamodule, plan.resolved["trainer"], plan.finetune, has_teacher, plan.baseline, plan.report.seeds)
-    )
+    has_teacher = plan.load_teacher is not None or labels_teacher is not None  # what each stage will do, first:
+    log_outline(datamodule, plan.resolved["trainer"], plan.finetune, has_teacher, plan.baseline, plan.report.seeds)
     clock.lap("data")
     teacher, teacher_score = None, None
     if plan.load_teacher and (cache is None or cache.needs_teacher):  # 2. teacher: load, fine-tune
         teacher = load_teacher(plan.load_teacher, plan.teacher_source, datamodule.tokenizer, plan.student_cut)
         if plan.finetune is not None:
-            teacher = finetune_teacher(
-                teacher, plan.finetune, labelled, plan.make_trainer, plan.losses, plan.make_student
+            teacher, teacher_score = finetune_teacher(  # and its validation score, printed at once
+                teacher, plan.finetune, labelled, plan.make_trainer, plan.losses, plan.make_student, plan.task
             )
-            if isinstance(plan.finetune, FinetuneJob):  # its score now, not at the end of the run
-                teacher_score = teacher_validation(teacher, labelled, plan.task)
-        clock.lap("teacher")
     if cache is not None:  # 3. teacher cache: build the store, then read it in place of the teacher
         datamodule, teacher = run_cache(cache, teacher, plan.make_trainer), None
-        clock.lap("teacher cache")
         if datamodule is None:  # cache=build: the store is written; nothing is trained
             return {"teacher_cache": cache.summary()}
+    clock.lap("teacher")
     L.seed_everything(plan.seed, workers=True)  # the student starts alike, whatever the teacher stage drew
     teaches = teacher if teacher is not None else cache.teacher if cache is not None else labels_teacher
     student = build_student(plan.make_student, teacher, cache, plan.task, plan.gradient_checkpointing)  # 4.
@@ -75,12 +68,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     baseline, steps = None, {"student": trainer.global_step}
     if plan.baseline and teaches is not None:  # 6. the same student on the labels alone, as many steps
         baseline, steps["baseline"] = fit_baseline(plan.recipe, teacher, labelled, plan.seed, trainer.global_step)
-        clock.lap("baseline")
     seed_preds = None
     if plan.report.seeds > 1 and baseline is not None:  # 6b. more seeds: the difference gets an interval
         seeds = extra_seeds(plan.seed, plan.report.seeds)
         seed_preds = repeat_over_seeds(plan.recipe, seeds, teacher, teaches, cache, datamodule, labelled)
-        clock.lap("seeds")
+    clock.lap("baseline")  # and the seeds
     full_student = gather_full_student(trainer)  # FSDP: every rank takes part; None for other strategies
     if not trainer.is_global_zero:
         return {}
@@ -89,14 +81,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         teacher, student = unsharded_models(plan.load_teacher, plan.make_student, full_student)
     models = {k: m for k, m in {"teacher": teacher, "student": student, "baseline": baseline}.items() if m is not None}
     formats = export(student, datamodule, plan.out_dir, plan.task, plan.export, plan.report.threads, baseline)  # 7.
-    clock.lap("export")
     report = evaluate_models(
         models, datamodule, plan.task, plan.report, plan.out_dir, steps, plan.predictions, seed_preds, formats
     )  # 8. evaluate: the models and the exported formats, timed side by side
-    clock.lap("evaluate")
-    report.update(student_weights=weights, stage_seconds=clock.seconds)
-    if teacher_score is not None:
-        report["teacher_validation"] = teacher_score
+    clock.lap("evaluate")  # and export
+    report.update(student_weights=weights, stage_seconds=clock.seconds, teacher_validation=teacher_score)
     write_outputs(report, plan.out_dir, trainer, OmegaConf.to_yaml(plan.resolved), plan.report.plots)  # 9. report
     log_run(trainer, report, plan.out_dir, plan.resolved, plan.log_model)  # W&B: config, report, figures, student
     return report

@@ -31,6 +31,7 @@ import yaml
 
 from litdistill.core.io import atomic_write_text
 from litdistill.reporting.intervals import METRICS, bootstrap_interval
+from litdistill.reporting.plots import agg_figure
 
 BOARD_MD, BOARD_CSV, BOARD_PNG = "leaderboard.md", "leaderboard.csv", "leaderboard.png"
 CONFIG_FILES = ("config.yaml", "litdistill_config.yaml")  # a run folder's; a W&B run folder's files/
@@ -315,13 +316,11 @@ def _csv_cell(value: Any) -> str:
 
 def plot_fronts(board: Leaderboard, root: Path, out_png: Path) -> Path | None:
     """Quality against latency and against size, every run a point, each Pareto front a line."""
-    from litdistill.reporting.plots import _figure
-
     runs = [*board.ranked, *board.excluded]
     panels = [(cost, name) for cost, name in (("latency_ms", "latency"), ("disk_mb", "size")) if _has(runs, cost)]
     if not panels or not _has(runs, board.metric):
         return None
-    fig = _figure(5.5 * len(panels), 4.2)
+    fig = agg_figure(5.5 * len(panels), 4.2)
     for i, (cost, name) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         points = [(r.values[cost], r.values[board.metric], r) for r in runs if r.values.get(cost) is not None]

@@ -19,7 +19,7 @@ _SUFFIX_PRIORITY = {"_step": 0, "": 1, "_epoch": 2}  # step values, else unsuffi
 MODEL_COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "baseline": "#8c8c8c", "onnx": "#55a868", "int8": "#c44e52"}
 
 
-def _figure(width: float, height: float) -> Any:
+def agg_figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -67,7 +67,7 @@ def plot_loss_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | Non
     curves = read_loss_curves(metrics_csv)
     if not curves:
         return None
-    fig = _figure(7, 4)
+    fig = agg_figure(7, 4)
     ax = fig.add_subplot()
     for name, points in sorted(curves.items(), key=lambda kv: (kv[0] != "total", kv[0])):
         steps, values = zip(*points)
@@ -125,7 +125,7 @@ def plot_comparison(report: dict[str, Any], out_png: str | Path) -> Path:
             continue
         latency[f"student {fmt}"] = row.get("latency_ms")
         size[f"student {fmt}"] = row.get("size_mb")
-    fig = _figure(12, 4)
+    fig = agg_figure(12, 4)
     axes = fig.subplots(1, 3)
     _bars(axes[0], quality, f"Quality ({metric}, test split)", metric)
     _bars(axes[1], latency, f"CPU latency, batch 1, {report.get('threads', '?')} threads", "ms / example")
