@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,19 @@ def run_cli(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.C
     return proc
 
 
+def assert_readable_console(output: str, run: Path) -> None:
+    """One line per log event, no advert, no library chatter or load report on the console; all of it in
+    the run's log."""
+    messages = [m.group(1) for m in re.finditer(r"^\[[^\]]+\]\[[^\]]+\]\[[A-Z]+\] - (.*)$", output, re.M)]
+    messages += [m.group(1) for m in re.finditer(r"^(?:INFO|WARNING|ERROR): (.*)$", output, re.M)]  # Lightning's own
+    repeated = {m for m in messages if messages.count(m) > 1}
+    assert messages and not repeated, repeated
+    for noise in ("litlogger", "LOAD REPORT", "GPU available", "Epoch ", "Writing model shards", "Generating train"):
+        assert noise not in output, noise
+    log = (run / "cli.log").read_text()
+    assert "GPU available" in log and "litlogger" not in log  # the library's lines are kept in the run's log
+
+
 def only_run_dir(tmp_path: Path) -> Path:
     runs = sorted((tmp_path / "outputs").glob("*/runs/*"))
     assert len(runs) == 1, runs
@@ -44,6 +58,7 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert 0.0 <= report["agreement"] <= 1.0 and report["speedup"] > 0
     output = proc.stdout + proc.stderr
     assert output.count(f"run directory: {run}") == 2 and f"done; run directory: {run}" in output  # start, end
+    assert_readable_console(output, run)
     # no terminal here: plain progress lines for every training stage, ending at its real total
     assert "teacher fine-tune: step 10/10 (100%)" in output
     assert "student: step 8/8 (100%)" in output and "baseline (seed 42): step 8/8 (100%)" in output
@@ -126,6 +141,48 @@ def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bar
     assert "student: step" in proc.stdout + proc.stderr  # no terminal: plain progress lines instead of a bar
     assert "exporting the student" in proc.stderr  # the export bar (tqdm, on stderr)
     assert "evaluating on the test split" in proc.stderr  # and the final evaluation of every model
+
+
+def test_on_a_terminal_each_stage_shows_one_bar_over_its_real_optimizer_steps(tmp_path):
+    """On a terminal (a real pseudo-terminal here): a tqdm bar per stage titled by the stage and counting
+    its optimizer steps, 10/10 for a fine-tune by steps, where Lightning's bar read `Epoch 0/-2`."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # 40 rows, 150 columns
+    env = {
+        **os.environ,
+        "LITDISTILL_OUTPUTS": str(tmp_path / "outputs"),
+        "LITDISTILL_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.Popen(
+        ["litdistill", "experiment=tiny", "debug=fast", "teacher_finetune.max_steps=10", "baseline=false"],
+        cwd=tmp_path,
+        env=env,
+        stdin=child,
+        stdout=child,
+        stderr=child,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    os.close(parent)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert re.search(r"teacher fine-tune: 100%\|[^|]*\| 10/10", screen), screen[-3000:]
+    assert re.search(r"student: 100%\|[^|]*\| 5/5", screen), screen[-3000:]  # debug=fast: 5 batches
+    assert "Epoch" not in screen and "/-" not in screen
 
 
 def test_teacher_fine_tuning_by_epochs_runs_whole_passes_over_the_labelled_rows(tmp_path):
@@ -306,7 +363,12 @@ def test_default_run_transfers_from_a_competent_teacher(tmp_path):
     """`litdistill` with no arguments (real MiniLM teacher, fresh caches): the student agrees with a
     teacher that is itself well above the majority-class rate. Speed targets live in bench/, not here."""
     proc = run_cli([], tmp_path)
-    report = json.loads((only_run_dir(tmp_path) / "report.json").read_text())
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    output = proc.stdout + proc.stderr
+    assert_readable_console(output, run)
+    # the packaged MiniLM gets a new task head: said once, in the project's words, before it is trained
+    assert output.count("a new 2-label task head (classifier.bias, classifier.weight), trained by the fine-tune") == 1
     teacher, student = report["models"]["teacher"]["metrics"], report["models"]["student"]["metrics"]
     assert teacher["acc"] >= report["majority_class_rate"] + 0.2, (teacher, report["majority_class_rate"])
     assert report["agreement"] >= 0.9 and student["f1"] >= 0.9 * teacher["f1"]

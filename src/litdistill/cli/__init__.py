@@ -43,12 +43,51 @@ def _generate(cfg: DictConfig) -> None:
         generate(cfg)
 
 
+class ConsoleFilter(logging.Filter):
+    """The console shows the project's lines and any library's warnings or errors; a library's INFO chatter
+    and its Python warnings go to the run's log only (cli.log), and adverts nowhere."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("litdistill"):
+            return True
+        if record.name == "py.warnings":  # warnings.warn, routed into logging by captureWarnings
+            return f"{os.sep}litdistill{os.sep}" in record.getMessage()
+        return record.levelno >= logging.WARNING
+
+
+class AdvertFilter(logging.Filter):
+    """Lightning's "Tip: ... litlogger" at every Trainer: printed nowhere, kept nowhere."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _readable_console() -> None:
+    """One line per log event: Lightning's package logger brings its own console handler (each of its
+    lines then printed twice, once by it and once by the run's); it goes, and the run's handlers (Hydra's
+    console and cli.log) take every record, the console through :class:`ConsoleFilter`."""
+    import lightning  # noqa: F401  (its import adds the handler removed here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        filters = [AdvertFilter()] + ([] if isinstance(handler, logging.FileHandler) else [ConsoleFilter()])
+        for f in filters:
+            if not any(type(g) is type(f) for g in handler.filters):
+                handler.addFilter(f)
+
+
 @contextmanager
 def _reported(cfg: DictConfig) -> Iterator[None]:
     """Say where the run writes, at its start and its end; on a failure, write the traceback into the run
     directory (``error.log``) and, for a user error, print its message alone and exit 1."""
     from hydra.core.hydra_config import HydraConfig
 
+    _readable_console()
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
     if run_dir is not None and rank_zero:

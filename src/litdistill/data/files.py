@@ -4,9 +4,12 @@ its split and its file, and a hub dataset or a split -> file mapping as a Datase
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -27,6 +30,17 @@ def load_splits(
     return DatasetDict({split: load_split_file(split, path) for split, path in files.items()})
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def load_split_file(split: str, path: str, key: str | None = None) -> Dataset:
     """One split's file, read on its own so that every problem names its split and its file: a missing
     or empty file, one with a header and no rows, bytes that are not UTF-8, or a file the reader cannot
@@ -42,12 +56,13 @@ def load_split_file(split: str, path: str, key: str | None = None) -> Dataset:
     if suffix != ".parquet":
         _check_utf8(file, where)
     try:
-        ds = load_dataset(
-            FILE_BUILDERS[suffix],
-            data_files={split: str(file)},
-            split=split,
-            **({"delimiter": "\t"} if suffix == ".tsv" else {}),
-        )
+        with no_progress_bars():  # a local file reads in a moment: no "Generating train split" bar
+            ds = load_dataset(
+                FILE_BUILDERS[suffix],
+                data_files={split: str(file)},
+                split=split,
+                **({"delimiter": "\t"} if suffix == ".tsv" else {}),
+            )
     except Exception as error:  # noqa: BLE001  (pyarrow and datasets raise many types for a bad file)
         if suffix in (".csv", ".tsv") and _content_lines(file) <= 1:  # datasets: "corresponds to no data"
             raise ValueError(f"{where}: the file has no rows (a header only?)") from error

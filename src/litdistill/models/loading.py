@@ -6,6 +6,9 @@ Every builder returns a plain Hugging Face model. Student builders also receive 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,8 +22,11 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from litdistill.core.packaged import packaged_minilm
+
+log = logging.getLogger(__name__)
 
 AUTO_CLASSES = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 DTYPES = {
@@ -98,7 +104,9 @@ def load_pretrained(
         kwargs["quantization_config"] = quantization_config(quantization, torch_dtype(dtype))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = cls.from_pretrained(name_or_path, **kwargs)
+    with transformers_quiet():  # its LOAD REPORT flags a new task head as MISSING: said once below instead
+        model, info = cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    report_loading(model, name_or_path, info)
     model.litdistill_source = {
         "name_or_path": name_or_path,
         "revision": revision,
@@ -106,6 +114,49 @@ def load_pretrained(
         "quantization": quantization,
     }
     return model
+
+
+@contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """transformers' own warnings and weight-loading bar off for the duration (its logger prints to the
+    console directly, outside the run's log)."""
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def report_loading(model: PreTrainedModel, source: str, info: dict[str, list[Any]]) -> None:
+    """What transformers' load report says, in the project's words: a new task head is expected (the
+    fine-tune trains it) and said once; weights missing from the body, or unexpected, are warned about."""
+    prefix = f"{model.base_model_prefix}."
+    missing = list(info.get("missing_keys") or [])
+    head = [k for k in missing if not k.startswith(prefix)]
+    body = [k for k in missing if k.startswith(prefix)]
+    name = str(source)
+    if head:
+        labels = getattr(model.config, "num_labels", None)
+        log.info("%s: a new %s-label task head (%s), trained by the fine-tune", name, labels, ", ".join(sorted(head)))
+    if body:
+        log.warning(
+            "%s: %d weights of the model's body are not in the checkpoint (newly initialised): %s",
+            name,
+            len(body),
+            ", ".join(sorted(body)[:8]) + (" ..." if len(body) > 8 else ""),
+        )
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        log.warning(
+            "%s: %d weights have another shape than the checkpoint's (newly initialised): %s",
+            name,
+            len(mismatched),
+            ", ".join(str(m[0] if isinstance(m, tuple) else m) for m in mismatched[:8]),
+        )
 
 
 def from_config(

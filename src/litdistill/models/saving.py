@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from litdistill.core.io import atomic_directory
+from litdistill.models.loading import transformers_quiet
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ def export_student(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     Only the student's own modules are saved: feature projections live in the losses, not here.
     """
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp, transformers_quiet():  # no "Writing model shards" bar per save
         student.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
@@ -39,7 +40,8 @@ def weights_on_disk_mb(model: PreTrainedModel, scratch_dir: str | Path | None = 
         return None
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".disk-size-") as tmp:
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            with transformers_quiet():
+                model.save_pretrained(tmp, safe_serialization=True)
         except Exception as err:  # e.g. a quantization backend without serialisation
             log.warning("size on disk of %s not measured: %s", type(model).__name__, err)
             return None

@@ -28,7 +28,7 @@ from litdistill.pipeline.fit import StudentRecipe
 from litdistill.training.checkpointing import AtomicCheckpointIO
 from litdistill.training.fault_tolerance import FaultTolerance, resume_checkpoint
 from litdistill.training.finetune import FinetuneJob, finetune_key
-from litdistill.training.progress import PlainProgress, has_terminal
+from litdistill.training.progress import StepProgress
 from litdistill.training.safe_logger import guard_logger
 
 TrainerFactory = Callable[..., L.Trainer]
@@ -45,7 +45,7 @@ def build_losses(cfg: DictConfig | None) -> dict[str, DistillationLoss]:
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """The configured Trainer; ``overrides`` replace config keys (used for the extra stages).
-    ``stage`` names the trainer in plain progress lines (no terminal: :mod:`litdistill.training.progress`).
+    ``stage`` names the trainer's progress (:mod:`litdistill.training.progress`).
     ``callbacks="training"`` keeps the configured callbacks that change training (schedules, layer drop)
     and leaves out checkpoints and the SIGTERM handler: a repeat under another seed writes nothing."""
     stage = overrides.pop("stage", "student")
@@ -55,9 +55,9 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         if overrides.get("callbacks") == "training":
             callbacks = [c for c in callbacks if not isinstance(c, (Checkpoint, FaultTolerance))]
         kwargs["callbacks"] = callbacks
-    if not has_terminal():  # output redirected: plain progress lines instead of a bar nobody sees
-        kwargs["callbacks"] = [*kwargs["callbacks"], PlainProgress(stage)]
-        kwargs["enable_progress_bar"] = False
+    # progress in optimizer steps, titled by stage: a bar on a terminal, plain lines without one
+    kwargs["callbacks"] = [*kwargs["callbacks"], StepProgress(stage)]
+    kwargs["enable_progress_bar"] = False
     if "logger" not in overrides:
         loggers = [guard_logger(instantiate(lg)) for lg in (cfg.get("logger") or {}).values() if lg]
         kwargs["logger"] = loggers or False
