@@ -123,9 +123,27 @@ def test_cli_end_to_end_writes_report_config_checkpoint_and_a_plain_hf_student(t
     assert model.config.num_hidden_layers == 2
     assert model(**tok(["Lithium-induced hypothyroidism."], return_tensors="pt")).logits.shape == (1, 2)
     metrics = (run / "csv").rglob("metrics.csv")
-    header = next(metrics).read_text().splitlines()[0]
+    student_csv = next(metrics)
+    header = student_csv.read_text().splitlines()[0]
     for key in ("train/loss/kd", "train/loss/ce", "val/student/f1", "val/teacher/f1", "val/agreement"):
         assert key in header
+    # the training curves: the student's and the baseline's own logs, drawn as read
+    from litdistill.reporting.plots import plot_training_curves, read_training_curves
+
+    def column(path: Path, name: str) -> list[tuple[float, float]]:
+        with open(path) as f:
+            return [(float(r["step"]), float(r[name])) for r in csv.DictReader(f) if r.get(name)]
+
+    curves = read_training_curves(student_csv, run / "csv_baseline" / "metrics.csv", "f1")
+    baseline_val = column(run / "csv_baseline" / "metrics.csv", "val/student/f1")
+    assert baseline_val and curves["validation f1"]["baseline"] == baseline_val
+    assert curves["validation f1"]["teacher"] == column(student_csv, "val/teacher/f1")
+    assert curves["agreement with the teacher (validation)"]["student"] == column(student_csv, "val/agreement")
+    figure = plot_training_curves(curves, tmp_path / "curves.png")
+    drawn = {(ax.get_title(), ln.get_label()): list(zip(*ln.get_data())) for ax in figure.axes for ln in ax.lines}
+    assert drawn[("validation f1", "baseline")] == baseline_val
+    assert set(drawn) == {(panel, model) for panel, series in curves.items() for model in series}
+    assert "training_curves.png" in (run / "report.md").read_text()
 
 
 def test_tensorboard_logger_keeps_the_loss_plot_and_long_steps_show_progress_bars(tmp_path):

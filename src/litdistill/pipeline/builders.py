@@ -218,7 +218,9 @@ class RunPlan:
     @property
     def recipe(self) -> StudentRecipe:
         """What trains another student like the run's (the baseline, the extra seeds)."""
-        return StudentRecipe(self.make_student, self.make_trainer, self.make_losses, self.optimizers, self.task)
+        return StudentRecipe(
+            self.make_student, self.make_trainer, self.make_losses, self.optimizers, self.task, self.out_dir
+        )
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from litdistill.losses import HardCE
 from litdistill.pipeline.student import distillation_module
+from litdistill.reporting.plots import BASELINE_LOG
 from litdistill.training.strategies import configure_strategy
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ class StudentRecipe:
     make_losses: Callable[[], dict[str, Any]]  # fresh terms: a learned projection starts anew
     optimizers: tuple[Any, Any]
     task: str
+    log_dir: Path | None = None  # the run's folder: the baseline logs its curves to <log_dir>/csv_baseline
 
 
 def fit_baseline(
@@ -74,22 +78,25 @@ def fit_baseline(
     rows) for the student's ``max_steps`` optimizer steps. With a transfer set the student's epochs hold
     more rows than the labels: the baseline then takes more epochs over the labelled rows, so a distilled
     student that wins did not win by more updates. Returns it and the steps it took (the report shows
-    them beside the student's). Its validation is skipped (nothing reads it)."""
+    them beside the student's). With ``recipe.log_dir`` it logs its training loss and validates once an
+    epoch into ``<log_dir>/csv_baseline`` (the report's training curves); without, it validates nothing.
+    Validation runs in eval mode on its own loader, so the baseline's weights are the same either way."""
     log.info("training the no-distillation baseline (same student, %d steps, labelled rows only)", max_steps)
     L.seed_everything(seed, workers=True)
     baseline = recipe.make_student(teacher)
     module = distillation_module(baseline, None, {"ce": HardCE()}, recipe.optimizers, recipe.task)
+    logged = recipe.log_dir is not None
     trainer = recipe.make_trainer(
-        logger=False,
+        logger=CSVLogger(str(recipe.log_dir), name=BASELINE_LOG, version="") if logged else False,
         callbacks=[],
         enable_checkpointing=False,
         max_steps=max_steps,
         max_epochs=-1,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         val_check_interval=1.0,
         check_val_every_n_epoch=1,
         stage=f"baseline (seed {seed})",
+        **({} if logged else {"limit_val_batches": 0}),
     )
     trainer.fit(module, datamodule=datamodule)
     return baseline, trainer.global_step

@@ -9,6 +9,7 @@ steps); nothing is logged or checkpointed for it, and only its test predictions 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -57,7 +58,7 @@ def repeat_over_seeds(
             stage=f"student (seed {seed})",
         )
         trainer.fit(module, datamodule=datamodule)
-        baseline, _ = fit_baseline(recipe, teacher, labelled, seed, trainer.global_step)
+        baseline, _ = fit_baseline(replace(recipe, log_dir=None), teacher, labelled, seed, trainer.global_step)
         for name, model in (("student", student), ("baseline", baseline)):
             preds[name].append(predict(model, datamodule.test_dataloader(), recipe.task)[0])
     return preds

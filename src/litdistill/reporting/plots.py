@@ -1,4 +1,5 @@
-"""Report pictures, saved as PNG beside report.md: loss curves and teacher/student/baseline bars.
+"""Report pictures, saved as PNG beside report.md: loss terms, the student's and the baseline's training
+and validation curves with agreement over training, and teacher/student/baseline bars.
 
 Drawn with matplotlib's object API on the Agg canvas, so no display is needed and the pyplot
 backend of a notebook or script using litdistill is left alone.
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 LOSS_CURVES = "loss_curves.png"
+TRAINING_CURVES = "training_curves.png"
 COMPARISON = "comparison.png"
+BASELINE_LOG = "csv_baseline"  # the baseline's CSVLogger folder in the run directory
 _LOSS_COLUMN = re.compile(r"^train/loss(?:/(?P<term>[^/]+?))?(?P<suffix>_step|_epoch)?$")
 _SUFFIX_PRIORITY = {"_step": 0, "": 1, "_epoch": 2}  # step values, else unsuffixed, else epoch means
 MODEL_COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "baseline": "#8c8c8c", "onnx": "#55a868", "int8": "#c44e52"}
@@ -89,6 +92,62 @@ def plot_loss_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | Non
     return Path(out_png)
 
 
+def _read_rows(metrics_csv: str | Path | None) -> list[dict[str, str]]:
+    if metrics_csv is None or not Path(metrics_csv).is_file():
+        return []
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _first_points(rows: list[dict[str, str]], *columns: str) -> list[tuple[float, float]]:
+    """The points of the first of ``columns`` that has any."""
+    for column in columns:
+        points = _points(rows, column) if rows and column in rows[0] else []
+        if points:
+            return points
+    return []
+
+
+def read_training_curves(
+    student_csv: str | Path | None, baseline_csv: str | Path | None, metric: str
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """``{panel: {model: [(step, value), ...]}}`` from the student's and the baseline's ``metrics.csv``:
+    the training loss (step values), the validation ``metric`` (the teacher's too) and the student's
+    agreement with the teacher. Empty series are left out."""
+    student, baseline = _read_rows(student_csv), _read_rows(baseline_csv)
+    panels = {
+        "training loss": {
+            "student": _first_points(student, "train/loss_step", "train/loss"),
+            "baseline": _first_points(baseline, "train/loss_step", "train/loss"),
+        },
+        f"validation {metric}": {
+            "teacher": _first_points(student, f"val/teacher/{metric}"),
+            "student": _first_points(student, f"val/student/{metric}"),
+            "baseline": _first_points(baseline, f"val/student/{metric}"),  # the baseline is its module's student
+        },
+        "agreement with the teacher (validation)": {"student": _first_points(student, "val/agreement")},
+    }
+    return {name: {m: p for m, p in series.items() if p} for name, series in panels.items() if any(series.values())}
+
+
+def plot_training_curves(curves: dict[str, dict[str, list[tuple[float, float]]]], out_png: str | Path) -> Any:
+    """One panel per entry of :func:`read_training_curves`, the models in their report colours; returns the
+    figure (its lines hold the data drawn)."""
+    fig = agg_figure(5 * len(curves), 4)
+    for i, (panel, series) in enumerate(curves.items()):
+        ax = fig.add_subplot(1, len(curves), i + 1)
+        for model, points in series.items():
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="." if len(points) < 30 else None, color=MODEL_COLORS[model], label=model)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return fig
+
+
 def _bars(ax: Any, values: dict[str, float | None], title: str, ylabel: str) -> None:
     shown = {k: v for k, v in values.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     ax.set_title(title)
@@ -157,6 +216,10 @@ def report_figures(
     metrics_csv = metrics_csv or (csv_metrics_file(trainer) if trainer is not None else None)
     if metrics_csv and plot_loss_curves(metrics_csv, out_dir / LOSS_CURVES):
         figures["loss_curves"] = LOSS_CURVES
+    curves = read_training_curves(metrics_csv, out_dir / BASELINE_LOG / "metrics.csv", report.get("metric", "f1"))
+    if curves:
+        plot_training_curves(curves, out_dir / TRAINING_CURVES)
+        figures["training_curves"] = TRAINING_CURVES
     if report.get("models"):
         plot_comparison(report, out_dir / COMPARISON)
         figures["comparison"] = COMPARISON

@@ -247,6 +247,7 @@ def exports_markdown(report: dict[str, Any]) -> list[str]:
 
 FIGURE_TITLES = {
     "loss_curves": "Training losses",
+    "training_curves": "Student and baseline over training: loss, validation metric, agreement",
     "comparison": "Teacher vs student vs baseline: quality, latency, size",
 }
 
