@@ -236,7 +236,11 @@ def test_report_figures_are_written_and_linked(tmp_path):
     (tmp_path / "metrics.csv").write_text(METRICS_CSV)
     report = json.loads(json.dumps(REPORT))
     report["figures"] = report_figures(report, tmp_path / "run", metrics_csv=tmp_path / "metrics.csv")
-    assert report["figures"] == {"loss_curves": "loss_curves.png", "comparison": "comparison.png"}
+    assert report["figures"] == {  # the training curves from the same log (its train/loss; no baseline log here)
+        "loss_curves": "loss_curves.png",
+        "training_curves": "training_curves.png",
+        "comparison": "comparison.png",
+    }
     for png in report["figures"].values():
         assert (tmp_path / "run" / png).read_bytes()[:4] == b"\x89PNG"
     markdown = write_report(report, tmp_path / "run").read_text()

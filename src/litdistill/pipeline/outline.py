@@ -63,15 +63,21 @@ def teacher_line(finetune: FinetuneJob | dict[str, FinetuneJob] | None, labelled
     return "; ".join(parts)
 
 
-def outline(
+@rank_zero_only
+def say(message: str) -> None:
+    """One line in the run's log (console and cli.log), from rank 0 only."""
+    log.info(message)
+
+
+def log_outline(
     datamodule: L.LightningDataModule,
     trainer_settings: dict[str, Any],
     finetune: FinetuneJob | dict[str, FinetuneJob] | None,
     has_teacher: bool,
     baseline: bool,
     seeds: int,
-) -> list[str]:
-    """What the run will do, stage by stage, as lines for the log."""
+) -> None:
+    """What the run will do, stage by stage, logged before its first long stage."""
     sizes = split_sizes(datamodule)
     counts = getattr(datamodule, "transfer_counts", None)
     train = f"train {sizes.get('train', 0):,} rows"
@@ -89,24 +95,6 @@ def outline(
     if seeds > 1 and baseline and has_teacher:
         lines.append(f"seeds: student and baseline again under {seeds - 1} more seeds (report.seeds={seeds})")
     lines.append("then: export, the test split scored, CPU speed timed, report.md")
-    return lines
-
-
-@rank_zero_only
-def say(message: str) -> None:
-    """One line in the run's log (console and cli.log), from rank 0 only."""
-    log.info(message)
-
-
-def log_outline(
-    datamodule: L.LightningDataModule,
-    trainer_settings: dict[str, Any],
-    finetune: FinetuneJob | dict[str, FinetuneJob] | None,
-    has_teacher: bool,
-    baseline: bool,
-    seeds: int,
-) -> None:
-    lines = outline(datamodule, trainer_settings, finetune, has_teacher, baseline, seeds)
     say("the run, stage by stage:\n  " + "\n  ".join(lines))
 
 

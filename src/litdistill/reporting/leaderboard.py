@@ -32,6 +32,7 @@ import yaml
 from litdistill.core.io import atomic_write_text
 from litdistill.reporting.intervals import METRICS, bootstrap_interval
 from litdistill.reporting.plots import agg_figure
+from litdistill.reporting.report import cell
 
 BOARD_MD, BOARD_CSV, BOARD_PNG = "leaderboard.md", "leaderboard.csv", "leaderboard.png"
 CONFIG_FILES = ("config.yaml", "litdistill_config.yaml")  # a run folder's; a W&B run folder's files/
@@ -227,14 +228,6 @@ def build_leaderboard(runs: list[Run], metric: str, by: str | None = None, limit
     return Leaderboard(metric, by, differing_keys(runs), ranked, excluded, limits)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
-
-
 def table_rows(board: Leaderboard, root: Path) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (ranked, then set apart), values unformatted."""
     metric = [board.metric, "ci95_low", "ci95_high", "seeds"]
@@ -275,8 +268,8 @@ def to_markdown(board: Leaderboard, root: Path) -> str:
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         metric, low, high, seeds = row[metric_at : metric_at + 4]
-        cell = _fmt(metric) + (f" [{low:.4f}, {high:.4f}] ({seeds} seeds)" if low is not None else "")
-        cells = [_fmt(v) for v in row[:metric_at]] + [cell] + [_fmt(v) for v in row[metric_at + 4 :]]
+        shown_metric = cell(metric) + (f" [{low:.4f}, {high:.4f}] ({seeds} seeds)" if low is not None else "")
+        cells = [cell(v) for v in row[:metric_at]] + [shown_metric] + [cell(v) for v in row[metric_at + 4 :]]
         lines.append("| " + " | ".join(cells) + " |")
     order = "highest" if higher_is_better(board.by, board.metric) else "lowest"
     notes = [

@@ -68,7 +68,7 @@ def versus_teacher(row: dict[str, Any], teacher: dict[str, Any], metric: str) ->
     return out
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -86,9 +86,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     header = [title for _, title in COLUMNS] + metric_names + [title for _, title in versus]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in report["models"].items():
-        cells = [name] + [_cell(row.get(key)) for key, _ in COLUMNS[1:]]
-        cells += [_cell(row.get("metrics", {}).get(m)) for m in metric_names]
-        cells += [_cell(row.get(key)) for key, _ in versus]
+        cells = [name] + [cell(row.get(key)) for key, _ in COLUMNS[1:]]
+        cells += [cell(row.get("metrics", {}).get(m)) for m in metric_names]
+        cells += [cell(row.get(key)) for key, _ in versus]
         lines.append("| " + " | ".join(cells) + " |")
     summary = [
         ("teacher-student agreement", report.get("agreement")),
@@ -113,9 +113,9 @@ def to_markdown(report: dict[str, Any]) -> str:
             "test sentences (a sentence it failed to label counts as wrong)"
         ]
     if report.get("majority_class_rate") is not None:
-        lines += [f"- majority-class rate (test): {_cell(report['majority_class_rate'])}"]
+        lines += [f"- majority-class rate (test): {cell(report['majority_class_rate'])}"]
         lines += competence_markdown(report)
-    lines += [f"- {label}: {_cell(value)}" for label, value in summary if value is not None]
+    lines += [f"- {label}: {cell(value)}" for label, value in summary if value is not None]
     lines += margin_markdown(report)
     if report.get("student_weights"):
         lines += [f"- student scored and exported (student/): {report['student_weights']} (export.checkpoint)"]
@@ -130,7 +130,7 @@ def stages_markdown(report: dict[str, Any]) -> list[str]:
     lines = []
     validation = report.get("teacher_validation")
     if validation:
-        scores = ", ".join(f"{k} {_cell(v)}" for k, v in validation.items() if k != "majority_class_rate")
+        scores = ", ".join(f"{k} {cell(v)}" for k, v in validation.items() if k != "majority_class_rate")
         lines.append(f"- teacher on the validation split, when it was ready: {scores}")
     stages = report.get("stage_seconds")
     if stages:
@@ -214,10 +214,10 @@ def teachers_memory_markdown(report: dict[str, Any]) -> list[str]:
     ]
     for name, row in memory["teachers"].items():
         lines.append(
-            f"| {name} | {row.get('quantization') or '-'} | {row.get('dtype') or '-'} | {_cell(row['params'] / 1e6)} | "
-            f"{_cell(row['mb'])} |"
+            f"| {name} | {row.get('quantization') or '-'} | {row.get('dtype') or '-'} | {cell(row['params'] / 1e6)} | "
+            f"{cell(row['mb'])} |"
         )
-    lines.append(f"| total ({len(memory['teachers'])} teachers) | | | | {_cell(memory['total_mb'])} |")
+    lines.append(f"| total ({len(memory['teachers'])} teachers) | | | | {cell(memory['total_mb'])} |")
     return lines
 
 
@@ -239,8 +239,8 @@ def exports_markdown(report: dict[str, Any]) -> list[str]:
     for fmt, row in exports["formats"].items():
         diff = row.get("max_abs_diff")
         lines.append(
-            f"| {fmt} | {row.get('file') or '-'} | {_cell(row.get('size_mb'))} | {_cell(row.get('latency_ms'))} | "
-            f"{_cell(row.get('agreement'))} | {'-' if diff is None else f'{diff:.2e}'} |"
+            f"| {fmt} | {row.get('file') or '-'} | {cell(row.get('size_mb'))} | {cell(row.get('latency_ms'))} | "
+            f"{cell(row.get('agreement'))} | {'-' if diff is None else f'{diff:.2e}'} |"
         )
     return lines
 
