@@ -168,7 +168,7 @@ def run_cli(args: list[str], work: Path, tag: str, mode: str) -> tuple[dict[str,
     cmd = [sys.executable, "-m", "litdistill", *args]
     log(f"ade_quality [{tag}]: {shlex.join(['python', '-m', 'litdistill', *args])}")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=4 * 3600, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(

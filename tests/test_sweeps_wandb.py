@@ -194,7 +194,7 @@ def test_wandb_offline_run_holds_metrics_config_report_and_student(offline_run):
     agreement = {row[0]: row[table["columns"].index("agreement")] for row in table["data"]}
     assert agreement["student"] == pytest.approx(report["agreement"])
     assert agreement["baseline"] == pytest.approx(report["models"]["baseline"]["agreement"])
-    assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 2
+    assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 3  # losses, curves, comparison
     # the W&B run folder is rankable on its own: report.json and the config are among its files
     assert json.loads((run_dir / "files" / "report.json").read_text()) == report
     ranked = subprocess.run(
