@@ -1,8 +1,7 @@
 """README.md's commands, taken from the README itself and run in a subprocess as written.
 
 Every line of the README's ``bash`` blocks is one of:
-- run as written here (fast, offline): the help, the config print, the sweep validator, ``litdistill new``,
-  the causal plumbing check;
+- run as written here (fast, offline): the help, the config print, the sweep validator, ``litdistill new``;
 - run as written elsewhere: the two install commands (CI runs the test one; ``scripts/install.sh`` is
   tested by it), the default ``litdistill`` run (``test_cli.py::test_default_run_...``);
 - composed as written (``--cfg job --resolve`` appended, each job of a ``-m`` sweep alone): the runs that
@@ -31,12 +30,13 @@ RUN_HERE = {
     "litdistill --cfg job",
     "python -m litdistill.cli.sweeping conf/sweep/*.yaml",
     'litdistill new --no-input project_name="ADE distill" task_type=causal_lm logger=wandb -o ~/src',
-    "litdistill experiment=tiny_causal",
 }
 RUN_ELSEWHERE = {
     "scripts/install.sh && litdistill": "tests/test_cli.py::test_default_run_transfers_from_a_competent_teacher "
     "runs `litdistill`; CI runs scripts/install.sh",
     "scripts/install.sh --dev && python3 -m pytest -q": "CI (.ci/run) runs it",
+    "litdistill experiment=tiny_causal": "tests/test_sft_and_causal.py::test_tiny_causal_recipe_end_to_end runs it "
+    "(with accumulation on)",
     "litdistill rank outputs wandb rank.by=latency_ms rank.max_latency_ms=20 -o board": "tests/test_leaderboard.py "
     "ranks a real multirun by latency with a latency limit; tests/test_sweeps_wandb.py a W&B run folder",
 }

@@ -78,7 +78,7 @@ def fit_baseline(
     rows) for the student's ``max_steps`` optimizer steps. With a transfer set the student's epochs hold
     more rows than the labels: the baseline then takes more epochs over the labelled rows, so a distilled
     student that wins did not win by more updates. Returns it and the steps it took (the report shows
-    them beside the student's). With ``recipe.log_dir`` it logs its training loss and validates about ten
+    them beside the student's). With ``recipe.log_dir`` it logs its training loss and validates about five
     times into ``<log_dir>/csv_baseline`` (the report's training curves); without, it validates nothing.
     Validation runs in eval mode on its own loader, so the baseline's weights are the same either way."""
     log.info("training the no-distillation baseline (same student, %d steps, labelled rows only)", max_steps)
@@ -93,7 +93,7 @@ def fit_baseline(
         max_steps=max_steps,
         max_epochs=-1,
         num_sanity_val_steps=0,
-        val_check_interval=max(1, max_steps // 10),  # ~10 validations, however few rows an epoch holds
+        val_check_interval=max(1, max_steps // 5),  # ~5 validations, however few rows an epoch holds
         check_val_every_n_epoch=None,
         stage=f"baseline (seed {seed})",
         **({} if logged else {"limit_val_batches": 0}),
