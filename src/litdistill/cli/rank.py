@@ -58,8 +58,7 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as error:
         print(f"litdistill rank: error: {error}", file=sys.stderr)
         sys.exit(1)
-    root = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
-    print(to_markdown(board, root))
+    print(to_markdown(board))
     print("\n".join(f"wrote {path}" for path in files.values()))
 
 
@@ -73,4 +72,4 @@ class RankAtMultirunEnd(Callback):
         except (ValueError, FileNotFoundError) as error:  # no finished job, or jobs of different tasks
             log.info("no leaderboard for %s: %s", sweep_dir, error)
             return
-        log.info("leaderboard of %s:\n%s\n%s", sweep_dir, to_markdown(board, sweep_dir.resolve()), files["markdown"])
+        log.info("leaderboard of %s:\n%s\n%s", sweep_dir, to_markdown(board), files["markdown"])

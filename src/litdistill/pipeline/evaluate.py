@@ -17,7 +17,14 @@ from litdistill.core.io import atomic_write_csv
 from litdistill.models.export_formats import ExportedFormats
 from litdistill.models.loading import count_parameters, memory_footprint
 from litdistill.models.saving import weights_on_disk_mb
-from litdistill.reporting.evaluation import agreement_rate, cpu_speeds, predict, score
+from litdistill.reporting.evaluation import (
+    agreement_rate,
+    cpu_speeds,
+    majority_class_rate,
+    num_classes,
+    predict,
+    score,
+)
 from litdistill.reporting.intervals import paired_bootstrap
 from litdistill.reporting.report import multi_teacher_memory, summarize
 
@@ -51,7 +58,7 @@ def evaluate_models(
     labels = None
     for name, model in tqdm(models.items(), desc="evaluating on the test split", unit="model"):
         preds[name], labels, mean_nll = predict(model, loader, task)
-        num_labels = model.config.num_labels if task == "classification" else model.config.vocab_size
+        num_labels = num_classes(model, task)
         row = {
             "params_m": count_parameters(model) / 1e6,
             "size_mb": memory_footprint(model) / 2**20,
@@ -87,11 +94,7 @@ def evaluate_models(
             preds.update({f"{name}_seed{s}": p for s, p in zip(seed_preds["seeds"], seed_preds[name])})
     if predictions is not None:
         write_predictions(predictions, labels, preds)
-    majority = (
-        float(torch.bincount(labels[labels != -100]).max() / (labels != -100).sum())
-        if task == "classification"
-        else None
-    )
+    majority = majority_class_rate(labels) if task == "classification" else None
     transfer = getattr(datamodule, "transfer_counts", None)  # the train rows by target source
     report = summarize(
         rows,

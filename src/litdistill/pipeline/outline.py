@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from litdistill.reporting.evaluation import predict, score
+from litdistill.reporting.evaluation import majority_class_rate, num_classes, predict, score
 from litdistill.training.finetune import FinetuneJob
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,10 @@ def log_outline(
 def teacher_validation(teacher: nn.Module, datamodule: L.LightningDataModule, task: str) -> dict[str, float]:
     """The teacher's score on the validation split, logged the moment the teacher is ready."""
     preds, labels, mean_nll = predict(teacher, datamodule.val_dataloader(), task)
-    num_labels = teacher.config.num_labels if task == "classification" else teacher.config.vocab_size
-    values = score(preds, labels, task, num_labels, mean_nll)
+    values = score(preds, labels, task, num_classes(teacher, task), mean_nll)
     shown = ", ".join(f"{k} {v:.3f}" if v < 100 else f"{k} {v:,.0f}" for k, v in values.items())
     if task == "classification":
-        counted = labels[labels != -100]
-        majority = float(counted.bincount().max() / max(len(counted), 1))
-        values["majority_class_rate"] = majority
+        majority = values["majority_class_rate"] = majority_class_rate(labels)
         shown += f" (majority class {majority:.3f})"
     say(f"teacher ready: validation {shown}")
     return values

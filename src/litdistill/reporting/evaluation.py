@@ -51,6 +51,17 @@ def score(preds: Tensor, labels: Tensor, task: str, num_labels: int, mean_nll: f
     return values
 
 
+def num_classes(model: nn.Module, task: str) -> int:
+    """What a model's argmax ranges over: its labels, or a causal LM's vocabulary."""
+    return model.config.num_labels if task == "classification" else model.config.vocab_size
+
+
+def majority_class_rate(labels: Tensor) -> float:
+    """The share of the most frequent label among the counted rows (label -100 is not counted)."""
+    counted = labels[labels != -100]
+    return float(torch.bincount(counted).max() / max(len(counted), 1))
+
+
 def agreement_rate(a: Tensor, b: Tensor, labels: Tensor, task: str) -> float:
     agree, counted = agreement(a, b, labels if task == "causal_lm" else None)
     return agree / max(counted, 1)

@@ -76,6 +76,7 @@ class Leaderboard:
     ranked: list[Run]
     excluded: list[Run]
     limits: dict[str, float]
+    root: Path  # runs are named by their path below it
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -189,7 +190,9 @@ def pareto_front(points: dict[int, tuple[float, float]]) -> set[int]:
     return {i for i, p in points.items() if not any(dominated(p, q) for j, q in points.items() if j != i)}
 
 
-def build_leaderboard(runs: list[Run], metric: str, by: str | None = None, limits: dict[str, float] | None = None):
+def build_leaderboard(
+    runs: list[Run], metric: str, root: Path, by: str | None = None, limits: dict[str, float] | None = None
+) -> Leaderboard:
     by, limits = by or metric, dict(limits or {})
     check_rank_options(by, limits)
     if by not in MEASURES and by != metric:
@@ -225,10 +228,10 @@ def build_leaderboard(runs: list[Run], metric: str, by: str | None = None, limit
 
     ranked = sorted((r for r in runs if r.excluded is None), key=order)
     excluded = sorted((r for r in runs if r.excluded is not None), key=order)
-    return Leaderboard(metric, by, differing_keys(runs), ranked, excluded, limits)
+    return Leaderboard(metric, by, differing_keys(runs), ranked, excluded, limits, root)
 
 
-def table_rows(board: Leaderboard, root: Path) -> tuple[list[str], list[list[Any]]]:
+def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (ranked, then set apart), values unformatted."""
     metric = [board.metric, "ci95_low", "ci95_high", "seeds"]
     header = ["rank", "run", *board.keys, *metric, *MEASURES, "pareto", "excluded"]
@@ -238,7 +241,7 @@ def table_rows(board: Leaderboard, root: Path) -> tuple[list[str], list[list[Any
         rows.append(
             [
                 place if run.excluded is None else "-",
-                _relative(run.path, root),
+                _relative(run.path, board.root),
                 *(run.settings.get(k) for k in board.keys),
                 run.values.get(board.metric),
                 low,
@@ -259,8 +262,8 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def to_markdown(board: Leaderboard, root: Path) -> str:
-    header, rows = table_rows(board, root)
+def to_markdown(board: Leaderboard) -> str:
+    header, rows = table_rows(board)
     metric_at = header.index(board.metric)
     titles = [MEASURES[h][0] if h in MEASURES else h for h in header]
     # the metric and its interval in one cell
@@ -287,16 +290,16 @@ def to_markdown(board: Leaderboard, root: Path) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def write_leaderboard(board: Leaderboard, root: Path, out_dir: Path) -> dict[str, Path]:
+def write_leaderboard(board: Leaderboard, out_dir: Path) -> dict[str, Path]:
     """leaderboard.md, leaderboard.csv and leaderboard.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    header, rows = table_rows(board, root)
+    header, rows = table_rows(board)
     lines = [",".join(header)] + [",".join(_csv_cell(v) for v in row) for row in rows]
     files = {
-        "markdown": atomic_write_text(out_dir / BOARD_MD, "# litdistill leaderboard\n\n" + to_markdown(board, root)),
+        "markdown": atomic_write_text(out_dir / BOARD_MD, "# litdistill leaderboard\n\n" + to_markdown(board)),
         "csv": atomic_write_text(out_dir / BOARD_CSV, "\n".join(lines) + "\n"),
     }
-    png = plot_fronts(board, root, out_dir / BOARD_PNG)
+    png = plot_fronts(board, out_dir / BOARD_PNG)
     if png is not None:
         files["png"] = png
     return files
@@ -307,7 +310,7 @@ def _csv_cell(value: Any) -> str:
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 
 
-def plot_fronts(board: Leaderboard, root: Path, out_png: Path) -> Path | None:
+def plot_fronts(board: Leaderboard, out_png: Path) -> Path | None:
     """Quality against latency and against size, every run a point, each Pareto front a line."""
     runs = [*board.ranked, *board.excluded]
     panels = [(cost, name) for cost, name in (("latency_ms", "latency"), ("disk_mb", "size")) if _has(runs, cost)]
@@ -319,7 +322,7 @@ def plot_fronts(board: Leaderboard, root: Path, out_png: Path) -> Path | None:
         points = [(r.values[cost], r.values[board.metric], r) for r in runs if r.values.get(cost) is not None]
         for x, y, run in points:
             ax.scatter(x, y, color="#dd8452" if name in run.pareto else "#8c8c8c", zorder=3)
-            ax.annotate(_relative(run.path, root), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_relative(run.path, board.root), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = sorted((x, y) for x, y, run in points if name in run.pareto)
         ax.plot([x for x, _ in front], [y for _, y in front], color="#dd8452", lw=1.5, label="Pareto front")
         ax.set_xlabel(MEASURES[cost][0])
@@ -345,6 +348,6 @@ def rank(
     if not paths:
         raise FileNotFoundError(f"rank: no report.json under {[str(d) for d in dirs]}; has any run finished?")
     runs, metric = load_runs(paths)
-    board = build_leaderboard(runs, metric, by, limits)
     root = Path(dirs[0]).resolve() if len(dirs) == 1 else Path.cwd().resolve()
-    return board, write_leaderboard(board, root, Path(out_dir or dirs[0]))
+    board = build_leaderboard(runs, metric, root, by, limits)
+    return board, write_leaderboard(board, Path(out_dir or dirs[0]))
