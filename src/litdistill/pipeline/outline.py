@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -54,7 +53,7 @@ def teacher_line(finetune: FinetuneJob | dict[str, FinetuneJob] | None, labelled
     parts = []
     for name, job in jobs.items():
         who = f"{name}: " if name else ""
-        if (Path(job.cache_dir) / "config.json").is_file():
+        if job.cached:
             parts.append(f"{who}loaded from the fine-tune cache ({job.cache_dir})")
             continue
         length = f"{job.max_epochs} epochs" if job.max_epochs else f"{job.max_steps} steps"

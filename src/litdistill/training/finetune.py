@@ -50,6 +50,11 @@ class FinetuneJob:
     load_float: Callable[[], nn.Module] | None = None
     max_epochs: int | None = None  # set: epochs over the labelled rows instead of max_steps
 
+    @property
+    def cached(self) -> bool:
+        """A fine-tuned teacher is already saved under ``cache_dir``."""
+        return (Path(self.cache_dir) / "config.json").is_file()
+
 
 def finetune_key(parts: Mapping[str, Any]) -> str:
     """The fine-tuned teacher's cache key: a hash of what decides its weights (teacher, schedule, data,
@@ -88,7 +93,7 @@ def finetuned_teacher(
     from ``job.seed`` and the caller reseeds the next stage, so a cold and a warm cache give one student.
     """
     cache = Path(job.cache_dir)
-    if not (cache / "config.json").is_file():
+    if not job.cached:
         if job.quantization and job.load_float is not None:
             del teacher
             teacher = job.load_float()
